@@ -1,0 +1,314 @@
+"""Find valid cut points in a traced model and split it into ``f`` and ``g``.
+
+A cut at node X is valid when everything after it reads the input only through X,
+apart from reads of the batch size (``x.size(0)``), which are rebound to X.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import ExportError
+
+_ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", F.relu: "relu", torch.relu: "relu",
+                F.relu6: "relu6"}
+_GAP_FUNCTIONS = (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d)
+
+
+class _RecordingTracer(fx.Tracer):
+    """Traces through every module and remembers which node each module call returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module_outputs: dict[str, fx.Node] = {}
+        self.module_calls: Counter[str] = Counter()
+
+    def call_module(self, m, forward, args, kwargs):
+        out = super().call_module(m, forward, args, kwargs)
+        name = self.path_of_module(m)
+        self.module_calls[name] += 1
+        if isinstance(out, fx.Proxy):
+            self.module_outputs[name] = out.node
+        return out
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A valid cut point: the module names that output it and the feature shape (C, h, w)."""
+
+    names: tuple[str, ...]
+    node: fx.Node
+    shape: tuple[int, ...]
+    is_pooling: bool
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.shape) == 3 and self.shape[1] > 1 and self.shape[2] > 1
+
+
+@dataclass
+class Split:
+    f: fx.GraphModule
+    g: fx.GraphModule
+    g_pooled: fx.GraphModule | None
+    cut: Cut
+
+
+def _activation_key(gm: fx.GraphModule, node: fx.Node):
+    if node.op == "call_module":
+        return _ACTIVATIONS.get(type(gm.get_submodule(node.target)))
+    if node.op == "call_function":
+        return _ACTIVATIONS.get(node.target)
+    return None
+
+
+def _drop_repeated_activations(gm: fx.GraphModule, outputs: dict[str, fx.Node]) -> None:
+    """relu(relu(x)) = relu(x): drop an activation applied to the output of the same one."""
+    for node in list(gm.graph.nodes):
+        key = _activation_key(gm, node)
+        if key is None or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        source = node.args[0]
+        if _activation_key(gm, source) == key:
+            node.replace_all_uses_with(source)
+            for name, out in outputs.items():
+                if out is node:
+                    outputs[name] = source
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen, stack = {node}, [node]
+    while stack:
+        for a in stack.pop().all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                stack.append(a)
+    return seen
+
+
+def _descendants(node: fx.Node) -> set[fx.Node]:
+    seen, stack = {node}, [node]
+    while stack:
+        for u in stack.pop().users:
+            if u not in seen:
+                seen.add(u)
+                stack.append(u)
+    return seen
+
+
+def _is_batch_size_read(node: fx.Node) -> bool:
+    """``x.size(0)``, ``x.shape[0]`` or ``x.size()[0]``: only the batch size is used."""
+    if node.op == "call_method" and node.target == "size":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if dim is not None:
+            return dim == 0
+    elif not (node.op == "call_function" and node.target is getattr and node.args[1] == "shape"):
+        return False
+    return bool(node.users) and all(
+        u.op == "call_function" and u.target.__name__ == "getitem" and u.args[1] == 0
+        for u in node.users
+    )
+
+
+def _is_gap(gm: fx.GraphModule, node: fx.Node, in_shape: tuple[int, ...]) -> bool:
+    """Is ``node`` a global average pool of its (N, C, h, w) input?"""
+    out = _shape(node)
+    if out is None or out[:2] != in_shape[:2] or any(d != 1 for d in out[2:]):
+        return False
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            return True
+        if isinstance(m, nn.AvgPool2d):
+            k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
+            pad = m.padding if isinstance(m.padding, tuple) else (m.padding,) * 2
+            return tuple(k) == tuple(in_shape[2:]) and tuple(pad) == (0, 0)
+        return False
+    if node.op == "call_function" and node.target in _GAP_FUNCTIONS:
+        return True
+    if (node.op == "call_method" and node.target == "mean") or (
+        node.op == "call_function" and node.target is torch.mean
+    ):
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        return sorted(d % 4 for d in dims) == [2, 3]
+    return False
+
+
+class CutGraph:
+    """A model traced once, with its valid cut points and the means to split it."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
+        tracer = _RecordingTracer()
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:  # fx raises many kinds of error for untraceable code
+            raise ExportError(
+                f"cannot trace {type(model).__name__} with torch.fx: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
+        self.gm = fx.GraphModule(tracer.root, graph)
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise ExportError(
+                f"model takes {len(placeholders)} inputs; only single-image classifiers "
+                "(one input tensor) can be explained"
+            )
+        self.input = placeholders[0]
+        outputs = dict(tracer.module_outputs)
+        _drop_repeated_activations(self.gm, outputs)
+        with torch.no_grad():
+            ShapeProp(self.gm).propagate(example)
+        self.output = next(n for n in graph.nodes if n.op == "output")
+        result = self.output.args[0]
+        if not isinstance(result, fx.Node) or _shape(result) is None or len(_shape(result)) != 2:
+            raise ExportError(
+                "model output must be one 2-D tensor of class scores (batch, classes)"
+            )
+        self.result = result
+        self.num_classes = _shape(result)[1]
+        self.order = {n: i for i, n in enumerate(graph.nodes)}
+        self.data_nodes = _descendants(self.input)
+        self.needed = _ancestors(result)
+        by_node: dict[fx.Node, list[str]] = {}
+        for name, node in outputs.items():
+            if tracer.module_calls[name] == 1 and name and _shape(node) is not None:
+                by_node.setdefault(node, []).append(name)
+        self.candidates = {node: sorted(names, key=lambda s: (s.count("."), len(s), s))
+                           for node, names in by_node.items() if len(_shape(node)) == 4}
+        self.multi_called = {n for n, c in tracer.module_calls.items() if c > 1}
+        self._cuts = None
+
+    def _f_nodes(self, node: fx.Node) -> set[fx.Node]:
+        return _ancestors(node) & self.data_nodes
+
+    def why_invalid(self, node: fx.Node) -> str | None:
+        """None for a valid cut, else what crosses it."""
+        if node not in self.needed:
+            return "the model's output does not depend on it"
+        f_nodes = self._f_nodes(node)
+        for n in self.needed - f_nodes:
+            for a in n.all_input_nodes:
+                if a in f_nodes and a is not node and not _is_batch_size_read(n):
+                    return f"'{n.name}' after it also reads '{a.name}' from before it (a skip)"
+        return None
+
+    @property
+    def cuts(self) -> list[Cut]:
+        """Valid cuts in graph order."""
+        if self._cuts is None:
+            self._cuts = [self._cut(node) for node in sorted(self.candidates, key=self.order.get)
+                          if self.why_invalid(node) is None]
+        return self._cuts
+
+    def _cut(self, node: fx.Node) -> Cut:
+        pooling = node.op == "call_module" and isinstance(
+            self.gm.get_submodule(node.target),
+            (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
+        return Cut(tuple(self.candidates[node]), node, _shape(node)[1:], pooling)
+
+    def default_cut(self) -> Cut:
+        """The last valid cut with a spatial map (h, w > 1), skipping head pooling layers."""
+        spatial = [c for c in self.cuts if c.spatial and not c.is_pooling]
+        if not spatial:
+            raise ExportError("no valid cut with a spatial feature map (h, w > 1) in this model")
+        return spatial[-1]
+
+    def find(self, layer: str) -> Cut:
+        """The cut for module name ``layer``, or an ExportError listing valid ones near it."""
+        for cut in self.cuts:
+            if layer in cut.names:
+                return cut
+        node = next((n for n, names in self.candidates.items() if layer in names), None)
+        if node is not None:
+            reason = self.why_invalid(node)
+        elif layer in self.multi_called:
+            reason = "the module is called more than once, so its output is ambiguous"
+        elif layer in dict(self.gm.named_modules()) or layer in self._all_module_names():
+            reason = "its output is not a single 4-D feature map"
+        else:
+            raise ExportError(f"unknown layer '{layer}' (see --list-layers)")
+        near = self._near(node, layer)
+        raise ExportError(f"layer '{layer}' is not a valid cut: {reason}; valid cuts near it: "
+                          f"{', '.join(near)}")
+
+    def _all_module_names(self) -> set[str]:
+        return set(self.multi_called) | {n for names in self.candidates.values() for n in names}
+
+    def _near(self, node: fx.Node | None, layer: str) -> list[str]:
+        cuts = self.cuts
+        if not cuts:
+            return ["none"]
+        if node is None:
+            prefix = layer.rsplit(".", 1)[0]
+            related = [c for c in cuts if any(n.startswith(prefix) for n in c.names)]
+            return [c.name for c in (related or cuts)[-5:]]
+        pos = self.order[node]
+        ranked = sorted(cuts, key=lambda c: abs(self.order[c.node] - pos))[:4]
+        return [c.name for c in sorted(ranked, key=lambda c: self.order[c.node])]
+
+    def split(self, cut: Cut) -> Split:
+        """``f`` (input → feature), ``g`` (feature → scores) and, after a GAP, ``g_pooled``."""
+        x = cut.node
+        f_nodes = self._f_nodes(x)
+        tail = [n for n in self.gm.graph.nodes
+                if n in self.needed and n not in f_nodes and n.op != "output"]
+        f_graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        f_all = _ancestors(x)
+        for n in self.gm.graph.nodes:
+            if n in f_all:
+                env[n] = f_graph.node_copy(n, lambda a: env[a])
+        f_graph.output(env[x])
+        f = fx.GraphModule(self.gm, f_graph)
+
+        g_graph = fx.Graph()
+        feature = g_graph.placeholder("feature")
+        g = self._module(self._copy_tail(g_graph, tail, f_nodes, {x: feature}, feature))
+
+        readers = [u for u in x.users if u in self.needed and not _is_batch_size_read(u)]
+        g_pooled = None
+        if len(readers) == 1 and _is_gap(self.gm, readers[0], _shape(x)):
+            gap = readers[0]
+            p_graph = fx.Graph()
+            pooled = p_graph.placeholder("pooled")
+            reshaped = p_graph.call_method("reshape", (pooled, (-1, *_shape(gap)[1:])))
+            rest = [n for n in tail if n is not gap]
+            p_graph = self._copy_tail(p_graph, rest, f_nodes, {gap: reshaped, x: pooled}, pooled)
+            g_pooled = self._module(p_graph)
+        return Split(f, g, g_pooled, cut)
+
+    def _copy_tail(self, graph: fx.Graph, tail: list[fx.Node], f_nodes: set[fx.Node],
+                   env: dict[fx.Node, fx.Node], batch_source: fx.Node) -> fx.Graph:
+        for n in tail:
+            env[n] = graph.node_copy(
+                n, lambda a: env[a] if a in env else (batch_source if a in f_nodes else env[a]))
+        graph.output(env[self.result])
+        return graph
+
+    def _module(self, graph: fx.Graph) -> fx.GraphModule:
+        gm = fx.GraphModule(self.gm, graph)
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+        return gm.eval()

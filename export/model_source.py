@@ -1,0 +1,161 @@
+"""Where the PyTorch model comes from: a torchvision name or ``package.module:callable``."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+from .errors import ExportError
+
+DEFAULT_SIZE = 224
+RESIZE_RATIO = 256 / 224
+"""torchvision's classic recipe: resize the shorter side to 256, crop 224."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    name: str
+    source: dict[str, Any]
+    preprocessing: Preprocessing
+    labels: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def classification_models() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict saved by ``torch.save``, or a checkpoint holding one under 'state_dict'."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"weights file '{path}' not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many kinds for corrupt or unsafe files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"weights file '{path}' cannot be read: {reason[:200]}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ExportError(f"weights file '{path}' does not hold a state dict of tensors")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def apply_weights(model: nn.Module, path: str | Path) -> None:
+    state = load_state_dict(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        missing = set(model.state_dict()) - set(state)
+        unexpected = set(state) - set(model.state_dict())
+        detail = (f"{len(missing)} missing keys (e.g. {sorted(missing)[:2]}), "
+                  f"{len(unexpected)} unexpected keys (e.g. {sorted(unexpected)[:2]})"
+                  if missing or unexpected else str(exc).splitlines()[-1].strip()[:200])
+        raise ExportError(f"weights file '{path}' does not match the model: {detail}") from None
+
+
+def _torchvision_preprocessing(weights: Any, size: int | None) -> Preprocessing:
+    t = weights.transforms()
+    crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+    if size is not None and size != crop:
+        resize, crop = int(round(size * resize / crop)), size
+    return Preprocessing(size=(crop, crop), resize="shorter_side_crop", resize_size=resize,
+                         mean=tuple(t.mean), std=tuple(t.std))
+
+
+def load_torchvision(name: str, weights: str | None, size: int | None) -> LoadedModel:
+    names = classification_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ExportError(f"unknown model '{name}': not a torchvision classification model"
+                          f" nor a 'package.module:callable' path{hint}")
+    default = torchvision.models.get_model_weights(name).DEFAULT
+    choice = "DEFAULT" if weights is None else weights
+    if choice.upper() == "DEFAULT":
+        try:
+            model = torchvision.models.get_model(name, weights=default)
+        except Exception as exc:  # network errors come in many types
+            raise ExportError(
+                f"cannot get {name}'s DEFAULT weights ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:120] if str(exc) else 'download failed'}); "
+                "offline, pass --weights PATH or --weights none") from None
+        source = str(default)
+    else:
+        model = torchvision.models.get_model(name, weights=None)
+        source = "none"
+        if choice.lower() != "none":
+            apply_weights(model, choice)
+            source = str(Path(choice).resolve())
+    labels = list(default.meta.get("categories") or []) or None
+    return LoadedModel(model, name, {"model": name, "weights": source},
+                       _torchvision_preprocessing(default, size), labels)
+
+
+def load_callable(spec: str, weights: str | None, size: int | None) -> LoadedModel:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ExportError(f"model '{spec}': expected 'package.module:callable'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ExportError(f"model '{spec}': cannot import '{module_name}' "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                          ) from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ExportError(f"model '{spec}': '{module_name}' has no callable '{attr}'")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise ExportError(f"model '{spec}': calling it failed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"model '{spec}' returned {type(model).__name__}, not a torch nn.Module")
+    source = "callable"
+    if weights is not None and weights.lower() not in ("none", "default"):
+        apply_weights(model, weights)
+        source = str(Path(weights).resolve())
+    spec_in = dict(getattr(model, "reciprocam_input", {}))
+    size = size or int(spec_in.pop("size", DEFAULT_SIZE))
+    spec_in.pop("size", None)
+    if spec_in.get("resize", "shorter_side_crop") == "shorter_side_crop":
+        spec_in.setdefault("resize_size", int(round(size * RESIZE_RATIO)))
+    try:
+        preprocessing = Preprocessing(size=(size, size), **spec_in)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"model '{spec}': invalid reciprocam_input: {exc}") from None
+    labels = getattr(model, "reciprocam_labels", None)
+    return LoadedModel(model, attr, {"model": spec, "weights": source}, preprocessing,
+                       list(labels) if labels is not None else None)
+
+
+def load_model(spec: str, weights: str | None = None, size: int | None = None) -> LoadedModel:
+    """Load ``spec`` in eval mode with the requested weights and its preprocessing.
+
+    A callable may describe its own preprocessing with a ``reciprocam_input`` dict
+    (``size``, ``resize``, ``resize_size``, ``scale``, ``mean``, ``std``, ``color``) and its
+    class names with ``reciprocam_labels``; otherwise ImageNet's recipe is assumed.
+    """
+    if size is not None and size < 32:
+        raise ExportError(f"--input-size {size} is too small (at least 32)")
+    loaded = load_callable(spec, weights, size) if ":" in spec else load_torchvision(
+        spec, weights, size)
+    loaded.model.eval()
+    return loaded
+
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LoadedModel", "classification_models", "load_model"]

@@ -1,0 +1,158 @@
+"""Model → valid cut → ``f``/``g`` graphs → verification → artifact folder, all or nothing."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reciprocam_ir import __version__
+from reciprocam_ir.artifact import (
+    FEATURE_NAME,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    MANIFEST_NAME,
+    OUTPUT_NAME,
+    POOLED_NAME,
+    default_mode,
+    write_manifest,
+)
+from reciprocam_ir.masking import masked_batch
+
+from .errors import ExportError
+from .graph_cut import CutGraph
+from .graph_files import onnx_to_ir, write_onnx
+from .model_source import LoadedModel, load_model
+from .verify import TOLERANCE, check_graphs, verification_input
+
+FORMATS = ("onnx", "ir", "both")
+
+
+def prepare(spec: str, weights: str | None, size: int | None) -> tuple[LoadedModel, CutGraph,
+                                                                       torch.Tensor]:
+    """Load and trace the model on the fixed verification input."""
+    loaded = load_model(spec, weights, size)
+    example = torch.from_numpy(verification_input((1, 3, *loaded.preprocessing.size)))
+    return loaded, CutGraph(loaded.model, example), example
+
+
+def _check_destination(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output '{out}' exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ExportError(f"output folder '{out}' exists and is not an artifact; "
+                          "choose another --out or empty it")
+
+
+def _staging_folder(out: Path) -> Path:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+        staging.chmod(default_mode(directory=True))
+        return staging
+    except OSError as exc:
+        raise ExportError(f"cannot write to '{out.parent}': {exc.strerror or exc}") from None
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{staging.name}")
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_artifact(
+    spec: str,
+    weights: str | None = None,
+    layer: str | None = None,
+    size: int | None = None,
+    fmt: str = "both",
+    out: str | Path | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> Path:
+    """Write the artifact folder for ``spec`` cut at ``layer`` and return its path."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
+    log(f"loading {spec}")
+    loaded, graph, example = prepare(spec, weights, size)
+    cut = graph.find(layer) if layer else graph.default_cut()
+    split = graph.split(cut)
+    out = Path(out) if out is not None else Path("models") / loaded.name
+    _check_destination(out)
+    log(f"cutting at '{cut.name}' (feature {'x'.join(map(str, cut.shape))})")
+
+    with torch.no_grad():
+        reference = loaded.model(example).numpy()
+        feature = split.f(example)
+        masked = torch.from_numpy(masked_batch(feature[0].numpy(), 0, 3))
+        masked_reference = split.g(masked).numpy()
+        pooled_example = feature.mean(dim=(2, 3))
+
+    staging = _staging_folder(out)
+    try:
+        modules = {"f": (split.f, example, INPUT_NAME, FEATURE_NAME),
+                   "g": (split.g, feature, FEATURE_NAME, OUTPUT_NAME)}
+        if split.g_pooled is not None:
+            modules["g_pooled"] = (split.g_pooled, pooled_example, POOLED_NAME, OUTPUT_NAME)
+        onnx_files = {}
+        for role, (module, inp, in_name, out_name) in modules.items():
+            log(f"writing {role}.onnx")
+            onnx_files[role] = staging / f"{role}.onnx"
+            write_onnx(module, inp, onnx_files[role], in_name, out_name)
+        errors = {"onnxruntime": check_graphs("onnxruntime", onnx_files, example.numpy(),
+                                              reference, masked_reference)}
+        ir_files = {}
+        if fmt in ("ir", "both"):
+            for role, path in onnx_files.items():
+                log(f"writing {role}.xml")
+                ir_files[role] = staging / f"{role}.xml"
+                onnx_to_ir(path, ir_files[role])
+            errors["openvino"] = check_graphs("openvino", ir_files, example.numpy(), reference,
+                                              masked_reference)
+        if fmt == "ir":
+            for path in onnx_files.values():
+                path.unlink()
+        scale = max(float(np.abs(reference).max()), 1e-12)
+        worst = max(errors.values())
+        log("check: max |g(f(x)) - model(x)| = "
+            + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+        if not worst / scale <= TOLERANCE:
+            raise ExportError(
+                f"exported graphs do not reproduce the model: max |g(f(x)) - model(x)| = "
+                f"{worst:.3g} ({worst / scale:.2e} relative, tolerance {TOLERANCE:g})")
+        graphs = {role: {**({"onnx": f"{role}.onnx"} if fmt != "ir" else {}),
+                         **({"ir": f"{role}.xml"} if ir_files else {})} for role in modules}
+        labels = loaded.labels if loaded.labels and len(loaded.labels) == graph.num_classes \
+            else None
+        c, h, w = cut.shape
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": loaded.name,
+            "source": {**loaded.source, "exporter": f"reciprocam-export {__version__}",
+                       "torch": torch.__version__},
+            "target_layer": cut.name,
+            "input": {"name": INPUT_NAME, **loaded.preprocessing.to_dict()},
+            "feature": {"name": FEATURE_NAME, "shape": [c, h, w]},
+            "output": {"name": OUTPUT_NAME, "num_classes": graph.num_classes, "logits": True},
+            "labels": labels,
+            "g_starts_with_gap": split.g_pooled is not None,
+            "pooled": {"name": POOLED_NAME, "shape": [c]} if split.g_pooled is not None
+            else None,
+            "graphs": graphs,
+            "check": {"input": "seeded standard normal (numpy default_rng(0))",
+                      "max_abs_error": worst, "per_backend": errors,
+                      "relative_error": worst / scale, "tolerance": TOLERANCE},
+        }
+        write_manifest(staging, manifest)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out

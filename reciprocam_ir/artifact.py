@@ -1,0 +1,213 @@
+"""The artifact folder: manifest schema, checksums, and the graph files it names.
+
+This module is the one place that knows the manifest's layout; the exporter writes
+through :func:`write_manifest` and the runtime reads through :class:`Artifact`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .preprocess import Preprocessing
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+GRAPH_ROLES = ("f", "g", "g_pooled")
+GRAPH_FORMATS = ("onnx", "ir")
+INPUT_NAME, FEATURE_NAME, POOLED_NAME, OUTPUT_NAME = "input", "feature", "pooled", "scores"
+
+
+class ArtifactError(ValueError):
+    """An artifact folder that is missing, malformed, or does not match its manifest."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def graph_files(graph_file: str) -> list[str]:
+    """Files one graph entry stands for (an IR ``.xml`` brings its ``.bin``)."""
+    if graph_file.endswith(".xml"):
+        return [graph_file, graph_file[: -len(".xml")] + ".bin"]
+    return [graph_file]
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add the sha256 of every graph file, validate, and write ``manifest.json``."""
+    names = [n for formats in manifest["graphs"].values() for f in formats.values()
+             for n in graph_files(f)]
+    manifest = {**manifest, "files": {n: sha256_file(folder / n) for n in sorted(names)}}
+    validate_manifest(manifest)
+    atomic_write_bytes(folder / MANIFEST_NAME, json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+def default_mode(directory: bool = False) -> int:
+    """Permissions a plain ``open``/``mkdir`` would give under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either nothing or all of it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _require(cond: bool, what: str) -> None:
+    if not cond:
+        raise ArtifactError(f"manifest: {what}")
+
+
+def _is_shape(v: Any, n: int) -> bool:
+    return isinstance(v, list) and len(v) == n and all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v
+    )
+
+
+def _safe_file_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and not os.path.isabs(name)
+    )
+
+
+def validate_manifest(m: Any) -> None:
+    """Raise :class:`ArtifactError` naming the first field that breaks the schema."""
+    _require(isinstance(m, dict), "top level must be a JSON object")
+    version = m.get("format_version")
+    _require(
+        version == FORMAT_VERSION,
+        f"unsupported format_version {version!r} (this runtime reads {FORMAT_VERSION})",
+    )
+    for key in ("source", "input", "feature", "output", "graphs", "files", "check"):
+        _require(isinstance(m.get(key), dict), f"'{key}' must be an object")
+    _require(isinstance(m.get("target_layer"), str), "'target_layer' must be a string")
+    try:
+        Preprocessing.from_dict(m["input"])
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ArtifactError(f"manifest: invalid 'input': {exc}") from None
+    _require(_is_shape(m["input"].get("shape"), 4), "'input.shape' must be 4 positive ints")
+    _require(_is_shape(m["feature"].get("shape"), 3), "'feature.shape' must be [C, h, w]")
+    n_classes = m["output"].get("num_classes")
+    _require(isinstance(n_classes, int) and n_classes > 0, "'output.num_classes' must be > 0")
+    _require(isinstance(m["output"].get("logits"), bool), "'output.logits' must be a boolean")
+    labels = m.get("labels")
+    _require(
+        labels is None
+        or (isinstance(labels, list) and len(labels) == n_classes
+            and all(isinstance(s, str) for s in labels)),
+        "'labels' must be null or one string per class",
+    )
+    _require(isinstance(m.get("g_starts_with_gap"), bool), "'g_starts_with_gap' must be a bool")
+    graphs = m["graphs"]
+    needed = ("f", "g_pooled") if m["g_starts_with_gap"] else ("f", "g")
+    for role in needed:
+        _require(isinstance(graphs.get(role), dict) and graphs[role], f"graph '{role}' missing")
+    for role, formats in graphs.items():
+        _require(role in GRAPH_ROLES and isinstance(formats, dict), f"unknown graph '{role}'")
+        for fmt, name in formats.items():
+            _require(fmt in GRAPH_FORMATS, f"unknown format '{fmt}' for graph '{role}'")
+            _require(_safe_file_name(name), f"file name {name!r} must be a bare file name")
+            for part in graph_files(name):
+                _require(part in m["files"], f"file '{part}' has no sha256 entry")
+    for name, digest in m["files"].items():
+        _require(_safe_file_name(name), f"file name {name!r} must be a bare file name")
+        _require(isinstance(digest, str) and len(digest) == 64, f"bad sha256 for '{name}'")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A validated artifact folder: the ``f``/``g`` graphs and what is needed to use them."""
+
+    folder: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def load(cls, folder: str | Path, verify_files: bool = True) -> Artifact:
+        folder = Path(folder)
+        path = folder / MANIFEST_NAME
+        if not folder.is_dir():
+            raise ArtifactError(f"{folder}: not an artifact folder (no such directory)")
+        if not path.is_file():
+            raise ArtifactError(f"{folder}: not an artifact folder (no {MANIFEST_NAME})")
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
+        try:
+            validate_manifest(manifest)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{folder}: {exc}") from None
+        artifact = cls(folder, manifest)
+        if verify_files:
+            artifact.verify_files()
+        return artifact
+
+    def verify_files(self) -> None:
+        """Check every file exists inside the folder and matches its sha256."""
+        root = self.folder.resolve()
+        for name, digest in self.manifest["files"].items():
+            path = self.folder / name
+            if not path.is_file():
+                raise ArtifactError(f"{self.folder}: file '{name}' named in manifest is missing")
+            if root not in path.resolve().parents:
+                raise ArtifactError(f"{self.folder}: file '{name}' points outside the folder")
+            if sha256_file(path) != digest:
+                raise ArtifactError(f"{self.folder}: file '{name}' does not match its sha256")
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.folder.name)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.manifest["input"])
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.manifest["feature"]["shape"]
+        return c, h, w
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest["output"]["num_classes"]
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.manifest.get("labels")
+
+    @property
+    def g_starts_with_gap(self) -> bool:
+        return self.manifest["g_starts_with_gap"]
+
+    def label(self, k: int) -> str:
+        labels = self.labels
+        return labels[k] if labels else f"class {k}"
+
+    def graph_path(self, role: str, fmt: str) -> Path | None:
+        """Path of graph ``role`` in format ``fmt``, or None when not exported."""
+        name = self.manifest["graphs"].get(role, {}).get(fmt)
+        return self.folder / name if name else None

@@ -1,0 +1,43 @@
+"""Backend choice: the one place that maps a backend name to its implementation."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from .base import PRECISIONS, Backend, BackendError, Graph
+
+BACKENDS = {
+    "openvino": ("openvino", ".openvino_backend", "OpenVINOBackend"),
+    "onnxruntime": ("onnxruntime", ".onnxruntime_backend", "OnnxRuntimeBackend"),
+}
+
+
+def available_backends() -> list[str]:
+    """Backends whose engine is installed, preferred first."""
+    return [name for name, (pkg, _, _) in BACKENDS.items() if importlib.util.find_spec(pkg)]
+
+
+def create_backend(
+    name: str | None = None, device: str | None = None, precision: str = "auto"
+) -> Backend:
+    """Create a backend by name; ``None`` picks the first installed one (OpenVINO first)."""
+    if name is None:
+        installed = available_backends()
+        if not installed:
+            raise BackendError(
+                "no inference engine installed: pip install .[openvino] or .[onnxruntime]"
+            )
+        name = "onnxruntime" if (device or "").upper() == "CUDA" and "onnxruntime" in installed \
+            else installed[0]
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r} (choose from {tuple(BACKENDS)})")
+    package, module, cls = BACKENDS[name]
+    if importlib.util.find_spec(package) is None:
+        raise BackendError(f"backend {name!r} needs the {package} package: pip install .[{name}]")
+    impl = getattr(importlib.import_module(module, __name__), cls)
+    return impl(device, precision)
+
+
+__all__ = ["PRECISIONS", "Backend", "BackendError", "Graph", "available_backends",
+           "create_backend"]
