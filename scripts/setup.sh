@@ -7,6 +7,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check \
-  -e ".[export,openvino,onnxruntime,demo,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  -e ".[export,openvino,onnxruntime,demo,peers,dev]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import reciprocam_ir, export, torch, openvino, onnxruntime" \
   || { echo "setup.sh: the environment is incomplete" >&2; exit 1; }
