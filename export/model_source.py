@@ -125,6 +125,12 @@ def load_callable(spec: str, weights: str | None, size: int | None) -> LoadedMod
                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
     if not isinstance(model, nn.Module):
         raise ExportError(f"model '{spec}' returned {type(model).__name__}, not a torch nn.Module")
+    return from_module(model, attr, spec, weights, size)
+
+
+def from_module(model: nn.Module, name: str, spec: str, weights: str | None,
+                size: int | None) -> LoadedModel:
+    """A model object: its own weights (or ``weights``), preprocessing and labels."""
     source = "callable"
     if weights is not None and weights.lower() not in ("none", "default"):
         apply_weights(model, weights)
@@ -139,12 +145,13 @@ def load_callable(spec: str, weights: str | None, size: int | None) -> LoadedMod
     except (TypeError, ValueError) as exc:
         raise ExportError(f"model '{spec}': invalid reciprocam_input: {exc}") from None
     labels = getattr(model, "reciprocam_labels", None)
-    return LoadedModel(model, attr, {"model": spec, "weights": source}, preprocessing,
+    return LoadedModel(model, name, {"model": spec, "weights": source}, preprocessing,
                        list(labels) if labels is not None else None)
 
 
-def load_model(spec: str, weights: str | None = None, size: int | None = None) -> LoadedModel:
-    """Load ``spec`` in eval mode with the requested weights and its preprocessing.
+def load_model(spec: str | nn.Module, weights: str | None = None,
+               size: int | None = None) -> LoadedModel:
+    """Load ``spec`` (a name, an import path, or a model object) in eval mode.
 
     A callable may describe its own preprocessing with a ``reciprocam_input`` dict
     (``size``, ``resize``, ``resize_size``, ``scale``, ``mean``, ``std``, ``color``) and its
@@ -152,8 +159,13 @@ def load_model(spec: str, weights: str | None = None, size: int | None = None) -
     """
     if size is not None and size < 32:
         raise ExportError(f"--input-size {size} is too small (at least 32)")
-    loaded = load_callable(spec, weights, size) if ":" in spec else load_torchvision(
-        spec, weights, size)
+    if isinstance(spec, nn.Module):
+        loaded = from_module(spec, type(spec).__name__.lower(), type(spec).__qualname__,
+                             weights, size)
+    elif ":" in spec:
+        loaded = load_callable(spec, weights, size)
+    else:
+        loaded = load_torchvision(spec, weights, size)
     loaded.model.eval()
     return loaded
 

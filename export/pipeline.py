@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from reciprocam_ir import __version__
 from reciprocam_ir.artifact import (
@@ -32,8 +33,9 @@ from .verify import TOLERANCE, check_graphs, verification_input
 FORMATS = ("onnx", "ir", "both")
 
 
-def prepare(spec: str, weights: str | None, size: int | None) -> tuple[LoadedModel, CutGraph,
-                                                                       torch.Tensor]:
+def prepare(
+    spec: str | nn.Module, weights: str | None, size: int | None
+) -> tuple[LoadedModel, CutGraph, torch.Tensor]:
     """Load and trace the model on the fixed verification input."""
     loaded = load_model(spec, weights, size)
     example = torch.from_numpy(verification_input((1, 3, *loaded.preprocessing.size)))
@@ -69,7 +71,7 @@ def _move_into_place(staging: Path, out: Path) -> None:
 
 
 def export_artifact(
-    spec: str,
+    spec: str | nn.Module,
     weights: str | None = None,
     layer: str | None = None,
     size: int | None = None,

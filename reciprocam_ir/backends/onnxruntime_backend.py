@@ -42,7 +42,7 @@ class OnnxRuntimeBackend(Backend):
                 f"ONNX Runtime has no {provider} here{hint}; "
                 f"available: {', '.join(ort.get_available_providers())}"
             )
-        self.providers = [provider] if provider == PROVIDERS["CPU"] else [provider, PROVIDERS["CPU"]]
+        self.providers = list(dict.fromkeys([provider, PROVIDERS["CPU"]]))
 
     def compile(self, path: Path) -> Graph:
         options = ort.SessionOptions()

@@ -60,4 +60,5 @@ class OpenVINOBackend(Backend):
             return OpenVINOGraph(self.core.compile_model(str(path), self.device, self.config()))
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"OpenVINO cannot compile {path.name} on {self.device}: {first}")
+            raise BackendError(
+                f"OpenVINO cannot compile {path.name} on {self.device}: {first}") from None
