@@ -1,0 +1,62 @@
+"""Shared artifacts: each exported once per test session with the real exporter."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(TESTS))
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for CLI subprocesses: tests/ importable for ``toy_models:...`` paths."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture(scope="session")
+def export_once(tmp_path_factory):
+    """Export (spec, kwargs) once per session and return the artifact folder."""
+    from export.pipeline import export_artifact
+
+    cache: dict[tuple, Path] = {}
+
+    def get(spec, **kwargs) -> Path:
+        key = (spec if isinstance(spec, str) else id(spec), tuple(sorted(kwargs.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp("artifacts") / "artifact"
+            cache[key] = export_artifact(spec, out=out, **kwargs)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def resnet18_dir(export_once) -> Path:
+    return export_once("resnet18", weights="none", fmt="both")
+
+
+@pytest.fixture(scope="session")
+def lite0_dir(export_once) -> Path:
+    return export_once("export.pretrained:efficientnet_lite0", fmt="both")
+
+
+@pytest.fixture(scope="session")
+def flatten_dir(export_once) -> Path:
+    return export_once("toy_models:tiny_flatten", fmt="both")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from sample_images import sample_images
+
+    return sample_images()

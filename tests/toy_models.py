@@ -1,0 +1,85 @@
+"""Small models for tests, importable as ``toy_models:<factory>`` (tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TOY_INPUT = {"size": 32, "resize": "direct", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+
+
+class TinyGapNet(nn.Module):
+    """conv → relu → conv → relu → GAP → linear: a GAP head."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1),
+                                  nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+        self.reciprocam_input = dict(TOY_INPUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.body(x)), 1))
+
+
+class TinyFlattenNet(nn.Module):
+    """A head that flattens the map into a linear layer: no GAP, so the full ``g`` runs."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1),
+                                  nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Flatten(),
+                                  nn.Linear(4 * 8 * 8, classes))
+        self.reciprocam_input = dict(TOY_INPUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class TwoInputNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3)) + self.conv(y).mean((2, 3))
+
+
+class MapOutputNet(nn.Module):
+    """Returns a 4-D map, not class scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.reciprocam_input = dict(TOY_INPUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def tiny_gap() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyGapNet().eval()
+
+
+def tiny_flatten() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyFlattenNet().eval()
+
+
+def two_inputs() -> nn.Module:
+    return TwoInputNet()
+
+
+def map_output() -> nn.Module:
+    return MapOutputNet()
+
+
+def not_a_module() -> int:
+    return 42
+
+
+def broken() -> nn.Module:
+    raise RuntimeError("factory exploded")
