@@ -40,8 +40,20 @@ def export_once(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def resnet18_dir(export_once) -> Path:
-    return export_once("resnet18", weights="none", fmt="both")
+def resnet18_weights(tmp_path_factory) -> Path:
+    """A seeded random resnet18 state dict, so tests can rebuild the same torch model."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def resnet18_dir(export_once, resnet18_weights) -> Path:
+    return export_once("resnet18", weights=str(resnet18_weights), fmt="both")
 
 
 @pytest.fixture(scope="session")

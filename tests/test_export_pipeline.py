@@ -83,7 +83,8 @@ def test_exported_pair_matches_torch_on_new_input(tmp_path):
 def test_manifest_contents_and_checksums(resnet18_dir):
     m = json.loads((resnet18_dir / "manifest.json").read_text())
     assert m["format_version"] == 1
-    assert m["source"]["model"] == "resnet18" and m["source"]["weights"] == "none"
+    assert m["source"]["model"] == "resnet18"
+    assert m["source"]["weights"].endswith("resnet18.pt")
     inp = m["input"]
     assert inp["shape"] == [1, 3, 224, 224] and inp["layout"] == "NCHW" and inp["color"] == "RGB"
     assert inp["resize"] == "shorter_side_crop" and inp["resize_size"] == 256

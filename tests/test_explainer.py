@@ -1,0 +1,180 @@
+"""ReciproCAM on the real runtimes: parity, the torch reference, targets, chunking, shortcut."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from reciprocam_ir import ReciproCAM, create_backend
+from reciprocam_ir.masking import masked_batch
+from reciprocam_ir.saliency import normalise
+
+BACKENDS = ("openvino", "onnxruntime")
+
+
+def torch_reference(model: torch.nn.Module, layer: str, x: np.ndarray,
+                    classes: list[int]) -> np.ndarray:
+    """Maps from the whole torch model with ``layer``'s output replaced by the masked batch."""
+    module = dict(model.named_modules())[layer]
+    x = torch.from_numpy(x)
+    captured = []
+    with torch.no_grad():
+        handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
+        model(x)
+        handle.remove()
+        feature = captured[0][0]
+        c, h, w = feature.shape
+        n = h * w
+        masked = torch.zeros(n, c, n)
+        for pos in range(n):
+            masked[pos, :, pos] = feature.reshape(c, n)[:, pos]
+        handle = module.register_forward_hook(lambda m, i, o: masked.reshape(n, c, h, w))
+        scores = model(x.repeat(n, 1, 1, 1)).numpy()
+        handle.remove()
+    return normalise(scores[:, classes]).reshape(len(classes), h, w)
+
+
+@pytest.fixture(scope="module")
+def resnet18_model(resnet18_weights) -> torch.nn.Module:
+    model = torchvision.models.resnet18(weights=None)
+    model.load_state_dict(torch.load(resnet18_weights, weights_only=True))
+    return model.eval()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resnet18_maps_match_torch_reference(resnet18_dir, resnet18_model, photos, backend):
+    cam = ReciproCAM(resnet18_dir, backend=backend, precision="f32")
+    exp = cam.explain(photos["coffee"], targets=[1, 500, 967])
+    x = cam.preprocessing(photos["coffee"])
+    reference = torch_reference(resnet18_model, "layer4", x, [1, 500, 967])
+    np.testing.assert_allclose(exp.saliency[0], reference, atol=1e-4)
+    with torch.no_grad():
+        logits = resnet18_model(torch.from_numpy(x)).numpy()[0]
+    np.testing.assert_allclose(exp.scores[0], logits, atol=1e-4 * np.abs(logits).max())
+
+
+def test_lite0_maps_agree_across_backends_and_with_torch(lite0_dir, photos):
+    from export.pretrained import efficientnet_lite0
+
+    images = [photos["chelsea"], photos["coffee"]]
+    maps = {b: ReciproCAM(lite0_dir, backend=b, precision="f32").explain(images, top_k=2)
+            for b in BACKENDS}
+    ov, ort = maps["openvino"], maps["onnxruntime"]
+    np.testing.assert_array_equal(ov.targets, ort.targets)
+    np.testing.assert_allclose(ov.saliency, ort.saliency, atol=1e-4)
+    cam = ReciproCAM(lite0_dir, backend="onnxruntime")
+    model = efficientnet_lite0()
+    for i, image in enumerate(images):
+        reference = torch_reference(model, "_bn1", cam.preprocessing(image),
+                                    list(ov.targets[i]))
+        np.testing.assert_allclose(ov.saliency[i], reference, atol=1e-4)
+    assert ov.labels[ov.targets[0, 0]] == "Egyptian cat"
+    assert ov.labels[ov.targets[1, 0]] == "espresso"
+
+
+def test_cat_map_sits_on_the_cat(lite0_dir, photos):
+    """chelsea is a close-up cat face: the map's mass lies on the face, not the border."""
+    exp = ReciproCAM(lite0_dir, backend="openvino").explain(photos["chelsea"])
+    full = exp.upsample(0)[0]
+    h, w = full.shape
+    face = full[int(0.1 * h):int(0.75 * h), int(0.2 * w):int(0.75 * w)]
+    assert face.mean() > 1.5 * full.mean() - face.mean() * 0.5
+    peak_y, peak_x = np.unravel_index(full.argmax(), full.shape)
+    assert 0.1 * h < peak_y < 0.75 * h and 0.2 * w < peak_x < 0.75 * w
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_full_g_path_on_a_flatten_head(flatten_dir, backend):
+    from toy_models import tiny_flatten
+
+    cam = ReciproCAM(flatten_dir, backend=backend, precision="f32")
+    assert not cam.uses_pooled_tail
+    image = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    exp = cam.explain(image, targets="all")
+    layer = cam.artifact.manifest["target_layer"]
+    assert layer == "head.1" and exp.saliency.shape == (1, 4, 8, 8)
+    reference = torch_reference(tiny_flatten(), layer, cam.preprocessing(image), [0, 1, 2, 3])
+    np.testing.assert_allclose(exp.saliency[0], reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gap_shortcut_equals_full_g(resnet18_dir, photos, backend):
+    """The pooled tail on N vectors gives the maps of the full g on N masked maps."""
+    cam = ReciproCAM(resnet18_dir, backend=backend, precision="f32")
+    assert cam.uses_pooled_tail
+    fast = cam.explain(photos["astronaut"], top_k=3)
+    engine = create_backend(backend, "CPU", "f32")
+    fmt = engine.graph_format[0]
+    f = engine.compile(cam.artifact.graph_path("f", fmt))
+    g = engine.compile(cam.artifact.graph_path("g", fmt))
+    feature = f(cam.preprocessing(photos["astronaut"]))[0]
+    scores = g(np.concatenate([feature[None], masked_batch(feature)]))
+    np.testing.assert_allclose(fast.scores[0], scores[0], atol=1e-4)
+    slow = normalise(scores[1:, fast.targets[0]]).reshape(3, 7, 7)
+    np.testing.assert_allclose(fast.saliency[0], slow, atol=1e-4)
+
+
+@pytest.mark.parametrize("budget_mb", [0.0005, 0.01, 1.0])
+def test_chunking_gives_the_same_maps(flatten_dir, budget_mb):
+    image = np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    whole = ReciproCAM(flatten_dir, backend="onnxruntime").explain(image, targets="all")
+    chunked = ReciproCAM(flatten_dir, backend="onnxruntime", memory_budget_mb=budget_mb)
+    assert chunked.rows_per_call() < 65 or budget_mb == 1.0
+    part = chunked.explain(image, targets="all")
+    np.testing.assert_allclose(part.saliency, whole.saliency, atol=1e-6)
+    np.testing.assert_allclose(part.scores, whole.scores, atol=1e-6)
+
+
+def test_targets_top_k_and_all(resnet18_dir, photos):
+    cam = ReciproCAM(resnet18_dir, backend="onnxruntime")
+    images = [photos["chelsea"], photos["rocket"]]
+    top3 = cam.explain(images, top_k=3)
+    assert top3.saliency.shape == (2, 3, 7, 7) and top3.scores.shape == (2, 1000)
+    for i in range(2):
+        np.testing.assert_array_equal(top3.targets[i], np.argsort(-top3.scores[i])[:3])
+    fixed = cam.explain(images, targets=[5, 7])
+    assert fixed.targets.tolist() == [[5, 7], [5, 7]]
+    one = cam.explain(images[0], targets=7)
+    np.testing.assert_allclose(one.saliency[0, 0], fixed.saliency[0, 1], atol=1e-6)
+    everything = cam.explain(images[0], targets="all")
+    assert everything.saliency.shape == (1, 1000, 7, 7)
+    np.testing.assert_allclose(everything.saliency[0, 5], fixed.saliency[0, 0], atol=1e-6)
+    assert 0.0 <= everything.saliency.min() and everything.saliency.max() <= 1.0
+    with pytest.raises(ValueError, match="out of range"):
+        cam.explain(images[0], targets=1000)
+    with pytest.raises(ValueError, match="top_k"):
+        cam.explain(images[0], top_k=0)
+
+
+def test_softmax_scores_option(resnet18_dir, photos):
+    logits = ReciproCAM(resnet18_dir, backend="onnxruntime").explain(photos["coffee"], targets=3)
+    soft = ReciproCAM(resnet18_dir, backend="onnxruntime", scores="softmax").explain(
+        photos["coffee"], targets=3)
+    np.testing.assert_allclose(soft.scores, logits.scores)  # the model's own output either way
+    assert not np.allclose(soft.saliency, logits.saliency, atol=1e-3)
+
+
+def test_batches_equal_single_images(resnet18_dir, photos):
+    cam = ReciproCAM(resnet18_dir, backend="openvino", precision="f32", batch_size=2)
+    images = [photos[k] for k in ("chelsea", "coffee", "rocket")]
+    together = cam.explain(images)
+    for i, image in enumerate(images):
+        alone = cam.explain(image)
+        np.testing.assert_allclose(together.saliency[i], alone.saliency[0], atol=1e-5)
+
+
+def test_explanation_images_overlay_and_save(resnet18_dir, photos, tmp_path):
+    exp = ReciproCAM(resnet18_dir, backend="onnxruntime").explain(
+        [photos["chelsea"]], targets=[285, 1], names=["cat.png"])
+    full = exp.upsample(0)
+    assert full.shape == (2, *photos["chelsea"].shape[:2])
+    over = exp.overlay(0, 1)
+    assert over.shape == photos["chelsea"].shape and over.dtype == np.uint8
+    files = exp.save(tmp_path, save_npz=True)
+    assert sorted(p.name for p in files) == ["cat.npz", "cat_1_goldfish.png",
+                                             "cat_285_Egyptian_cat.png"]
+    data = np.load(tmp_path / "cat.npz")
+    np.testing.assert_array_equal(data["saliency"], exp.saliency[0])
+    assert data["targets"].tolist() == [285, 1] and data["scores"].shape == (1000,)
