@@ -35,6 +35,32 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def onnx_external_data(path: Path) -> list[str]:
+    """File names an ONNX graph loads tensors from (its external data references).
+
+    A graph whose bytes never contain the key ``location`` has none; otherwise the
+    ``onnx`` package reads the references without loading them.
+    """
+    with open(path, "rb") as fh:
+        if b"location" not in fh.read():
+            return []
+    try:
+        import onnx
+    except ImportError:
+        raise ArtifactError(f"'{path.name}' may reference external data; install onnx to "
+                            "validate it") from None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf decode errors have several types
+        raise ArtifactError(f"'{path.name}' is not a readable ONNX graph ({exc})") from None
+    names = []
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in tensor.external_data}
+            names.append(entries.get("location", ""))
+    return names
+
+
 def graph_files(graph_file: str) -> list[str]:
     """Files one graph entry stands for (an IR ``.xml`` brings its ``.bin``)."""
     if graph_file.endswith(".xml"):
@@ -177,6 +203,19 @@ class Artifact:
                 raise ArtifactError(f"{self.folder}: file '{name}' points outside the folder")
             if sha256_file(path) != digest:
                 raise ArtifactError(f"{self.folder}: file '{name}' does not match its sha256")
+            if name.endswith(".onnx"):
+                self._check_external_data(path)
+
+    def _check_external_data(self, path: Path) -> None:
+        try:
+            references = onnx_external_data(path)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{self.folder}: {exc}") from None
+        for ref in references:
+            if not _safe_file_name(ref) or ref not in self.manifest["files"]:
+                raise ArtifactError(
+                    f"{self.folder}: '{path.name}' references external data {ref!r} that is "
+                    "not a file of this artifact")
 
     @property
     def name(self) -> str:

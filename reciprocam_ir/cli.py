@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .artifact import ArtifactError
+from .artifact import ArtifactError, atomic_write_bytes
 from .backends import PRECISIONS, BackendError
 from .explainer import ReciproCAM
+from .explanation import slug
 from .preprocess import ImageError
 from .saliency import SCORE_KINDS
 
@@ -42,7 +43,27 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--memory-budget-mb", type=float, default=256.0,
                    help="largest masked batch per g call")
+    e.add_argument("--overwrite", action="store_true",
+                   help="explain again images whose outputs already exist in --out")
     return p
+
+
+DONE_DIR = ".reciprocam"
+"""Per-image records in the output folder, written last: an image with a record is done."""
+
+
+def done_record(out: Path, stem: str) -> Path:
+    return out / DONE_DIR / f"{stem}.json"
+
+
+def already_done(out: Path, stem: str, settings: dict) -> bool:
+    """True when an earlier run wrote every output of this image with the same settings."""
+    try:
+        record = json.loads(done_record(out, stem).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("settings") == settings and all(
+        (out / name).is_file() for name in record.get("files", []))
 
 
 def image_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -67,7 +88,7 @@ def explain(args: argparse.Namespace) -> int:
         cam = ReciproCAM(args.artifact, backend=args.backend, device=args.device,
                          precision=args.precision, scores=args.scores,
                          memory_budget_mb=args.memory_budget_mb, batch_size=args.batch_size)
-    except (ArtifactError, BackendError, ValueError) as exc:
+    except (ArtifactError, BackendError, ValueError, MemoryError) as exc:
         print(f"reciprocam: error: {exc}", file=sys.stderr)
         return 2
     if args.classes is not None:
@@ -85,6 +106,23 @@ def explain(args: argparse.Namespace) -> int:
         print(f"reciprocam: error: cannot create output folder '{out}': {exc.strerror}",
               file=sys.stderr)
         return 2
+    settings = {"artifact": str(Path(args.artifact).resolve()), "targets": targets,
+                "top_k": args.top_k, "scores": args.scores, "save_npz": args.save_npz}
+    owner: dict[str, Path] = {}
+    todo = []
+    for path in paths:
+        stem = slug(path.stem)
+        if stem in owner:
+            failures.append((str(path), f"its outputs would overwrite those of {owner[stem]}"))
+            continue
+        owner[stem] = path
+        if args.overwrite or not already_done(out, stem, settings):
+            todo.append(path)
+    skipped = len(owner) - len(todo)
+    if skipped:
+        print(f"reciprocam: {skipped} images already explained in {out}, skipped "
+              "(--overwrite to redo)", file=sys.stderr)
+    paths = todo
     done = 0
     bar = tqdm(total=len(paths), unit="img", desc="explaining", file=sys.stderr,
                disable=len(paths) < 2)
@@ -112,15 +150,20 @@ def explain(args: argparse.Namespace) -> int:
                     continue
                 for i in range(len(exp)):
                     files = exp.save_one(i, out, save_npz=args.save_npz)
+                    record = {**exp.summary(i), "files": [str(f) for f in files]}
+                    done_record(out, exp.stem(i)).parent.mkdir(exist_ok=True)
+                    atomic_write_bytes(done_record(out, exp.stem(i)), json.dumps(
+                        {**record, "files": [f.name for f in files], "settings": settings}
+                    ).encode())
                     if args.json:
-                        record = {**exp.summary(i), "files": [str(f) for f in files]}
                         print(json.dumps(record), flush=True)
                     done += 1
                     bar.update(1)
     except KeyboardInterrupt:
         bar.close()
-        print(f"reciprocam: interrupted after {done} of {len(paths)} images; "
-              "outputs written so far are complete", file=sys.stderr)
+        print(f"reciprocam: interrupted: {done} of {len(paths)} images explained; every "
+              "output written is complete, and a re-run skips the done images",
+              file=sys.stderr)
         return 130
     bar.close()
     for name, reason in failures:

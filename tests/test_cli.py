@@ -75,9 +75,9 @@ def test_bad_files_are_reported_and_the_rest_is_done(capsys, resnet18_dir, image
     for name in ("empty.png: empty file", "notes.txt: not a readable image", "truncated.jpg",
                  "missing.jpg: no such file"):
         assert any(name in line for line in errors), (name, errors)
-    written = sorted(p.name for p in out.iterdir())
+    written = sorted(p.name for p in out.glob("*.png"))
     assert len(written) == 2 and all(cv2.imread(str(out / n)) is not None for n in written)
-    assert not [n for n in written if n.startswith(".")]
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("args, match", [

@@ -47,11 +47,11 @@ class Locator(nn.Module):
 def locator_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = Locator()
-    images, labels, _ = synthetic(1024, seed=0)
+    images, labels, _ = synthetic(768, seed=0)
     x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
     y = torch.from_numpy(labels)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(300):
+    for _ in range(200):
         idx = torch.randint(0, len(x), (64,))
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()

@@ -83,3 +83,18 @@ def not_a_module() -> int:
 
 def broken() -> nn.Module:
     raise RuntimeError("factory exploded")
+
+
+class BrightNaNNet(TinyGapNet):
+    """Gives NaN scores for inputs brighter than the export check's (log of a negative)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + 0.0 * torch.log(20.0 - x.amax())
+        return self.fc(torch.flatten(self.pool(self.body(x)), 1))
+
+
+def bright_nan() -> nn.Module:
+    torch.manual_seed(0)
+    model = BrightNaNNet().eval()
+    model.reciprocam_input = {**TOY_INPUT, "mean": (0.0, 0.0, 0.0), "std": (0.01, 0.01, 0.01)}
+    return model
