@@ -95,24 +95,23 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
-def _ancestors(node: fx.Node) -> set[fx.Node]:
+def _reachable(node: fx.Node, step) -> set[fx.Node]:
+    """``node`` and every node reached by repeatedly following ``step`` from it."""
     seen, stack = {node}, [node]
     while stack:
-        for a in stack.pop().all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                stack.append(a)
+        for nxt in step(stack.pop()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
     return seen
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    return _reachable(node, lambda n: n.all_input_nodes)
 
 
 def _descendants(node: fx.Node) -> set[fx.Node]:
-    seen, stack = {node}, [node]
-    while stack:
-        for u in stack.pop().users:
-            if u not in seen:
-                seen.add(u)
-                stack.append(u)
-    return seen
+    return _reachable(node, lambda n: n.users)
 
 
 def _is_batch_size_read(node: fx.Node) -> bool:
