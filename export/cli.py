@@ -4,32 +4,56 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from .errors import ExportError
-from .pipeline import FORMATS, export_artifact, prepare
+from .file_cut import is_graph_file
+from .staging import FORMATS
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="reciprocam-export",
-        description="Cut a PyTorch classifier at a layer into f (image -> feature map) and "
-                    "g (feature map -> scores), written as ONNX and/or OpenVINO IR.")
-    p.add_argument("model", help="torchvision model name (resnet50) or package.module:callable")
+        description="Cut a PyTorch classifier, or an ONNX / OpenVINO IR classifier file, at a "
+                    "layer into f (image -> feature map) and g (feature map -> scores), "
+                    "written as ONNX and/or OpenVINO IR.")
+    p.add_argument("model", help="torchvision model name (resnet50), package.module:callable, "
+                                 "or a model.onnx / model.xml file")
     p.add_argument("--weights", default=None,
                    help="state-dict file, DEFAULT (torchvision, downloads) or none "
                         "(default: DEFAULT for torchvision names, the callable's own weights)")
     p.add_argument("--layer", default=None,
-                   help="module path to cut after (default: last valid spatial cut)")
-    p.add_argument("--input-size", type=int, default=None, help="square input size in pixels")
+                   help="module path to cut after, or for a graph file a tensor (ONNX) or "
+                        "node (IR) name (default: last valid spatial cut)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="square input size in pixels (graph files: only for a dynamic H, W; "
+                        "default 224)")
     p.add_argument("--format", choices=FORMATS, default="both")
     p.add_argument("--out", default=None, help="artifact folder (default: models/<name>)")
     p.add_argument("--list-layers", action="store_true",
                    help="print the valid cut points with their feature shapes and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    g = p.add_argument_group("graph files (.onnx/.xml) only: preprocessing and scores")
+    g.add_argument("--mean", type=float, nargs=3, default=None, metavar="M",
+                   help="per-channel mean after scaling (default: ImageNet 0.485 0.456 0.406)")
+    g.add_argument("--std", type=float, nargs=3, default=None, metavar="S",
+                   help="per-channel std (default: ImageNet 0.229 0.224 0.225)")
+    g.add_argument("--scale", type=float, default=None,
+                   help="pixel multiplier before mean/std (default: 1/255)")
+    g.add_argument("--color", choices=("RGB", "BGR"), default=None,
+                   help="channel order the graph expects (default: RGB)")
+    g.add_argument("--resize-size", type=int, default=None, metavar="N",
+                   help="resize the shorter side to N, then centre-crop the input size "
+                        "(default: resize straight to the input size)")
+    g.add_argument("--keep-softmax", action="store_true",
+                   help="keep a trailing Softmax in g (default: drop it, score logits)")
     return p
 
 
 def list_layers(model: str, weights: str | None, size: int | None) -> None:
+    from .pipeline import prepare
+
     _, graph, _ = prepare(model, weights if weights else "none", size)
     default = graph.default_cut()
     print(f"{'layer':<40} {'feature (C x h x w)':<20} also named")
@@ -37,6 +61,33 @@ def list_layers(model: str, weights: str | None, size: int | None) -> None:
         mark = "  (default)" if cut is default else ""
         shape = " x ".join(map(str, cut.shape))
         print(f"{cut.name:<40} {shape:<20} {', '.join(cut.names[1:])}{mark}")
+
+
+GRAPH_ONLY = ("mean", "std", "scale", "color", "keep_softmax", "resize_size")
+
+
+def check_torch_args(args: argparse.Namespace) -> None:
+    """Refuse graph-file-only flags for a PyTorch model (its preprocessing is known)."""
+    given = [f"--{n.replace('_', '-')}" for n in GRAPH_ONLY
+             if getattr(args, n) not in (None, False)]
+    if given:
+        raise ExportError(f"{', '.join(given)} apply only to .onnx/.xml model files")
+
+
+def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
+    """Export (or with --list-layers, list) an ONNX/IR file; no torch is imported."""
+    from .graph_export import export_graph_file, list_graph_layers
+
+    if args.weights is not None:
+        raise ExportError(f"{args.model}: --weights does not apply to a graph file "
+                          "(its weights are in the file)")
+    if args.list_layers:
+        list_graph_layers(args.model, args.input_size)
+        return None
+    options = {k: getattr(args, k) for k in ("mean", "std", "scale", "color", "resize_size")
+               if getattr(args, k) is not None}
+    return export_graph_file(args.model, args.layer, args.input_size, args.format, args.out,
+                             log, keep_softmax=args.keep_softmax, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,11 +98,19 @@ def main(argv: list[str] | None = None) -> int:
             print(message, file=sys.stderr, flush=True)
 
     try:
-        if args.list_layers:
+        if is_graph_file(args.model):
+            out = export_file(args, log)
+            if out is None:
+                return 0
+        elif args.list_layers:
             list_layers(args.model, args.weights, args.input_size)
             return 0
-        out = export_artifact(args.model, args.weights, args.layer, args.input_size,
-                              args.format, args.out, log)
+        else:
+            check_torch_args(args)
+            from .pipeline import export_artifact
+
+            out = export_artifact(args.model, args.weights, args.layer, args.input_size,
+                                  args.format, args.out, log)
     except ExportError as exc:
         print(f"reciprocam-export: error: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,10 +15,8 @@ from reciprocam_ir.artifact import (
     FEATURE_NAME,
     FORMAT_VERSION,
     INPUT_NAME,
-    MANIFEST_NAME,
     OUTPUT_NAME,
     POOLED_NAME,
-    default_mode,
     write_manifest,
 )
 from reciprocam_ir.masking import masked_batch
@@ -28,9 +25,8 @@ from .errors import ExportError
 from .graph_cut import CutGraph
 from .graph_files import onnx_to_ir, write_onnx
 from .model_source import LoadedModel, load_model
+from .staging import FORMATS, check_destination, move_into_place, staging_folder
 from .verify import TOLERANCE, check_graphs, verification_input
-
-FORMATS = ("onnx", "ir", "both")
 
 
 def prepare(
@@ -40,34 +36,6 @@ def prepare(
     loaded = load_model(spec, weights, size)
     example = torch.from_numpy(verification_input((1, 3, *loaded.preprocessing.size)))
     return loaded, CutGraph(loaded.model, example), example
-
-
-def _check_destination(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"output '{out}' exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ExportError(f"output folder '{out}' exists and is not an artifact; "
-                          "choose another --out or empty it")
-
-
-def _staging_folder(out: Path) -> Path:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-        staging.chmod(default_mode(directory=True))
-        return staging
-    except OSError as exc:
-        raise ExportError(f"cannot write to '{out.parent}': {exc.strerror or exc}") from None
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{staging.name}")
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_artifact(
@@ -87,7 +55,7 @@ def export_artifact(
     cut = graph.find(layer) if layer else graph.default_cut()
     split = graph.split(cut)
     out = Path(out) if out is not None else Path("models") / loaded.name
-    _check_destination(out)
+    check_destination(out)
     log(f"cutting at '{cut.name}' (feature {'x'.join(map(str, cut.shape))})")
 
     with torch.no_grad():
@@ -97,7 +65,7 @@ def export_artifact(
         masked_reference = split.g(masked).numpy()
         pooled_example = feature.mean(dim=(2, 3))
 
-    staging = _staging_folder(out)
+    staging = staging_folder(out)
     try:
         modules = {"f": (split.f, example, INPUT_NAME, FEATURE_NAME),
                    "g": (split.g, feature, FEATURE_NAME, OUTPUT_NAME)}
@@ -153,7 +121,7 @@ def export_artifact(
                       "relative_error": worst / scale, "tolerance": TOLERANCE},
         }
         write_manifest(staging, manifest)
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

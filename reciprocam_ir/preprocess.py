@@ -13,7 +13,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_POLICIES = ("direct", "shorter_side_crop")
 COLOR_ORDERS = ("RGB", "BGR")
-LAYOUTS = ("NCHW",)
+LAYOUTS = ("NCHW", "NHWC")
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
@@ -63,8 +63,9 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         """Read the manifest's ``input`` section (``shape`` gives the size)."""
         shape = d["shape"]
+        hw = shape[1:3] if d.get("layout") == "NHWC" else shape[2:4]
         return cls(
-            size=(int(shape[2]), int(shape[3])),
+            size=(int(hw[0]), int(hw[1])),
             resize=d["resize"],
             resize_size=d.get("resize_size"),
             scale=float(d["scale"]),
@@ -78,7 +79,7 @@ class Preprocessing:
         d = asdict(self)
         d.pop("size")
         d["mean"], d["std"] = list(self.mean), list(self.std)
-        d["shape"] = [1, 3, *self.size]
+        d["shape"] = [1, *self.size, 3] if self.layout == "NHWC" else [1, 3, *self.size]
         return d
 
     def crop_box(self, height: int, width: int) -> tuple[float, float, float, float]:
@@ -91,7 +92,7 @@ class Preprocessing:
         return y0, x0, y0 + crop_h, x0 + crop_w
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 RGB → 1x3xHxW float32 network input."""
+        """HxWx3 uint8 RGB → 1x3xHxW (or 1xHxWx3 for NHWC) float32 network input."""
         rgb = as_rgb(rgb)
         h, w = self.size
         if self.resize == "direct":
@@ -107,6 +108,8 @@ class Preprocessing:
             img = img[:, :, ::-1]
         x = img.astype(np.float32) * np.float32(self.scale)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if self.layout == "NHWC":
+            return np.ascontiguousarray(x[None])
         return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 

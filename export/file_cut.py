@@ -1,0 +1,96 @@
+"""What the ONNX and IR cutters share: the image input check and named cut points.
+
+A cut of a graph file is a 4-D float tensor (N, C, h, w), h, w > 1, through which every
+path from the input to the output flows (the rule of the PyTorch path); the last is
+the default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import ExportError
+
+DEFAULT_SIZE = 224
+GRAPH_SUFFIXES = (".onnx", ".xml")
+
+
+def is_graph_file(spec: object) -> bool:
+    """True for a model given as an ONNX (``.onnx``) or OpenVINO IR (``.xml``) file name."""
+    return isinstance(spec, str) and spec.lower().endswith(GRAPH_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """A valid cut: its name (tensor name for ONNX, node name for IR) and feature (C, h, w)."""
+
+    name: str
+    shape: tuple[int, int, int]
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """The graph's single image input: its name, layout and spatial size."""
+
+    name: str
+    layout: str
+    size: tuple[int, int]
+
+    def shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        h, w = self.size
+        return (batch, h, w, 3) if self.layout == "NHWC" else (batch, 3, h, w)
+
+
+def image_input(source: str, names: Sequence[str], dims: Sequence[int | None] | None,
+                is_float: bool, size: int | None) -> ImageInput:
+    """Check the graph has one float NCHW/NHWC 3-channel input; fix its size.
+
+    ``dims`` holds None for dynamic axes. A dynamic height/width takes ``size`` (default
+    224); a static one must equal ``size`` when that is given.
+    """
+    if len(names) != 1:
+        raise ExportError(f"{source}: graph has {len(names)} inputs ({', '.join(names)}); "
+                          "only single-image classifiers (one input tensor) can be explained")
+    name = names[0]
+    shown = "?" if dims is None else "x".join("?" if d is None else str(d) for d in dims)
+    if dims is None or len(dims) != 4 or not (dims[1] == 3 or dims[3] == 3):
+        raise ExportError(f"{source}: input '{name}' has shape {shown}; expected one image "
+                          "tensor N x 3 x H x W (NCHW) or N x H x W x 3 (NHWC)")
+    if not is_float:
+        raise ExportError(f"{source}: input '{name}' is not float32; expected a float image")
+    layout = "NCHW" if dims[1] == 3 else "NHWC"
+    spatial = dims[2:4] if layout == "NCHW" else dims[1:3]
+    if size is not None and size < 8:
+        raise ExportError(f"--input-size {size} is too small (at least 8)")
+    hw = []
+    for d in spatial:
+        if d is None:
+            hw.append(size or DEFAULT_SIZE)
+        elif size is not None and d != size:
+            raise ExportError(f"{source}: input '{name}' is fixed at {shown}; "
+                              f"--input-size {size} does not match it")
+        else:
+            hw.append(d)
+    return ImageInput(name, layout, (hw[0], hw[1]))
+
+
+def find_cut(source: str, cuts: Sequence[CutPoint], layer: str | None,
+             known: set[str]) -> CutPoint:
+    """The cut named ``layer`` (name or alias), or the last spatial cut when ``layer`` is None."""
+    if layer is None:
+        if not cuts:
+            raise ExportError(f"{source}: no valid cut with a spatial feature map (h, w > 1)")
+        return cuts[-1]
+    for cut in cuts:
+        if layer == cut.name or layer in cut.aliases:
+            return cut
+    if layer not in known:
+        close = difflib.get_close_matches(layer, sorted(known), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ExportError(f"{source}: unknown layer '{layer}'{hint} (see --list-layers)")
+    valid = ", ".join(c.name for c in cuts[-3:]) or "none"
+    raise ExportError(f"{source}: layer '{layer}' is not a valid cut (not a 4-D float map with "
+                      f"h, w > 1 that all later layers read through); valid cuts include: {valid}")

@@ -1,0 +1,240 @@
+"""Cut an OpenVINO IR classifier into ``f`` and ``g`` with the OpenVINO Python API (no torch).
+
+``f`` ends at the cut node's output; ``g`` starts at a new Parameter that replaces it.
+Both are saved as IR with f32 weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+
+from reciprocam_ir.artifact import FEATURE_NAME, INPUT_NAME, OUTPUT_NAME, POOLED_NAME
+
+from .errors import ExportError
+from .file_cut import CutPoint, ImageInput, find_cut, image_input
+
+F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _key(output: ov.Output) -> tuple[int, int]:
+    return output.get_node().get_instance_id(), output.get_index()
+
+
+class IrGraph:
+    """An OpenVINO IR classifier file: its image input, valid cuts, and ``f``/``g``."""
+
+    def __init__(self, path: str | Path, size: int | None = None, convert: bool = False) -> None:
+        """Read ``path`` (IR, or with ``convert`` any file ``ov.convert_model`` reads)."""
+        self.path = Path(path)
+        self.source = str(path)
+        if not self.path.is_file():
+            raise ExportError(f"model file '{path}' not found")
+        self.core = ov.Core()
+        try:
+            model = ov.convert_model(str(self.path)) if convert \
+                else self.core.read_model(str(self.path))
+        except Exception as exc:  # OpenVINO's frontends raise several kinds
+            what = "OpenVINO cannot read the model" if convert else \
+                "not a readable OpenVINO IR model"
+            raise ExportError(f"{path}: {what} ({_first_line(exc)})") from None
+        params = model.get_parameters()
+        names = [p.get_friendly_name() for p in params]
+        dims = None
+        if len(params) == 1:
+            ps = params[0].get_output_partial_shape(0)
+            if ps.rank.is_static:
+                dims = [d.get_length() if d.is_static else None for d in ps]
+        is_float = len(params) == 1 and params[0].get_element_type() == ov.Type.f32
+        self.input: ImageInput = image_input(self.source, names, dims, is_float, size)
+        if len(model.outputs) != 1:
+            raise ExportError(f"{path}: graph has {len(model.outputs)} outputs; expected one "
+                              "2-D tensor of class scores (batch, classes)")
+        shape = ov.PartialShape([-1, *self.input.shape()[1:]])
+        try:
+            model.reshape({model.input(0): shape})
+        except RuntimeError as exc:
+            raise ExportError(f"{path}: cannot give the graph a dynamic batch axis "
+                              f"({_first_line(exc)})") from None
+        self.model = model
+        self._analyse()
+
+    def _analyse(self) -> None:
+        ordered = self.model.get_ordered_ops()
+        (param,) = self.model.get_parameters()
+        reads_input = {param.get_instance_id()}
+        for node in ordered:
+            if any(v.get_node().get_instance_id() in reads_input for v in node.input_values()):
+                reads_input.add(node.get_instance_id())
+        result = self.model.get_results()[0]
+        self.result_input = result.input_value(0)
+        out_rank = self.result_input.get_partial_shape().rank
+        if out_rank.is_static and out_rank.get_length() != 2:
+            raise ExportError(f"{self.source}: output has rank {out_rank.get_length()}; "
+                              "expected one 2-D tensor of class scores (batch, classes)")
+        self.known: set[str] = set()
+        self.cuts: list[CutPoint] = []
+        self._outputs: dict[str, tuple[str, int]] = {}
+        for node in ordered:
+            name = node.get_friendly_name()
+            self.known.add(name)
+            for out in node.outputs():
+                self.known.update(out.get_names())
+            if node.get_instance_id() not in reads_input or node.get_type_name() in (
+                    "Result", "Parameter"):
+                continue
+            for out in node.outputs():
+                ps = out.get_partial_shape()
+                if (out.get_element_type() != ov.Type.f32 or ps.rank.is_dynamic
+                        or ps.rank.get_length() != 4 or any(d.is_dynamic for d in list(ps)[1:])):
+                    continue
+                c, h, w = (d.get_length() for d in list(ps)[1:])
+                if min(h, w) < 2 or not self._all_paths_through(out, result):
+                    continue
+                cut_name = name if out.get_index() == 0 else f"{name}:{out.get_index()}"
+                self._outputs[cut_name] = (name, out.get_index())
+                self.cuts.append(CutPoint(cut_name, (c, h, w), tuple(sorted(out.get_names()))))
+        last = self.result_input.get_node()
+        self.softmax_input = last.input_value(0) if last.get_type_name() == "Softmax" else None
+
+    def _all_paths_through(self, cut: ov.Output, result: ov.Node) -> bool:
+        """Whether the result reads the Parameter only through ``cut``."""
+        seen, stack = {_key(cut)}, [result.input_value(0)]
+        while stack:
+            value = stack.pop()
+            node = value.get_node()
+            if node.get_type_name() == "Parameter":
+                return False
+            if _reads_batch_only(node):
+                continue
+            for v in node.input_values():
+                if _key(v) not in seen:
+                    seen.add(_key(v))
+                    stack.append(v)
+        return True
+
+    def find(self, layer: str | None) -> CutPoint:
+        """The named cut (node or tensor name), or the default (last spatial) cut."""
+        return find_cut(self.source, self.cuts, layer, self.known)
+
+    def _copy(self, cut: CutPoint) -> tuple[ov.Model, ov.Output, ov.Output]:
+        """A fresh copy of the model, the cut output in it, and its scores output."""
+        model = self.model.clone()
+        node_name, index = self._outputs[cut.name]
+        node = next(n for n in model.get_ordered_ops() if n.get_friendly_name() == node_name)
+        return model, node.output(index), model.get_results()[0].input_value(0)
+
+    def _scores(self, value: ov.Output, keep_softmax: bool) -> ov.Output:
+        node = value.get_node()
+        if self.softmax_input is not None and not keep_softmax:
+            return node.input_value(0)
+        return value
+
+    def reference(self, x: np.ndarray, keep_softmax: bool) -> np.ndarray:
+        """The original graph's scores on ``x`` with OpenVINO in f32 (pre-Softmax by default)."""
+        model = self.model.clone()
+        scores = self._scores(model.get_results()[0].input_value(0), keep_softmax)
+        ref = ov.Model([scores], model.get_parameters(), "reference")
+        try:
+            out = self.core.compile_model(ref, "CPU", F32_CONFIG)({0: x})[0]
+        except RuntimeError as exc:
+            raise ExportError(f"{self.source}: OpenVINO cannot run the graph "
+                              f"({_first_line(exc)})") from None
+        return np.asarray(out, np.float32)
+
+    def pooled_start(self, feature: ov.Output) -> ov.Output | None:
+        """The global average pooling output that alone reads ``feature``, if ``g`` starts so."""
+        users = [t.get_node() for t in feature.get_target_inputs()]
+        if len(users) != 1 or users[0].get_type_name() != "ReduceMean":
+            return None
+        node = users[0]
+        axes = node.input_value(1).get_node()
+        if axes.get_type_name() != "Constant" or not node.get_attributes().get("keep_dims"):
+            return None
+        values = sorted(int(a) % 4 for a in np.asarray(axes.get_data()).ravel())
+        return node.output(0) if values == [2, 3] else None
+
+    def write(self, cut: CutPoint, folder: Path, keep_softmax: bool) -> dict[str, Path]:
+        """Write ``f.xml``, ``g.xml`` (and ``g_pooled.xml`` after a GAP) into ``folder``."""
+        c, h, w = cut.shape
+        model, feature, scores = self._copy(cut)
+        f = ov.Model([feature], model.get_parameters(), "f")
+        models = {"f": f}
+        _names(f, INPUT_NAME, FEATURE_NAME)
+
+        model, feature, scores = self._copy(cut)
+        param = ops.parameter([-1, c, h, w], ov.Type.f32, name=FEATURE_NAME)
+        for target in list(feature.get_target_inputs()):
+            target.replace_source_output(param.output(0))
+        _rebind_batch_reads(scores, param.output(0))
+        models["g"] = ov.Model([self._scores(scores, keep_softmax)], [param], "g")
+
+        model, feature, scores = self._copy(cut)
+        pooled = self.pooled_start(feature)
+        if pooled is not None:
+            vector = ops.parameter([-1, c], ov.Type.f32, name=POOLED_NAME)
+            nc11 = ops.reshape(vector, ops.constant(np.array([-1, c, 1, 1], np.int64)), False)
+            for target in list(pooled.get_target_inputs()):
+                target.replace_source_output(nc11.output(0))
+            _rebind_batch_reads(scores, nc11.output(0))
+            models["g_pooled"] = ov.Model([self._scores(scores, keep_softmax)], [vector],
+                                          "g_pooled")
+        files = {}
+        for role, m in models.items():
+            if role != "f":
+                _names(m, FEATURE_NAME if role == "g" else POOLED_NAME, OUTPUT_NAME)
+            try:
+                m.validate_nodes_and_infer_types()
+                files[role] = folder / f"{role}.xml"
+                ov.save_model(m, str(files[role]), compress_to_fp16=False)
+            except RuntimeError as exc:
+                raise ExportError(f"{self.source}: cannot build {role} at '{cut.name}' "
+                                  f"({_first_line(exc)})") from None
+        return files
+
+
+def _constant_values(value: ov.Output) -> np.ndarray | None:
+    node = value.get_node()
+    return np.asarray(node.get_data()) if node.get_type_name() == "Constant" else None
+
+
+def _reads_batch_only(node: ov.Node) -> bool:
+    """A ``ShapeOf`` whose result is used only for the batch size (``x.size(0)``)."""
+    if node.get_type_name() != "ShapeOf":
+        return False
+    users = [t.get_node() for t in node.output(0).get_target_inputs()]
+    for user in users:
+        if user.get_type_name() != "Gather":
+            return False
+        index, axis = _constant_values(user.input_value(1)), _constant_values(user.input_value(2))
+        if index is None or axis is None or index.size != 1 or int(index.ravel()[0]) != 0 \
+                or int(axis.ravel()[0]) != 0:
+            return False
+    return bool(users)
+
+
+def _rebind_batch_reads(scores: ov.Output, start: ov.Output) -> None:
+    """Point the batch-size reads before ``scores`` at ``start`` (a tensor with the batch)."""
+    seen, stack = {_key(start)}, [scores]
+    while stack:
+        node = stack.pop().get_node()
+        if _reads_batch_only(node):
+            node.input(0).replace_source_output(start)
+            continue
+        for v in node.input_values():
+            if _key(v) not in seen:
+                seen.add(_key(v))
+                stack.append(v)
+
+
+def _names(model: ov.Model, input_name: str, output_name: str) -> None:
+    model.input(0).get_tensor().set_names({input_name})
+    model.output(0).get_tensor().set_names({output_name})

@@ -1,0 +1,323 @@
+"""Cut an ONNX classifier graph into ``f`` and ``g`` with onnx's own tooling (no torch)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from reciprocam_ir.artifact import FEATURE_NAME, INPUT_NAME, OUTPUT_NAME, POOLED_NAME
+
+from .errors import ExportError
+from .file_cut import CutPoint, ImageInput, find_cut, image_input
+
+FLOAT_TYPES = (TensorProto.FLOAT,)
+BATCH = "batch"
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
+    t = value.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename tensor ``old`` to ``new`` everywhere in ``graph`` (moving a clash aside)."""
+    if old == new:
+        return
+    names = {n for node in graph.node for n in (*node.input, *node.output)}
+    names |= {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
+    if new in names:
+        _rename(graph, new, f"{new}_orig")
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
+def _set_batch(value: onnx.ValueInfoProto) -> None:
+    dim = value.type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_param = BATCH
+
+
+class OnnxGraph:
+    """An ONNX classifier file: its image input, valid cuts, and ``f``/``g`` extraction."""
+
+    def __init__(self, path: str | Path, size: int | None = None) -> None:
+        self.path = Path(path)
+        self.source = str(path)
+        if not self.path.is_file():
+            raise ExportError(f"model file '{path}' not found")
+        try:
+            model = onnx.load(str(self.path))
+        except Exception as exc:  # protobuf and onnx raise many kinds
+            raise ExportError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        graph = model.graph
+        initializers = {i.name for i in graph.initializer}
+        inputs = [v for v in graph.input if v.name not in initializers]
+        dims = _dims(inputs[0]) if len(inputs) == 1 else None
+        is_float = len(inputs) == 1 and inputs[0].type.tensor_type.elem_type in FLOAT_TYPES
+        self.input: ImageInput = image_input(self.source, [v.name for v in inputs], dims,
+                                             is_float, size)
+        if len(graph.output) != 1:
+            raise ExportError(f"{path}: graph has {len(graph.output)} outputs; expected one "
+                              "2-D tensor of class scores (batch, classes)")
+        # Fix the spatial size, make the batch axis dynamic, then infer every tensor's shape.
+        shape = self.input.shape()
+        for i, d in enumerate(inputs[0].type.tensor_type.shape.dim):
+            d.Clear()
+            if i == 0:
+                d.dim_param = BATCH
+            else:
+                d.dim_value = shape[i]
+        try:
+            self.model = onnx.shape_inference.infer_shapes(model, strict_mode=False,
+                                                           data_prop=True)
+        except Exception as exc:
+            raise ExportError(f"{path}: ONNX shape inference failed ({_first_line(exc)})"
+                              ) from None
+        self.output = self.model.graph.output[0].name
+        self._analyse()
+
+    def _analyse(self) -> None:
+        graph = self.model.graph
+        self.producer = {out: node for node in graph.node for out in node.output if out}
+        values = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+        reads_input = {self.input.name}
+        for node in graph.node:
+            if any(i in reads_input for i in node.input):
+                reads_input.update(o for o in node.output if o)
+        if self.output not in reads_input:
+            raise ExportError(f"{self.source}: the output does not depend on the input")
+        self.batch_reads = {n.output[0] for n in graph.node if self._reads_batch_only(n)}
+        self.known = set(self.producer) | {n.name for n in graph.node if n.name}
+        shapes = self._feature_shapes(values, reads_input)
+        self.cuts: list[CutPoint] = []
+        for node in graph.node:
+            for out in node.output:
+                dims = shapes.get(out)
+                if dims is None or min(dims[2:]) < 2:
+                    continue
+                if self._all_paths_through(out):
+                    aliases = (node.name,) if node.name and len(node.output) == 1 else ()
+                    self.cuts.append(CutPoint(out, (dims[1], dims[2], dims[3]), aliases))
+        softmax = self.producer.get(self.output)
+        self.softmax_input = softmax.input[0] if softmax is not None and \
+            softmax.op_type == "Softmax" else None
+
+    def _feature_shapes(self, values: dict[str, onnx.ValueInfoProto],
+                        reads_input: set[str]) -> dict[str, tuple[int, ...]]:
+        """Shapes of the 4-D float tensors computed from the input; inferred, else measured.
+
+        Where shape inference leaves a size open (pads computed in the graph, say), the
+        tensor is measured by running the graph once with ONNX Runtime.
+        """
+        shapes, unsure = {}, []
+        for name in reads_input - {self.input.name, self.output}:
+            value = values.get(name)
+            dims = _dims(value) if value is not None else None
+            elem = value.type.tensor_type.elem_type if value is not None else None
+            if elem is not None and elem != TensorProto.UNDEFINED and elem not in FLOAT_TYPES:
+                continue
+            if dims is not None and len(dims) == 4 and None not in dims[1:] \
+                    and elem in FLOAT_TYPES:
+                shapes[name] = tuple(dims)
+            elif dims is None or len(dims) == 4:
+                unsure.append(name)
+        if unsure:
+            import onnxruntime as ort
+
+            from .verify import verification_input
+
+            model = copy.deepcopy(self.model)
+            model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in unsure)
+            try:
+                session = ort.InferenceSession(model.SerializeToString(),
+                                               providers=["CPUExecutionProvider"])
+                measured = session.run(unsure, {self.input.name:
+                                                verification_input(self.input.shape())})
+            except Exception as exc:
+                raise ExportError(f"{self.source}: ONNX Runtime cannot run the graph "
+                                  f"({_first_line(exc)})") from None
+            shapes.update((n, a.shape) for n, a in zip(unsure, measured, strict=True)
+                          if a.dtype == np.float32 and a.ndim == 4)
+        return shapes
+
+    def _constant(self, name: str) -> np.ndarray | None:
+        init = next((i for i in self.model.graph.initializer if i.name == name), None)
+        if init is not None:
+            return onnx.numpy_helper.to_array(init)
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant" and node.attribute \
+                and node.attribute[0].name == "value":
+            return onnx.numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+    def _reads_batch_only(self, node: onnx.NodeProto) -> bool:
+        """A ``Shape`` whose result is used only for the batch size (``x.size(0)``)."""
+        if node.op_type != "Shape":
+            return False
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("start", 0) == 0 and attrs.get("end") == 1:
+            return True
+        users = [n for n in self.model.graph.node if node.output[0] in n.input]
+        for user in users:
+            index = self._constant(user.input[1]) if len(user.input) > 1 else None
+            axis = {a.name: helper.get_attribute_value(a) for a in user.attribute}.get("axis", 0)
+            if user.op_type != "Gather" or axis != 0 or index is None \
+                    or index.size != 1 or int(index.ravel()[0]) != 0:
+                return False
+        return bool(users)
+
+    def _tail_outputs(self, cut: str, end: str) -> set[str]:
+        """Tensors made between ``cut`` and ``end``; batch-size reads are not followed up."""
+        seen, stack, made = {cut}, [end], set()
+        while stack:
+            name = stack.pop()
+            node = self.producer.get(name)
+            if node is None:
+                continue
+            made.add(name)
+            if node.output[0] in self.batch_reads:
+                continue
+            for i in node.input:
+                if i and i not in seen:
+                    seen.add(i)
+                    stack.append(i)
+        return made
+
+    def _all_paths_through(self, cut: str) -> bool:
+        """Whether the output reads the input only through ``cut`` (batch size aside)."""
+        seen, stack = {cut}, [self.output]
+        while stack:
+            name = stack.pop()
+            if name == self.input.name:
+                return False
+            node = self.producer.get(name)
+            if node is not None and name in self.batch_reads:
+                continue
+            for i in node.input if node is not None else ():
+                if i and i not in seen:
+                    seen.add(i)
+                    stack.append(i)
+        return True
+
+    def find(self, layer: str | None) -> CutPoint:
+        """The named cut (tensor or node name), or the default (last spatial) cut."""
+        return find_cut(self.source, self.cuts, layer, self.known)
+
+    def scores_tensor(self, keep_softmax: bool) -> str:
+        """The tensor ``g`` ends at: the Softmax's input unless it is kept."""
+        return self.softmax_input if self.softmax_input and not keep_softmax else self.output
+
+    def reference(self, x: np.ndarray, keep_softmax: bool) -> np.ndarray:
+        """The original graph's scores on ``x`` with ONNX Runtime (pre-Softmax by default)."""
+        import onnxruntime as ort
+
+        model = copy.deepcopy(self.model)
+        wanted = self.scores_tensor(keep_softmax)
+        if wanted != self.output:
+            model.graph.output.append(helper.make_empty_tensor_value_info(wanted))
+        try:
+            session = ort.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+            out = session.run([wanted], {self.input.name: x})[0]
+        except Exception as exc:
+            raise ExportError(f"{self.source}: ONNX Runtime cannot run the graph "
+                              f"({_first_line(exc)})") from None
+        if out.ndim != 2:
+            raise ExportError(f"{self.source}: output has shape {out.shape}; expected one 2-D "
+                              "tensor of class scores (batch, classes)")
+        return np.asarray(out, np.float32)
+
+    def pooled_start(self, cut: CutPoint) -> str | None:
+        """The output of the global average pooling that alone reads ``cut``, if ``g`` starts so."""
+        users = [n for n in self.model.graph.node if cut.name in n.input]
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.op_type == "GlobalAveragePool":
+            return node.output[0]
+        if node.op_type == "ReduceMean":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            axes = attrs.get("axes")
+            if axes is None and len(node.input) > 1:
+                const = self.producer.get(node.input[1])
+                init = {i.name: i for i in self.model.graph.initializer}.get(node.input[1])
+                if init is not None:
+                    axes = onnx.numpy_helper.to_array(init).tolist()
+                elif const is not None and const.op_type == "Constant":
+                    axes = onnx.numpy_helper.to_array(const.attribute[0].t).tolist()
+            if axes is not None and sorted(a % 4 for a in axes) == [2, 3] \
+                    and attrs.get("keepdims", 1) == 1:
+                return node.output[0]
+        return None
+
+    def _rebound(self, start: str, end: str) -> onnx.ModelProto:
+        """The model with the batch-size reads between ``start`` and ``end`` reading ``start``.
+
+        The batch size after the cut comes from the feature map (a 4-D N, C, h, w tensor).
+        """
+        if start == self.input.name:
+            return self.model
+        model = copy.deepcopy(self.model)
+        tail = self._tail_outputs(start, end) & self.batch_reads
+        for node in model.graph.node:
+            if node.output and node.output[0] in tail:
+                node.input[0] = start
+        return model
+
+    def write(self, cut: CutPoint, folder: Path, keep_softmax: bool) -> dict[str, Path]:
+        """Write ``f.onnx``, ``g.onnx`` (and ``g_pooled.onnx`` after a GAP) into ``folder``."""
+        scores = self.scores_tensor(keep_softmax)
+        parts = {"f": ([self.input.name], [cut.name], INPUT_NAME, FEATURE_NAME),
+                 "g": ([cut.name], [scores], FEATURE_NAME, OUTPUT_NAME)}
+        pooled = self.pooled_start(cut)
+        if pooled is not None:
+            parts["g_pooled"] = ([pooled], [scores], POOLED_NAME, OUTPUT_NAME)
+        files = {}
+        for role, (ins, outs, in_name, out_name) in parts.items():
+            try:
+                model = onnx.utils.Extractor(self._rebound(ins[0], outs[0])).extract_model(
+                    ins, outs)
+            except Exception as exc:
+                raise ExportError(f"{self.source}: cannot extract {role} at '{cut.name}' "
+                                  f"({_first_line(exc)})") from None
+            graph = model.graph
+            del graph.value_info[:]
+            _rename(graph, ins[0], in_name)
+            _rename(graph, outs[0], out_name)
+            if role == "g_pooled":
+                _pooled_input(graph, cut.shape[0])
+            for value in (graph.input[0], graph.output[0]):
+                _set_batch(value)
+            graph.name = role
+            files[role] = folder / f"{role}.onnx"
+            onnx.save(model, str(files[role]))
+        return files
+
+
+def _pooled_input(graph: onnx.GraphProto, channels: int) -> None:
+    """Make the (N, C, 1, 1) pooled input a (N, C) vector input, reshaped back inside."""
+    inner = f"{POOLED_NAME}_nc11"
+    _rename(graph, POOLED_NAME, inner)
+    graph.input.remove(next(v for v in graph.input if v.name == inner))
+    graph.input.insert(0, helper.make_tensor_value_info(POOLED_NAME, TensorProto.FLOAT,
+                                                        [BATCH, channels]))
+    shape = f"{POOLED_NAME}_shape"
+    graph.initializer.append(onnx.numpy_helper.from_array(
+        np.array([-1, channels, 1, 1], np.int64), shape))
+    graph.node.insert(0, helper.make_node("Reshape", [POOLED_NAME, shape], [inner],
+                                          name="pooled_to_nc11"))

@@ -1,0 +1,145 @@
+"""Classifier graph files built in the tests: with onnx's helper API (no PyTorch) or torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+SIZE = 16
+CLASSES = 5
+# Tensors of the tiny graph, in order; "c2" is bypassed by the skip from "r1": not a valid cut.
+TINY_CUTS = ["c1", "r1", "a", "r2", "pool"]
+
+
+def tiny_classifier(path: Path, layout: str = "NCHW", softmax: bool = False,
+                    second_input: bool = False, seed: int = 0) -> Path:
+    """conv-relu, residual conv block, max-pool (8x8x8), GAP, linear; written with onnx.helper.
+
+    The NHWC variant takes (N, H, W, 3) and transposes first; its weights equal the NCHW's.
+    """
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
+
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 8, 8, 3, 3), init("b2", 8),
+             init("wfc", CLASSES, 8), init("bfc", CLASSES)]
+    nodes = []
+    if layout == "NHWC":
+        shape_in = ["N", SIZE, SIZE, 3]
+        nodes.append(helper.make_node("Transpose", ["image"], ["x"], perm=[0, 3, 1, 2]))
+        first = "x"
+    else:
+        shape_in = ["N", 3, SIZE, SIZE]
+        first = "image"
+    out = "logits" if softmax or second_input else "scores"
+    nodes += [
+        helper.make_node("Conv", [first, "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Add", ["c2", "r1"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["r2"], name="relu2"),
+        helper.make_node("MaxPool", ["r2"], ["pool"], kernel_shape=[2, 2], strides=[2, 2],
+                         name="maxpool"),
+        helper.make_node("GlobalAveragePool", ["pool"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wfc", "bfc"], [out], transB=1, name="fc"),
+    ]
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape_in)]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", [out], ["scores"], axis=1, name="softmax"))
+    if second_input:
+        inputs.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["N", CLASSES]))
+        nodes.append(helper.make_node("Add", [out, "bias"], ["scores"], name="add_bias"))
+    graph = helper.make_graph(
+        nodes, "tiny", inputs,
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", CLASSES])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="onnx.helper")
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def vector_classifier(path: Path) -> Path:
+    """A classifier over (N, 10) vectors: not an image model."""
+    w = numpy_helper.from_array(np.ones((10, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["v", "w"], ["scores"])], "vec",
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def to_ir(onnx_path: Path) -> Path:
+    """The same graph as OpenVINO IR (f32 weights) next to it."""
+    import openvino as ov
+
+    xml = onnx_path.with_suffix(".xml")
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    return xml
+
+
+def native_ir(path: Path, softmax: bool = True) -> Path:
+    """A classifier built with OpenVINO's opset API (never ONNX nor PyTorch), saved as IR."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(3)
+    image = ops.parameter([1, 3, SIZE, SIZE], ov.Type.f32, name="pixels")
+    w1 = ops.constant(rng.standard_normal((6, 3, 3, 3)).astype(np.float32) / 5)
+    conv = ops.convolution(image, w1, [2, 2], [1, 1], [1, 1], [1, 1], name="conv")
+    relu = ops.relu(conv, name="relu")
+    gap = ops.reduce_mean(relu, ops.constant(np.array([2, 3], np.int64)), True, name="gap")
+    flat = ops.reshape(gap, ops.constant(np.array([-1, 6], np.int64)), False, name="flat")
+    fc = ops.matmul(flat, ops.constant(rng.standard_normal((6, CLASSES)).astype(np.float32)),
+                    False, False, name="fc")
+    out = ops.softmax(fc, 1, name="prob") if softmax else fc
+    ov.save_model(ov.Model([out], [image], "native"), str(path), compress_to_fp16=False)
+    return path
+
+
+def quantize(onnx_path: Path, out: Path, inputs: list[np.ndarray]) -> Path:
+    """Static INT8 (QDQ) quantisation with ONNX Runtime, calibrated on ``inputs``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+
+    name = onnx.load(str(onnx_path)).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{name: x} for x in inputs])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    quantize_static(str(onnx_path), str(out), Reader(), activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
+    return out
+
+
+def resnet18_onnx(weights: Path) -> Path:
+    """torchvision resnet18 with the given state dict, exported whole (TorchScript exporter).
+
+    Written once next to ``weights``, so test modules share it.
+    """
+    import warnings
+
+    import torch
+    import torchvision
+
+    path = weights.with_name("resnet18_whole.onnx")
+    if path.is_file():
+        return path
+    model = torchvision.models.resnet18(weights=None).eval()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False,
+                          opset_version=17, input_names=["data"], output_names=["logits"],
+                          dynamic_axes={"data": {0: "n"}, "logits": {0: "n"}})
+    return path

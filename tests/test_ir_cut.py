@@ -1,0 +1,172 @@
+"""``reciprocam-export model.xml``: cut an OpenVINO IR classifier, verify, explain it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import openvino as ov
+import pytest
+from graph_models import (
+    CLASSES,
+    SIZE,
+    native_ir,
+    quantize,
+    resnet18_onnx,
+    tiny_classifier,
+    to_ir,
+)
+
+from export import cli
+from export.graph_export import export_graph_file
+from export.ir_cut import IrGraph
+from reciprocam_ir import ReciproCAM
+
+IR_CUTS = ["conv1/WithoutBiases", "conv1", "relu1", "add", "relu2", "maxpool"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ir_models")
+    return {
+        "tiny": to_ir(tiny_classifier(d / "tiny.onnx")),
+        "tiny_onnx": d / "tiny.onnx",
+        "nhwc": to_ir(tiny_classifier(d / "tiny_nhwc.onnx", layout="NHWC")),
+        "softmax": to_ir(tiny_classifier(d / "tiny_softmax.onnx", softmax=True)),
+        "two": to_ir(tiny_classifier(d / "two_inputs.onnx", second_input=True)),
+        "native": native_ir(d / "native.xml"),
+    }
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+
+
+def manifest(folder) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def refused(capsys, tmp_path, *args: str) -> str:
+    out = tmp_path / "refused"
+    code = cli.main([*args, "--out", str(out), "-q"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code != 0 and len(err) == 1 and err[0].startswith("reciprocam-export: error:"), err
+    assert not out.exists() and not list(tmp_path.glob(".refused*"))
+    return err[0]
+
+
+def test_cuts_by_node_and_tensor_name(files):
+    graph = IrGraph(files["tiny"])
+    assert [c.name for c in graph.cuts] == IR_CUTS
+    assert graph.find(None).name == "maxpool" and graph.find(None).shape == (8, 8, 8)
+    assert graph.find("r2").name == "relu2"  # the ONNX tensor name survives as a tensor name
+
+
+def test_auto_and_named_cut_explain(files, tmp_path, image):
+    auto = export_graph_file(files["tiny"], out=tmp_path / "auto")
+    named = export_graph_file(files["tiny"], layer="relu1", out=tmp_path / "named")
+    m, n = manifest(auto), manifest(named)
+    assert m["target_layer"] == "maxpool" and m["feature"]["shape"] == [8, 8, 8]
+    assert n["target_layer"] == "relu1" and n["feature"]["shape"] == [8, 16, 16]
+    assert m["graphs"] == {"f": {"ir": "f.xml"}, "g": {"ir": "g.xml"},
+                           "g_pooled": {"ir": "g_pooled.xml"}}
+    assert m["source"]["format"] == "ir" and m["output"]["num_classes"] == CLASSES
+    assert m["check"]["relative_error"] <= 1e-5 and list(m["check"]["per_backend"]) == [
+        "openvino"]
+    assert not list(auto.glob("*.onnx"))
+    exp = ReciproCAM(auto, backend="openvino", precision="f32").explain(image, top_k=2)
+    assert exp.saliency.shape == (1, 2, 8, 8)
+    onnx_twin = export_graph_file(files["tiny_onnx"], fmt="onnx", out=tmp_path / "twin")
+    ref = ReciproCAM(onnx_twin, backend="onnxruntime").explain(image, top_k=2)
+    np.testing.assert_allclose(exp.saliency, ref.saliency, atol=1e-5)
+    exp = ReciproCAM(named, backend="openvino").explain(image)
+    assert exp.saliency.shape == (1, 1, 16, 16)
+
+
+def test_g_has_a_free_batch_axis(files, tmp_path):
+    out = export_graph_file(files["tiny"], layer="add", out=tmp_path / "a")
+    g = ov.Core().read_model(str(out / "g.xml"))
+    assert g.input(0).get_partial_shape()[0].is_dynamic and g.input(0).any_name == "feature"
+    compiled = ov.Core().compile_model(g, "CPU")
+    assert compiled({0: np.zeros((7, 8, 16, 16), np.float32)})[0].shape == (7, CLASSES)
+
+
+def test_native_openvino_model_with_softmax(files, tmp_path, image):
+    """An IR built with the OpenVINO opset API: Softmax dropped by default, or kept."""
+    out = export_graph_file(files["native"], out=tmp_path / "native")
+    kept = export_graph_file(files["native"], out=tmp_path / "kept", keep_softmax=True)
+    m = manifest(out)
+    assert m["target_layer"] == "relu" and m["feature"]["shape"] == [6, 8, 8]
+    assert m["output"]["softmax_removed"] and m["output"]["logits"]
+    assert not manifest(kept)["output"]["logits"]
+    assert m["input"]["source_name"] == "pixels"
+    cam = ReciproCAM(out, backend="openvino", precision="f32")
+    original = ov.Core().compile_model(str(files["native"]), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    probs = original({0: cam.preprocessing(image)})[0]
+    logits = cam.explain(image).scores
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probs,
+                               atol=1e-6)
+    np.testing.assert_allclose(ReciproCAM(kept, backend="openvino", precision="f32")
+                               .explain(image).scores, probs, atol=1e-6)
+
+
+def test_softmax_terminated_ir(files, tmp_path):
+    m = manifest(export_graph_file(files["softmax"], out=tmp_path / "s"))["output"]
+    assert m["softmax_removed"] and m["logits"]
+
+
+def test_nhwc_ir_matches_nchw(files, tmp_path, image):
+    nhwc = export_graph_file(files["nhwc"], out=tmp_path / "nhwc")
+    nchw = export_graph_file(files["tiny"], out=tmp_path / "nchw")
+    m = manifest(nhwc)
+    assert m["input"]["layout"] == "NHWC" and m["input"]["shape"] == [1, SIZE, SIZE, 3]
+    assert m["target_layer"] == "maxpool"
+    ref = ReciproCAM(nchw, backend="openvino", precision="f32").explain(image, top_k=3)
+    exp = ReciproCAM(nhwc, backend="openvino", precision="f32").explain(image, top_k=3)
+    np.testing.assert_array_equal(exp.targets, ref.targets)
+    np.testing.assert_allclose(exp.saliency, ref.saliency, atol=1e-5)
+
+
+@pytest.mark.parametrize("key, extra, match", [
+    ("two", (), "2 inputs"),
+    ("tiny", ("--layer", "conv2"), "layer 'conv2' is not a valid cut"),
+    ("tiny", ("--layer", "c2"), "layer 'c2' is not a valid cut"),
+    ("tiny", ("--layer", "nope"), "unknown layer 'nope'"),
+    ("tiny", ("--format", "onnx"), "cannot be written as ONNX"),
+    ("tiny", ("--input-size", "64"), "--input-size 64 does not match"),
+])
+def test_bad_ir_inputs_are_refused(capsys, tmp_path, files, key, extra, match):
+    assert match in refused(capsys, tmp_path, str(files[key]), *extra)
+
+
+def test_unreadable_ir(capsys, tmp_path):
+    junk = tmp_path / "junk.xml"
+    junk.write_text("<net>")
+    assert "not a readable OpenVINO IR model" in refused(capsys, tmp_path, str(junk))
+
+
+def test_int8_ir_is_cut_and_explained(files, tmp_path, image):
+    """ONNX Runtime's INT8 (QDQ) model converted to IR (FakeQuantize): cut and explained."""
+    rng = np.random.default_rng(4)
+    calib = [rng.standard_normal((1, 3, SIZE, SIZE)).astype(np.float32) for _ in range(8)]
+    xml = to_ir(quantize(files["tiny_onnx"], tmp_path / "int8.onnx", calib))
+    out = export_graph_file(xml, out=tmp_path / "int8")
+    m = manifest(out)
+    assert m["check"]["relative_error"] <= 1e-4 and m["feature"]["shape"] == [8, 8, 8]
+    exp = ReciproCAM(out, backend="openvino", precision="f32").explain(image, top_k=2)
+    assert exp.saliency.shape == (1, 2, 8, 8) and np.isfinite(exp.saliency).all()
+
+
+def test_resnet18_ir_agrees_with_the_pytorch_path(resnet18_weights, resnet18_dir, tmp_path,
+                                                  photos):
+    xml = to_ir(resnet18_onnx(resnet18_weights))
+    out = export_graph_file(xml, out=tmp_path / "r18", resize_size=256)
+    assert manifest(out)["target_layer"] == "/layer4/layer4.1/relu_1/Relu"
+    images = list(photos.values())[:2]
+    ours = ReciproCAM(out, backend="openvino", precision="f32").explain(images, top_k=3)
+    theirs = ReciproCAM(resnet18_dir, backend="openvino", precision="f32").explain(images,
+                                                                                   top_k=3)
+    np.testing.assert_array_equal(ours.targets, theirs.targets)
+    np.testing.assert_allclose(ours.saliency, theirs.saliency, atol=1e-4)
