@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .artifact import Artifact
 from .backends import Backend, BackendError, Graph, create_backend
+from .backends.base import FeaturesAndScores
 from .explanation import Explanation
-from .masking import masked_batch, pooled_masked
+from .masking import (
+    DEFAULT_MASK_SIGMA,
+    masked_batch,
+    pooled_masked,
+    spatial_masks,
+    weighted_masked_batch,
+    weighted_pooled_masked,
+)
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError, as_rgb, read_image
 from .saliency import SCORE_KINDS, normalise, softmax
 
@@ -21,8 +30,9 @@ Targets = int | Sequence[int] | str | None
 class ReciproCAM:
     """Explains images with an exported ``f``/``g`` artifact on one backend.
 
-    Graphs are compiled once, in the constructor; :meth:`explain` may be called from
-    several threads at once (each thread gets its own infer request / session run).
+    Graphs are compiled once per object (the fastest path the backend offers);
+    :meth:`explain` may be called from several threads at once (each thread gets its own
+    infer request / session run).
     """
 
     def __init__(
@@ -35,6 +45,8 @@ class ReciproCAM:
         memory_budget_mb: float = 256.0,
         batch_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        mask: str = "onehot",
+        mask_sigma: float = DEFAULT_MASK_SIGMA,
     ) -> None:
         if scores not in SCORE_KINDS:
             raise ValueError(f"scores must be one of {SCORE_KINDS}, got {scores!r}")
@@ -44,13 +56,77 @@ class ReciproCAM:
         self.backend = backend if isinstance(backend, Backend) else create_backend(
             backend, device, precision)
         self.scores = scores
+        # mask: 'onehot' (Eq. 5) or 'gaussian' (the authors' spread variant, σ in feature cells)
+        self.mask = mask
+        self._masks = None if mask == "onehot" else spatial_masks(
+            *self.artifact.feature_shape[1:], kind=mask, sigma=mask_sigma)
         self.memory_budget = int(memory_budget_mb * 2**20)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.preprocessing = self.artifact.preprocessing
         self.uses_pooled_tail = self.artifact.g_starts_with_gap
-        self._f = self._compile("f")
-        self._tail = self._compile("g_pooled" if self.uses_pooled_tail else "g")
+        self.rows_per_call()  # refuse, up front, a budget that cannot hold one masked map
+        self._tail_role = "g_pooled" if self.uses_pooled_tail else "g"
+        self._graphs: dict[str, Graph] = {}
+        self._lock = threading.Lock()
+        self._affine = self._affine_tail()
+        self._f_and_head = self._compile_features_and_scores()
+        self._pooled_explainer = (None if self._affine is not None
+                                  else self._compile_pooled_explainer())
+        if self._pooled_explainer is None and self._f_and_head is None:
+            self._graph("f")
+            self._graph(self._tail_role)
+
+    def _compile_features_and_scores(self) -> FeaturesAndScores | None:
+        """``f`` with ``g_pooled`` on its GAP in one graph, for the affine rows, where possible."""
+        if self._affine is None:
+            return None
+        for fmt in self.backend.graph_format:
+            f_path = self.artifact.graph_path("f", fmt)
+            tail_path = self.artifact.graph_path("g_pooled", fmt)
+            if f_path is not None and tail_path is not None:
+                return self.backend.compile_features_and_scores(f_path, tail_path)
+        return None
+
+    def _affine_tail(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(W, b) when ``g_pooled`` is one affine layer, else None.
+
+        Then the masked scores of class k are rows·W[k] + b[k] (rows: the exact GAP of the
+        masked maps), so only the requested classes are computed, in numpy, after ``f``;
+        the unmasked scores still come from ``g_pooled`` itself (fused with ``f`` where the
+        backend can, so an explanation costs one inference of the plain model).
+        """
+        if not self.uses_pooled_tail:
+            return None
+        for fmt in self.backend.graph_format:
+            path = self.artifact.graph_path("g_pooled", fmt)
+            if path is not None:
+                affine = self.backend.affine_tail(path)
+                c = self.artifact.feature_shape[0]
+                if affine is not None and affine[0].shape == (self.artifact.num_classes, c):
+                    return affine
+                return None
+        return None
+
+    def _compile_pooled_explainer(self) -> Graph | None:
+        """``f`` and the pooled tail fused into one graph, where the backend can and it fits."""
+        c, h, w = self.artifact.feature_shape
+        if (not self.uses_pooled_tail or self._masks is not None
+                or self.rows_per_call() < h * w + 1):
+            return None
+        for fmt in self.backend.graph_format:
+            f_path = self.artifact.graph_path("f", fmt)
+            tail_path = self.artifact.graph_path("g_pooled", fmt)
+            if f_path is not None and tail_path is not None:
+                return self.backend.compile_pooled_explainer(f_path, tail_path, (c, h, w))
+        return None
+
+    def _graph(self, role: str) -> Graph:
+        """The compiled graph ``role``, compiled on first use."""
+        with self._lock:
+            if role not in self._graphs:
+                self._graphs[role] = self._compile(role)
+            return self._graphs[role]
 
     def _compile(self, role: str) -> Graph:
         for fmt in self.backend.graph_format:
@@ -68,37 +144,94 @@ class ReciproCAM:
 
     def features(self, inputs: np.ndarray) -> np.ndarray:
         """Run ``f`` on preprocessed inputs (B, 3, H, W) → (B, C, h, w)."""
-        return self._f(inputs)
+        return self._graph("f")(inputs)
 
     def rows_per_call(self) -> int:
         """How many masked maps (or pooled vectors) one ``g`` call may take within the budget."""
         c, h, w = self.artifact.feature_shape
         row_bytes = 4 * (c if self.uses_pooled_tail else c * h * w)
-        return max(1, self.memory_budget // row_bytes)
+        if row_bytes > self.memory_budget:
+            raise MemoryError(
+                f"memory budget of {self.memory_budget / 2**20:g} MiB cannot hold one masked "
+                f"map of {row_bytes / 2**20:.3g} MiB ({c}x{h}x{w} float32); raise it")
+        return self.memory_budget // row_bytes
 
     def masked_scores(self, feature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores of ``g`` on the unmasked map and on all N masked maps of one (C, h, w) feature.
 
-        Returns (num_classes,) and (N, num_classes). The unmasked row rides in the first call.
+        Returns (num_classes,) and (N, num_classes). With a pooled tail the unmasked row is
+        its own call, exactly as on the affine fast path, so both give the same scores.
         """
         c, h, w = feature.shape
         n = h * w
         chunk = self.rows_per_call()
+        tail = self._graph(self._tail_role)
         outputs = []
         if self.uses_pooled_tail:
-            rows = np.concatenate([feature.reshape(c, n).mean(axis=1)[None],
-                                   pooled_masked(feature)])
-            for start in range(0, n + 1, chunk):
-                outputs.append(self._tail(rows[start : start + chunk]))
+            outputs.append(tail(self._pooled_mean(feature)))
+            rows = pooled_masked(feature) if self._masks is None \
+                else weighted_pooled_masked(feature, self._masks)
+            for start in range(0, n, chunk):
+                outputs.append(tail(rows[start : start + chunk]))
         else:
             for start in range(0, n + 1, chunk):
                 stop = min(n + 1, start + chunk)
-                parts = [masked_batch(feature, max(0, start - 1), stop - 1)]
+                first = max(0, start - 1)
+                parts = [masked_batch(feature, first, stop - 1) if self._masks is None
+                         else weighted_masked_batch(feature, self._masks, first, stop - 1)]
                 if start == 0:
                     parts.insert(0, feature[None])
-                outputs.append(self._tail(np.concatenate(parts) if len(parts) > 1 else parts[0]))
+                outputs.append(tail(np.concatenate(parts) if len(parts) > 1 else parts[0]))
         scores = np.concatenate(outputs)
         return scores[0], scores[1:]
+
+    @staticmethod
+    def _pooled_mean(feature: np.ndarray) -> np.ndarray:
+        """(1, C) global average of a (C, h, w) map: what ``g_pooled`` gets for the unmasked map.
+
+        einsum, not BLAS: no BLAS thread pool wakes up to compete with the engine's threads.
+        """
+        c, h, w = feature.shape
+        return np.einsum("cn->c", feature.reshape(c, h * w))[None] / np.float32(h * w)
+
+    def _features_and_scores(self, batch: np.ndarray
+                             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(feature map, unmasked scores) per image: one inference where the backend fuses."""
+        if self._f_and_head is not None:
+            features, scores = self._f_and_head(batch)
+            yield from zip(features, scores, strict=True)
+            return
+        tail = self._graph(self._tail_role)
+        for feature in self.features(batch):
+            yield feature, tail(self._pooled_mean(feature))[0]
+
+    def _scores(self, batch: np.ndarray, targets: Targets, top_k: int
+                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(unmasked scores, classes, their (N, K) masked scores) per image of a batch.
+
+        Fastest path first: an affine pooled tail (only the K classes' rows), then ``f``
+        and the pooled tail fused in one graph, then ``f`` and ``g`` separately.
+        """
+        if self._affine is not None:
+            weight, bias = self._affine
+            for feature, unmasked in self._features_and_scores(batch):
+                classes = self.resolve_targets(unmasked, targets, top_k)
+                rows = pooled_masked(feature) if self._masks is None \
+                    else weighted_pooled_masked(feature, self._masks)
+                if self.scores == "softmax":  # needs every class
+                    yield unmasked, classes, softmax(rows @ weight.T + bias)[:, classes]
+                else:
+                    yield unmasked, classes, rows @ weight[classes].T + bias[classes]
+            return
+        if self._pooled_explainer is not None:
+            per_image = ((rows[0], rows[1:]) for rows in self._pooled_explainer(batch))
+        else:
+            per_image = (self.masked_scores(feature) for feature in self.features(batch))
+        for unmasked, masked in per_image:
+            classes = self.resolve_targets(unmasked, targets, top_k)
+            if self.scores == "softmax":
+                masked = softmax(masked)
+            yield unmasked, classes, masked[:, classes]
 
     def resolve_targets(self, unmasked: np.ndarray, targets: Targets, top_k: int) -> np.ndarray:
         """Class indices to explain for one image."""
@@ -149,15 +282,12 @@ class ReciproCAM:
         for start in range(0, len(rgbs), self.batch_size):
             batch = np.concatenate([self.preprocessing(rgb)
                                     for rgb in rgbs[start : start + self.batch_size]])
-            for offset, feature in enumerate(self.features(batch)):
-                unmasked, masked = self.masked_scores(feature)
+            for offset, (unmasked, classes, masked) in enumerate(
+                    self._scores(batch, targets, top_k)):
                 if not (np.isfinite(unmasked).all() and np.isfinite(masked).all()):
                     raise FloatingPointError(
                         f"{names[start + offset]}: the model produced NaN or Inf scores")
-                classes = self.resolve_targets(unmasked, targets, top_k)
-                if self.scores == "softmax":
-                    masked = softmax(masked)
-                saliency.append(normalise(masked[:, classes]).reshape(len(classes), h, w))
+                saliency.append(normalise(masked).reshape(len(classes), h, w))
                 chosen.append(classes)
                 scores.append(unmasked)
         return Explanation(

@@ -22,3 +22,54 @@ def pooled_masked(feature: np.ndarray) -> np.ndarray:
     """Global average pool of every masked map, exactly: row n is F[:, n] / (h·w), shape (N, C)."""
     c, h, w = feature.shape
     return np.ascontiguousarray(feature.reshape(c, h * w).T, dtype=np.float32) / np.float32(h * w)
+
+
+MASK_KINDS = ("onehot", "gaussian")
+DEFAULT_MASK_SIGMA = float(1.0 / np.sqrt(2.0 * np.log(2.0)))
+"""σ (in feature cells) whose 3×3 kernel is the authors' [[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16."""
+
+
+def gaussian_kernel(sigma: float = DEFAULT_MASK_SIGMA) -> np.ndarray:
+    """(2r+1)² kernel exp(−d²/2σ²) normalised to sum 1, truncated at r = max(1, ⌊2σ⌋) cells."""
+    if not sigma > 0:
+        raise ValueError(f"mask_sigma must be positive, got {sigma!r}")
+    r = max(1, int(np.floor(2.0 * sigma)))
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2.0 * sigma**2))
+    return k / k.sum()
+
+
+def spatial_masks(h: int, w: int, kind: str = "onehot",
+                  sigma: float = DEFAULT_MASK_SIGMA) -> np.ndarray:
+    """The N = h·w spatial masks M_n, shape (N, h, w) float32.
+
+    ``onehot`` (Eq. 5): M_n is 1 at position n, 0 elsewhere. ``gaussian`` (the authors'
+    spread variant): M_n is :func:`gaussian_kernel` centred on n, cut off at the map's border
+    (not renormalised there).
+    """
+    if kind not in MASK_KINDS:
+        raise ValueError(f"mask must be one of {MASK_KINDS}, got {kind!r}")
+    if kind == "onehot":
+        return np.eye(h * w, dtype=np.float32).reshape(h * w, h, w)
+    k = gaussian_kernel(sigma)
+    r = k.shape[0] // 2
+    padded = np.zeros((h * w, h + 2 * r, w + 2 * r), dtype=np.float64)
+    for n in range(h * w):
+        i, j = divmod(n, w)
+        padded[n, i : i + 2 * r + 1, j : j + 2 * r + 1] = k
+    return padded[:, r : r + h, r : r + w].astype(np.float32)
+
+
+def weighted_masked_batch(feature: np.ndarray, masks: np.ndarray, start: int = 0,
+                          stop: int | None = None) -> np.ndarray:
+    """Masked maps F ⊙ M_n for n in ``start..stop``: (n, C, h, w) from (C, h, w), (N, h, w)."""
+    stop = len(masks) if stop is None else stop
+    return (feature[None] * masks[start:stop, None]).astype(np.float32)
+
+
+def weighted_pooled_masked(feature: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """GAP of every F ⊙ M_n, exactly: row n is Σ_m F[:, m]·M_n[m] / (h·w), shape (N, C)."""
+    c, h, w = feature.shape
+    flat = masks.reshape(len(masks), h * w).astype(np.float32)
+    return np.ascontiguousarray(flat @ feature.reshape(c, h * w).T.astype(np.float32)
+                                / np.float32(h * w), dtype=np.float32)

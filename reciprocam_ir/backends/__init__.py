@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from pathlib import Path
 
 from .base import PRECISIONS, Backend, BackendError, Graph
 
@@ -19,9 +20,14 @@ def available_backends() -> list[str]:
 
 
 def create_backend(
-    name: str | None = None, device: str | None = None, precision: str = "auto"
+    name: str | None = None, device: str | None = None, precision: str = "auto",
+    cache_dir: str | Path | None = None,
 ) -> Backend:
-    """Create a backend by name; ``None`` picks the first installed one (OpenVINO first)."""
+    """Create a backend by name; ``None`` picks the first installed one (OpenVINO first).
+
+    ``cache_dir``: where compiled (OpenVINO) or optimised (ONNX Runtime) graphs are kept
+    so that the next start skips that work.
+    """
     if name is None:
         installed = available_backends()
         if not installed:
@@ -36,7 +42,7 @@ def create_backend(
     if importlib.util.find_spec(package) is None:
         raise BackendError(f"backend {name!r} needs the {package} package: pip install .[{name}]")
     impl = getattr(importlib.import_module(module, __name__), cls)
-    return impl(device, precision)
+    return impl(device, precision, cache_dir)
 
 
 __all__ = ["PRECISIONS", "Backend", "BackendError", "Graph", "available_backends",

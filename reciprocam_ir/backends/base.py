@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
+
+FeaturesAndScores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class BackendError(ValueError):
@@ -29,15 +32,45 @@ class Backend(ABC):
     graph_format: tuple[str, ...] = ()
     """Artifact formats this backend reads, preferred first."""
 
-    def __init__(self, device: str, precision: str = "auto") -> None:
+    def __init__(self, device: str, precision: str = "auto",
+                 cache_dir: str | Path | None = None) -> None:
         if precision not in PRECISIONS:
             raise BackendError(f"unknown precision {precision!r} (choose from {PRECISIONS})")
         self.device = device
         self.precision = precision
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        """Where compiled / optimised graphs are cached so that a second start is faster."""
 
     @abstractmethod
     def compile(self, path: Path) -> Graph:
         """Load and compile one graph file for this backend's device."""
+
+    def compile_pooled_explainer(self, f_path: Path, tail_path: Path,
+                                 feature_shape: tuple[int, int, int]) -> Graph | None:
+        """``f`` and the GAP-shortcut tail as one graph, or None where this backend cannot fuse.
+
+        The graph maps inputs (B, 3, H, W) to scores (B, N + 1, num_classes): row 0 is
+        ``g_pooled`` of the unmasked map's global average, row n + 1 is ``g_pooled`` of
+        F[:, n] / N, the exact global average of masked map n (Eq. 5).
+        """
+        return None
+
+    def compile_features_and_scores(self, f_path: Path, tail_path: Path
+                                    ) -> FeaturesAndScores | None:
+        """``f`` and ``g_pooled`` of its global average as one graph with two outputs.
+
+        The callable maps inputs (B, 3, H, W) to (features (B, C, h, w), scores
+        (B, num_classes)); None where this backend cannot fuse graphs.
+        """
+        return None
+
+    def affine_tail(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        """(W, b) when the graph at ``path`` is exactly one affine layer y = x·Wᵀ + b, else None.
+
+        W is (num_classes, C) and b (num_classes,), float32. With them a pooled tail's
+        scores for a few classes cost a few dot products (DESIGN.md: the affine rows).
+        """
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.device!r}, precision={self.precision!r})"

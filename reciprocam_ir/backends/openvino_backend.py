@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
+import openvino.opset13 as ops
 
-from .base import Backend, BackendError, Graph
+from .base import Backend, BackendError, FeaturesAndScores, Graph
 
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 
@@ -25,18 +26,26 @@ class OpenVINOGraph(Graph):
         return request
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.outputs(x)[0]
+
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph, in order, as new float32 arrays."""
         request = self._request()
         request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        return [np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True)
+                for i in range(len(self._compiled.outputs))]
 
 
 class OpenVINOBackend(Backend):
     name = "openvino"
     graph_format = ("ir", "onnx")
 
-    def __init__(self, device: str | None = None, precision: str = "auto") -> None:
-        super().__init__(device or "CPU", precision)
+    def __init__(self, device: str | None = None, precision: str = "auto",
+                 cache_dir: str | Path | None = None) -> None:
+        super().__init__(device or "CPU", precision, cache_dir)
         self.core = ov.Core()
+        if self.cache_dir is not None:
+            self.core.set_property({"CACHE_DIR": str(self.cache_dir)})
         family = self.device.split(".")[0].split(":")[0]
         if family not in DEVICES:
             raise BackendError(
@@ -51,14 +60,151 @@ class OpenVINOBackend(Backend):
             )
 
     def config(self) -> dict[str, str]:
-        if self.precision == "auto":
-            return {}
-        return {"INFERENCE_PRECISION_HINT": self.precision}
+        """Compile options: one explanation at a time is the job, so the latency hint."""
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if self.precision != "auto":
+            config["INFERENCE_PRECISION_HINT"] = self.precision
+        return config
 
-    def compile(self, path: Path) -> Graph:
+    def _compile(self, model: str | ov.Model, name: str) -> OpenVINOGraph:
         try:
-            return OpenVINOGraph(self.core.compile_model(str(path), self.device, self.config()))
+            return OpenVINOGraph(self.core.compile_model(model, self.device, self.config()))
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendError(
-                f"OpenVINO cannot compile {path.name} on {self.device}: {first}") from None
+                f"OpenVINO cannot compile {name} on {self.device}: {first}") from None
+
+    def compile(self, path: Path) -> Graph:
+        return self._compile(str(path), path.name)
+
+    def compile_pooled_explainer(self, f_path: Path, tail_path: Path,
+                                 feature_shape: tuple[int, int, int]) -> Graph | None:
+        try:
+            model = pooled_explainer_model(self.core.read_model(str(f_path)),
+                                           self.core.read_model(str(tail_path)), feature_shape)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(
+                f"OpenVINO cannot read {f_path.name}/{tail_path.name}: {first}") from None
+        return self._compile(model, f"{f_path.name}+{tail_path.name}")
+
+    def affine_tail(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            return affine_of(self.core.read_model(str(path)))
+        except RuntimeError:
+            return None
+
+    def compile_features_and_scores(self, f_path: Path, tail_path: Path) -> FeaturesAndScores:
+        try:
+            model = features_and_scores_model(self.core.read_model(str(f_path)),
+                                              self.core.read_model(str(tail_path)))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(
+                f"OpenVINO cannot read {f_path.name}/{tail_path.name}: {first}") from None
+        graph = self._compile(model, f"{f_path.name}+{tail_path.name}")
+
+        def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            feature, scores = graph.outputs(x)
+            return feature, scores
+
+        return run
+
+
+def features_and_scores_model(f: ov.Model, tail: ov.Model) -> ov.Model:
+    """One model: input → ``f`` → (feature map, ``g_pooled`` of its global average).
+
+    The second output is the plain model's own prediction, computed in the same
+    inference as the feature map the affine rows need.
+    """
+    feature = _detach_result(f)
+    (pooled,) = tail.get_parameters()
+    scores = _detach_result(tail)
+    mean = ops.reduce_mean(feature, ops.constant(np.array([2, 3], np.int64)), keep_dims=False)
+    for target in list(pooled.output(0).get_target_inputs()):
+        target.replace_source_output(mean.output(0))
+    return ov.Model([ops.result(feature), ops.result(scores)], f.get_parameters(),
+                    "reciprocam_features_and_scores")
+
+
+def _constant(value: ov.Output) -> np.ndarray | None:
+    """The data behind ``value`` when it is a constant (possibly through a Convert)."""
+    node = value.get_node()
+    if node.get_type_name() == "Convert":
+        node = node.input_value(0).get_node()
+    if node.get_type_name() != "Constant":
+        return None
+    return np.asarray(node.get_data(), dtype=np.float32)
+
+
+def affine_of(model: ov.Model) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W, b) of a model that is Parameter → [Reshape] → MatMul(W) → [Add(b)] → Result."""
+    (result,) = model.get_results()
+    (parameter,) = model.get_parameters()
+    value = result.input_value(0)
+    bias = None
+    if value.get_node().get_type_name() == "Add":
+        a, b = value.get_node().input_value(0), value.get_node().input_value(1)
+        if _constant(b) is None:
+            a, b = b, a
+        bias, value = _constant(b), a
+        if bias is None:
+            return None
+    node = value.get_node()
+    if node.get_type_name() != "MatMul" or node.get_attributes()["transpose_a"]:
+        return None
+    weight = _constant(node.input_value(1))
+    if weight is None or weight.ndim != 2:
+        return None
+    if not node.get_attributes()["transpose_b"]:
+        weight = weight.T
+    x = node.input_value(0)
+    while x.get_node().get_type_name() in ("Reshape", "Squeeze", "Convert"):
+        x = x.get_node().input_value(0)
+    width = parameter.get_partial_shape()[-1]
+    if (x.get_node().get_type_name() != "Parameter" or not width.is_static
+            or weight.shape[1] != width.get_length()):
+        return None
+    classes = weight.shape[0]
+    bias = np.zeros(classes, np.float32) if bias is None else bias.reshape(-1)
+    if bias.size == 1:
+        bias = np.full(classes, bias[0], np.float32)
+    if bias.size != classes:
+        return None
+    return np.ascontiguousarray(weight), np.ascontiguousarray(bias)
+
+
+def _detach_result(model: ov.Model) -> ov.Output:
+    """The single output of ``model`` with its Result node unplugged, ready to splice."""
+    (result,) = model.get_results()
+    value = result.input_value(0)
+    result.input(0).replace_source_output(ops.constant(np.zeros(1, np.float32)).output(0))
+    return value
+
+
+def pooled_explainer_model(f: ov.Model, tail: ov.Model,
+                           feature_shape: tuple[int, int, int]) -> ov.Model:
+    """One model: input → ``f`` → [GAP row; F[:, n] / N rows] → ``g_pooled`` → (B, N+1, K).
+
+    The graph form of ``masking.pooled_masked`` with the unmasked row first, so ``f``
+    and all N + 1 tail rows run in one inference, without a round trip through numpy.
+    """
+    c, h, w = feature_shape
+    n = h * w
+    feature = _detach_result(f)
+    (pooled,) = tail.get_parameters()
+    scores = _detach_result(tail)
+    i64 = np.int64
+    flat = ops.reshape(feature, ops.constant(np.array([-1, c, n], i64)), special_zero=False)
+    rows = ops.transpose(flat, ops.constant(np.array([0, 2, 1], i64)))
+    masked = ops.multiply(rows, ops.constant(np.array(1.0 / n, np.float32)))
+    mean = ops.reduce_mean(rows, ops.constant(np.array([1], i64)), keep_dims=True)
+    stacked = ops.concat([mean, masked], 1)
+    batch = ops.reshape(stacked, ops.constant(np.array([-1, c], i64)), special_zero=False)
+    for target in list(pooled.output(0).get_target_inputs()):
+        target.replace_source_output(batch.output(0))
+    classes = scores.get_partial_shape()[-1].get_length()
+    per_image = ops.reshape(scores, ops.constant(np.array([-1, n + 1, classes], i64)),
+                            special_zero=False)
+    per_image.set_friendly_name("scores")
+    return ov.Model([ops.result(per_image)], f.get_parameters(), "reciprocam_pooled")

@@ -1,0 +1,493 @@
+#!/usr/bin/env python
+"""Benchmark ReciproCAM explanations against plain inference and the gradient-based peers.
+
+Usage (from the repository root, after ``scripts/setup.sh``)::
+
+    .venv/bin/python scripts/benchmark.py            # full table (ScoreCAM takes minutes)
+    .venv/bin/python scripts/benchmark.py --quick    # smoke run: resnet18, both backends
+
+What is measured, per model and backend (medians, batch 1, one 224×224-input image):
+
+- ``predict ms``: plain inference of the *whole* model (the torch model exported to one
+  ONNX graph by this script), compiled on the same backend, device and precision, plus
+  the same preprocessing and the top-1 pick;
+- ``explain ms``: ``ReciproCAM.explain`` on the same image (preprocessing included);
+- the two are measured side by side, interleaved in one process, alternating order;
+- ``peak RSS``: the peak resident memory of the process that loads the artifact and
+  explains, measured before the whole model is loaded;
+- time to first explanation: load (with sha256 checks) + compile + first call, in a
+  fresh process, with an empty compile cache (OpenVINO ``CACHE_DIR``, ONNX Runtime
+  optimised model; the first start fills it) and at a second start with it filled;
+- 16-image throughput: ``explain`` of 16 images against plain inference of the same
+  16 in batches of 8;
+- a check that the fast path (GAP shortcut, fused into one graph where the backend can)
+  gives the same maps as the slow path (``g`` on all N masked maps), in f32.
+
+Peers (pytorch-grad-cam GradCAM, GradCAM++, ScoreCAM once; torchcam GradCAM) run on
+torch CPU with a plain torch forward as their baseline, on the first model.
+
+Exports go to a work folder under the system temp dir (``--work-dir``). Progress goes to
+stderr, the table to stdout; ``--json FILE`` also writes every number as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_MODELS = ["resnet50", "resnet18", "mobilenet_v3_large", "efficientnet_b0",
+                  "export.pretrained:efficientnet_lite0"]
+BACKENDS = ["openvino", "onnxruntime"]
+PEER_METHODS = ["GradCAM", "GradCAM++", "torchcam GradCAM", "ScoreCAM"]
+
+
+def log(message: str) -> None:
+    """Progress line on stderr."""
+    print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status (``ru_maxrss`` survives exec, so a worker
+    started from a large parent would report the parent's size).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 2**20 if sys.platform == "darwin" else 2**10  # macOS reports bytes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def median_ms(samples: list[float]) -> float:
+    return float(np.median(samples) * 1e3)
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
+                ) -> dict[str, float]:
+    """Median ms of each function, run in turn within every repeat (order rotates)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {name: median_ms(s) for name, s in samples.items()}
+
+
+def sample_image(seed: int = 0, size: tuple[int, int] = (256, 320)) -> np.ndarray:
+    """A photo when scikit-image is installed (chelsea), else seeded noise; RGB uint8."""
+    if seed == 0:
+        try:
+            from skimage import data
+
+            return np.ascontiguousarray(data.chelsea())
+        except ImportError:
+            pass
+    return (np.random.default_rng(seed).random((*size, 3)) * 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- worker (no torch) ---
+
+def worker_main(task: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a fresh process: 'bench' and 'first' without torch, 'peers' with it."""
+    if task["kind"] == "peers":
+        return {"peers": peer_rows(task["spec"], Path(task["work"]), task["repeats"],
+                                   task["scorecam"])}
+    t0 = time.perf_counter()
+    from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.backends import create_backend
+
+    import_s = time.perf_counter() - t0
+    artifact, backend_name = task["artifact"], task["backend"]
+    device, precision = task["device"], task["precision"]
+    rgb = sample_image()
+    if task["kind"] == "first":
+        start = time.perf_counter()
+        backend = create_backend(backend_name, device, precision, cache_dir=task["cache_dir"])
+        cam = ReciproCAM(artifact, backend=backend)
+        cam.explain(rgb)
+        return {"import_s": import_s, "first_s": time.perf_counter() - start}
+
+    backend = create_backend(backend_name, device, precision)
+    cam = ReciproCAM(artifact, backend=backend)
+    result: dict[str, Any] = {"fused": getattr(cam, "_pooled_explainer", None) is not None,
+                              "affine": getattr(cam, "_affine", None) is not None,
+                              "one_inference": getattr(cam, "_f_and_head", None) is not None,
+                              "pooled": cam.uses_pooled_tail,
+                              "feature": list(cam.artifact.feature_shape),
+                              "layer": cam.artifact.manifest["target_layer"]}
+    for _ in range(2):
+        cam.explain(rgb)
+    result["rss_mb"] = peak_rss_mb()
+    whole = backend.compile(Path(task["whole"]))
+    pre = cam.preprocessing
+
+    def predict() -> None:
+        np.argsort(-whole(pre(rgb))[0])[:1]
+
+    def explain() -> None:
+        cam.explain(rgb)
+
+    times = interleaved({"predict": predict, "explain": explain}, task["repeats"])
+    result.update(predict_ms=times["predict"], explain_ms=times["explain"])
+    if task["throughput"]:
+        images = [sample_image(seed) for seed in range(1, 17)]
+
+        def predict16() -> None:
+            x = np.concatenate([pre(image) for image in images])
+            for start in range(0, len(x), cam.batch_size):
+                whole(x[start : start + cam.batch_size]).argmax(axis=1)
+
+        def explain16() -> None:
+            cam.explain(images)
+
+        times = interleaved({"predict": predict16, "explain": explain16},
+                            max(3, task["repeats"] // 5), warmup=1)
+        result.update(predict16_ms=times["predict"], explain16_ms=times["explain"])
+    if task["check"]:
+        result.update(check_slow_path(artifact, backend_name, device, rgb, cam))
+    result["rss_total_mb"] = peak_rss_mb()
+    return result
+
+
+def check_slow_path(artifact: str, backend_name: str, device: str, rgb: np.ndarray,
+                    measured: Any) -> dict[str, float]:
+    """Max |map difference| of the fast path against the slow paths, all in f32.
+
+    ``pooled``: ``g_pooled`` called separately on F[:, n] / N; ``full``: ``g`` on all N
+    masked maps built in numpy (Eq. 5) — the paper's algorithm with no shortcut.
+    ``precision``: the measured explainer (its precision, e.g. bf16) against f32.
+    """
+    from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.backends import create_backend
+    from reciprocam_ir.masking import masked_batch
+    from reciprocam_ir.saliency import normalise
+
+    backend = create_backend(backend_name, device, "f32")
+    cam = ReciproCAM(artifact, backend=backend)
+    exp = cam.explain(rgb, top_k=5)
+    c, h, w = cam.artifact.feature_shape
+    (feature,) = cam.features(cam.preprocessing(rgb))
+    classes = exp.targets[0]
+    unmasked, masked = cam.masked_scores(feature)
+    pooled = normalise(masked[:, classes]).reshape(-1, h, w)
+    g_path = next(cam.artifact.graph_path("g", fmt) for fmt in backend.graph_format
+                  if cam.artifact.graph_path("g", fmt) is not None)
+    full_scores = backend.compile(g_path)(masked_batch(feature))
+    full = normalise(full_scores[:, classes]).reshape(-1, h, w)
+    other = measured.explain(rgb, targets=[int(k) for k in classes])
+    scale = float(np.abs(exp.scores[0]).max())
+    return {"precision_map_diff": float(np.abs(other.saliency[0] - exp.saliency[0]).max()),
+            "precision_score_rel": float(np.abs(other.scores[0] - exp.scores[0]).max() / scale),
+            "map_diff_pooled": float(np.abs(exp.saliency[0] - pooled).max()),
+            "map_diff_full": float(np.abs(exp.saliency[0] - full).max()),
+            "score_diff": float(np.abs(exp.scores[0] - unmasked).max())}
+
+
+def run_worker(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one worker task in a fresh interpreter and return its JSON result."""
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(task)],
+                          stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {task['kind']} {task['backend']} failed "
+                           f"(exit {proc.returncode}; its error is above)")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- parent (torch) ------
+
+def export_model(spec: str, layer: str | None, work: Path) -> tuple[Path, Path]:
+    """Artifact folder and whole-model ONNX for ``spec`` (random weights for torchvision)."""
+    import torch
+
+    from export.model_source import load_model
+    from export.pipeline import export_artifact
+
+    weights = None if ":" in spec else "none"
+    name = spec.split(":")[-1] + (f"-{layer}" if layer else "")
+    artifact = work / name
+    if not (artifact / "manifest.json").is_file():
+        log(f"exporting {spec}{' at ' + layer if layer else ''} -> {artifact}")
+        export_artifact(spec, weights=weights, layer=layer, fmt="both", out=artifact)
+    whole = work / f"{spec.split(':')[-1]}-whole.onnx"
+    if not whole.is_file():
+        log(f"exporting the whole {spec} to {whole.name} (the plain-inference baseline)")
+        loaded = load_model(spec, weights, None)
+        x = torch.zeros(1, 3, *loaded.preprocessing.size)
+        import warnings
+
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(loaded.model.eval(), (x,), str(whole), dynamo=False,
+                              opset_version=17, input_names=["input"],
+                              output_names=["scores"],
+                              dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}})
+    return artifact, whole
+
+
+def bench_row(spec: str, layer: str | None, backend: str, args: argparse.Namespace,
+              work: Path, throughput: bool, first: bool, check: bool,
+              repeats: int) -> dict[str, Any]:
+    artifact, whole = export_model(spec, layer, work)
+    precision = args.precision if backend == "openvino" else "auto"
+    task = {"kind": "bench", "artifact": str(artifact), "whole": str(whole),
+            "backend": backend, "device": args.device, "precision": precision,
+            "repeats": repeats, "throughput": throughput, "check": check}
+    log(f"{spec} {layer or ''} on {backend} {args.device}: interleaved predict/explain "
+        f"x{repeats}")
+    row = {"model": spec.split(":")[-1], "backend": backend, "device": args.device,
+           "precision": precision, "artifact": str(artifact), **run_worker(task)}
+    if first:
+        cache = Path(tempfile.mkdtemp(prefix=f"cache-{row['model']}-{backend}-", dir=work))
+        log(f"{spec} on {backend}: time to first explanation (empty cache, then filled)")
+        base = {**task, "kind": "first", "cache_dir": str(cache)}
+        row["first_s"] = run_worker(base)["first_s"]
+        row["cached_first_s"] = run_worker(base)["first_s"]
+    return row
+
+
+def peer_rows(spec: str, work: Path, repeats: int, scorecam: bool) -> list[dict[str, Any]]:
+    """pytorch-grad-cam and torchcam on torch CPU, interleaved with a plain torch forward."""
+    import copy
+
+    import torch
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from torchcam.methods import GradCAM as TorchCamGradCAM
+
+    from export.model_source import load_model
+    from reciprocam_ir.artifact import Artifact
+
+    artifact = Artifact.load(work / spec.split(":")[-1], verify_files=False)
+    layer = artifact.manifest["target_layer"]
+    loaded = load_model(spec, None if ":" in spec else "none", None)
+    model = loaded.model.eval()
+    x = torch.from_numpy(loaded.preprocessing(sample_image()))
+    models = [copy.deepcopy(model) for _ in range(4)]
+    target = [ClassifierOutputTarget(int(model(x).argmax()))]
+    gradcam = GradCAM(models[0], [models[0].get_submodule(layer)])
+    gradcampp = GradCAMPlusPlus(models[1], [models[1].get_submodule(layer)])
+    torchcam = TorchCamGradCAM(models[2], target_layer=layer)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def run_torchcam() -> None:
+        out = models[2](x)
+        torchcam(int(out.argmax()), out)
+
+    log(f"peers on {spec} ({layer}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads: interleaved x{repeats}")
+    times = interleaved({"forward": forward, "GradCAM": lambda: gradcam(x, target),
+                         "GradCAM++": lambda: gradcampp(x, target),
+                         "torchcam GradCAM": run_torchcam}, repeats)
+    rows = [{"method": name, "model": spec, "layer": layer, "ms": times[name],
+             "forward_ms": times["forward"]} for name in PEER_METHODS[:3]]
+    torchcam.remove_hooks()
+    if scorecam:
+        log("ScoreCAM once (one forward per channel of the target layer: minutes)")
+        score_cam = ScoreCAM(models[3], [models[3].get_submodule(layer)])
+        start = time.perf_counter()
+        score_cam(x, target)
+        rows.append({"method": "ScoreCAM", "model": spec, "layer": layer,
+                     "ms": (time.perf_counter() - start) * 1e3, "forward_ms": times["forward"]})
+    for row in rows:
+        row["rss_mb"] = peak_rss_mb()
+    return rows
+
+
+def fmt(value: Any, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[str, Any]
+           ) -> str:
+    """The Markdown tables."""
+    lines = [f"Machine: {env['machine']}; {env['engines']}; load average "
+             f"{env['load_start']} at start, {env.get('load_end', '-')} at end; "
+             f"{env.get('wall_s', 0):.0f} s", "",
+             "| model | layer | N | backend | prec | path | predict ms | explain ms | ratio "
+             "| peak RSS MiB | first explain s | 2nd start s (cache) | max map diff "
+             "| prec vs f32: map, score |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c, h, w = r["feature"]
+        path = ("f+head fused, affine rows" if r.get("one_inference") else "f, head, affine rows"
+                if r.get("affine") else "f+pooled tail fused" if r["fused"]
+                else "f, g_pooled" if r["pooled"] else "f, g (N masked maps)")
+        diff = max(r.get("map_diff_pooled", 0.0), r.get("map_diff_full", 0.0)) \
+            if "map_diff_full" in r else None
+        lines.append(
+            f"| {r['model']} | {r['layer']} | {h * w} | {r['backend']} | {r['precision']} "
+            f"| {path} | {r['predict_ms']:.1f} | {r['explain_ms']:.1f} "
+            f"| {r['explain_ms'] / r['predict_ms']:.3f} | {r['rss_mb']:.0f} "
+            f"| {fmt(r.get('first_s'), '.2f')} | {fmt(r.get('cached_first_s'), '.2f')} "
+            f"| {fmt(diff, '.1e')} | {fmt(r.get('precision_map_diff'), '.1e')}, "
+            f"{fmt(r.get('precision_score_rel'), '.1e')} |")
+    with_tp = [r for r in rows if "explain16_ms" in r]
+    if with_tp:
+        lines += ["", "16 images (explain top-1 vs plain inference in batches of 8):", "",
+                  "| model | backend | predict img/s | explain img/s | throughput ratio |",
+                  "|---|---|---|---|---|"]
+        for r in with_tp:
+            p, e = 16e3 / r["predict16_ms"], 16e3 / r["explain16_ms"]
+            lines.append(f"| {r['model']} | {r['backend']} | {p:.1f} | {e:.1f} | {e / p:.3f} |")
+    if peers:
+        ours = {r["backend"]: r for r in rows
+                if r["model"] == peers[0]["model"].split(":")[-1]
+                and r["layer"] == peers[0]["layer"]}
+        lines += ["", f"Peers on {peers[0]['model']} ({peers[0]['layer']}), torch CPU; "
+                  "ratio = method / plain torch forward:", "",
+                  "| method | ms | torch forward ms | ratio | process peak RSS MiB |",
+                  "|---|---|---|---|---|"]
+        for p in peers:
+            lines.append(f"| {p['method']} | {p['ms']:.1f} | {p['forward_ms']:.1f} "
+                         f"| {p['ms'] / p['forward_ms']:.2f} | {p['rss_mb']:.0f} |")
+        for backend, r in ours.items():
+            lines.append(f"| ReciproCAM ({backend}, from the table above) "
+                         f"| {r['explain_ms']:.1f} | - | - | {r['rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = []
+    for name in ("openvino", "onnxruntime", "torch"):
+        try:
+            from importlib.metadata import version
+
+            versions.append(f"{name} {version(name)}")
+        except Exception:  # noqa: BLE001 - a missing engine is simply not listed
+            pass
+    return {"machine": f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}",
+            "engines": ", ".join(versions), "load_start": load_average()}
+
+
+def load_average() -> str:
+    """The 1-minute load average (other work on the machine skews every timing)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "-"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: resnet18, 5 repeats, both backends, no peers")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help=f"torchvision names or import paths (default: {DEFAULT_MODELS})")
+    parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=None,
+                        help="backends to measure (default: both; CUDA: onnxruntime)")
+    parser.add_argument("--device", default="CPU", help="CPU, GPU, NPU, AUTO or CUDA")
+    parser.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16", "f16"],
+                        help="OpenVINO inference precision (ONNX Runtime runs f32)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats per measurement (default 30, --quick 5)")
+    parser.add_argument("--no-peers", dest="peers", action="store_false",
+                        help="skip pytorch-grad-cam / torchcam")
+    parser.add_argument("--no-scorecam", dest="scorecam", action="store_false",
+                        help="skip ScoreCAM (it takes minutes on ResNet-50)")
+    parser.add_argument("--no-layer3", dest="layer3", action="store_false",
+                        help="skip the ResNet-50 layer3 (N = 196) row")
+    parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir())
+                                                  / "reciprocam-benchmark"),
+                        help="where exported artifacts and caches go")
+    parser.add_argument("--json", dest="json_out", default=None, help="also write JSON here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models = args.models or ["resnet18"]
+        args.repeats = args.repeats or 5
+        args.peers = args.scorecam = args.layer3 = False
+    args.models = args.models or DEFAULT_MODELS
+    args.repeats = args.repeats or 30
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    args.device = args.device.upper()
+    if args.backend is None:
+        args.backend = ["onnxruntime"] if args.device == "CUDA" else BACKENDS
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        print(json.dumps(worker_main(json.loads(args.worker))))
+        return 0
+    from reciprocam_ir.backends import BackendError, create_backend
+
+    for backend in args.backend:
+        try:
+            create_backend(backend, args.device, "auto")
+        except BackendError as exc:
+            print(f"benchmark: {backend} on {args.device}: {exc}", file=sys.stderr)
+            return 2
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    log(f"{env['machine']}; {env['engines']}; work dir {work}")
+    started = time.perf_counter()
+    rows = []
+    for spec in args.models:
+        for backend in args.backend:
+            rows.append(bench_row(spec, None, backend, args, work, throughput=True,
+                                  first=True, check=True, repeats=args.repeats))
+    if args.layer3:
+        for backend in args.backend:
+            rows.append(bench_row("resnet50", "layer3", backend, args, work,
+                                  throughput=False, first=False, check=False,
+                                  repeats=max(3, args.repeats // 10)))
+    peers = []
+    if args.peers:
+        export_model(args.models[0], None, work)
+        peers = run_worker({"kind": "peers", "spec": args.models[0], "work": str(work),
+                            "repeats": max(3, args.repeats // 3), "scorecam": args.scorecam,
+                            "backend": "torch"})["peers"]
+    env["wall_s"] = time.perf_counter() - started
+    env["load_end"] = load_average()
+    table = render(rows, peers, env)
+    print(table)
+    log(f"done in {env['wall_s']:.0f} s")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"env": env, "rows": rows, "peers": peers},
+                                                  indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

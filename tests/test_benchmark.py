@@ -1,0 +1,136 @@
+"""The benchmark script's smoke mode, and the fast explain path against the slow ones.
+
+No timing asserts: timings on a shared CPU are noise; only completeness and sanity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    work = tmp_path_factory.mktemp("bench")
+    out = work / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--work-dir", str(work), "--json", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, json.loads(out.read_text())
+
+
+def test_quick_run_prints_the_table_and_progress(quick_run):
+    proc, _ = quick_run
+    assert "| model | layer | N | backend |" in proc.stdout
+    assert "16 images" in proc.stdout
+    assert "[benchmark" in proc.stderr and "[benchmark" not in proc.stdout
+
+
+def test_quick_run_numbers_are_positive_and_finite(quick_run):
+    _, result = quick_run
+    rows = result["rows"]
+    assert {r["backend"] for r in rows} == {"openvino", "onnxruntime"}
+    assert all(r["model"] == "resnet18" and r["layer"] == "layer4" for r in rows)
+    for r in rows:
+        for key in ("predict_ms", "explain_ms", "predict16_ms", "explain16_ms", "rss_mb",
+                    "first_s", "cached_first_s"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["backend"], key, r[key])
+        assert r["feature"] == [512, 7, 7]
+        assert 50 < r["rss_mb"] < 4096
+    assert result["peers"] == []
+
+
+def test_quick_run_fast_path_maps_equal_slow_path_maps(quick_run):
+    _, result = quick_run
+    for r in result["rows"]:
+        assert r["pooled"]
+        assert r["map_diff_pooled"] < 1e-4, r
+        assert r["map_diff_full"] < 1e-4, r
+        assert r["score_diff"] < 1e-3, r
+    assert all(r["affine"] for r in result["rows"])  # resnet18's head is one Linear
+
+
+class MlpHeadNet(nn.Module):
+    """GAP → Linear → ReLU → Linear: a pooled tail that is not affine, so it is fused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1),
+                                  nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 6))
+        self.reciprocam_input = {"size": 32, "resize": "direct", "mean": (0.5, 0.5, 0.5),
+                                 "std": (0.25, 0.25, 0.25)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).mean(dim=(2, 3)))
+
+
+def slow_path_matches(cam, backend, fmt: str) -> None:
+    """``cam.explain`` against ``f`` then ``g`` on all N masked maps (Eq. 5), images batched."""
+    from reciprocam_ir.masking import masked_batch
+    from reciprocam_ir.saliency import normalise
+
+    rng = np.random.default_rng(1)
+    images = [(rng.random((200 + 10 * i, 240, 3)) * 255).astype(np.uint8) for i in range(3)]
+    exp = cam.explain(images, top_k=3)
+    g = backend.compile(cam.artifact.graph_path("g", fmt))
+    features = cam.features(np.concatenate([cam.preprocessing(im) for im in images]))
+    for i, feature in enumerate(features):
+        scores = g(np.concatenate([feature[None], masked_batch(feature)]))
+        np.testing.assert_allclose(exp.scores[i], scores[0], atol=1e-3, rtol=1e-4)
+        maps = normalise(scores[1:, exp.targets[i]]).reshape(exp.saliency[i].shape)
+        np.testing.assert_allclose(exp.saliency[i], maps, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend_name", ["openvino", "onnxruntime"])
+def test_affine_rows_equal_separate_graphs(quick_run, backend_name):
+    from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.backends import create_backend
+
+    artifact = Path(quick_run[1]["rows"][0]["artifact"])
+    backend = create_backend(backend_name, "CPU", "f32")
+    cam = ReciproCAM(artifact, backend=backend, batch_size=2)
+    assert cam._affine is not None and cam._pooled_explainer is None
+    slow_path_matches(cam, backend, backend.graph_format[0])
+    image = (np.random.default_rng(2).random((64, 64, 3)) * 255).astype(np.uint8)
+    soft = ReciproCAM(artifact, backend=backend, scores="softmax").explain(image)
+    np.testing.assert_array_equal(soft.scores, cam.explain(image).scores)
+
+
+def test_fused_graph_equals_separate_graphs(tmp_path):
+    from export.pipeline import export_artifact
+    from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.backends import create_backend
+
+    torch.manual_seed(0)
+    artifact = export_artifact(MlpHeadNet().eval(), layer="body", fmt="both",
+                               out=tmp_path / "mlp")
+    backend = create_backend("openvino", "CPU", "f32")
+    cam = ReciproCAM(artifact, backend=backend, batch_size=2)
+    assert cam._affine is None and cam._pooled_explainer is not None
+    slow_path_matches(cam, backend, "ir")
+
+
+def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a CUDA provider is installed here: the benchmark would run")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "CUDA", "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2
+    assert "CUDAExecutionProvider" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
