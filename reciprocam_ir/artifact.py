@@ -242,6 +242,26 @@ class Artifact:
     def g_starts_with_gap(self) -> bool:
         return self.manifest["g_starts_with_gap"]
 
+    def expected_io(self, role: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(input, output) shapes graph ``role`` must have by the manifest; -1 = any batch."""
+        c, h, w = self.feature_shape
+        scores = (-1, self.num_classes)
+        return {
+            "f": ((-1, *self.manifest["input"]["shape"][1:]), (-1, c, h, w)),
+            "g": ((-1, c, h, w), scores),
+            "g_pooled": ((-1, c), scores),
+        }[role]
+
+    def check_io(self, role: str, actual: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+        """Refuse a graph whose declared shapes contradict the manifest."""
+        for side, want, got in zip(("input", "output"), self.expected_io(role), actual,
+                                   strict=True):
+            if len(want) != len(got) or any(
+                    a != b and -1 not in (a, b) for a, b in zip(want, got, strict=False)):
+                raise ArtifactError(
+                    f"{self.folder}: graph '{role}' has {side} shape {list(got)} but the "
+                    f"manifest implies {list(want)} (-1: any)")
+
     def label(self, k: int) -> str:
         labels = self.labels
         return labels[k] if labels else f"class {k}"

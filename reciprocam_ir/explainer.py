@@ -67,6 +67,11 @@ class ReciproCAM:
         self.uses_pooled_tail = self.artifact.g_starts_with_gap
         self.rows_per_call()  # refuse, up front, a budget that cannot hold one masked map
         self._tail_role = "g_pooled" if self.uses_pooled_tail else "g"
+        for role in ("f", self._tail_role):
+            path = self._path(role)
+            shapes = self.backend.io_shapes(path)
+            if shapes is not None:
+                self.artifact.check_io(role, shapes)
         self._graphs: dict[str, Graph] = {}
         self._lock = threading.Lock()
         self._affine = self._affine_tail()
@@ -129,10 +134,14 @@ class ReciproCAM:
             return self._graphs[role]
 
     def _compile(self, role: str) -> Graph:
+        return self.backend.compile(self._path(role))
+
+    def _path(self, role: str) -> Path:
+        """Graph file of ``role`` in the first format the backend reads."""
         for fmt in self.backend.graph_format:
             path = self.artifact.graph_path(role, fmt)
             if path is not None:
-                return self.backend.compile(path)
+                return path
         raise BackendError(
             f"{self.artifact.folder}: no '{role}' graph in a format the {self.backend.name} "
             f"backend reads ({', '.join(self.backend.graph_format)})"

@@ -83,3 +83,16 @@ def test_symlink_out_of_the_folder_is_refused(copy, tmp_path):
     (copy / "f.onnx").symlink_to(outside)
     with pytest.raises(ArtifactError, match="points outside the folder"):
         Artifact.load(copy)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_manifest_shapes_must_match_the_graphs(copy, backend):
+    from reciprocam_ir import ReciproCAM
+
+    edit_manifest(copy, lambda m: m["feature"].update(shape=[256, 7, 7]))
+    with pytest.raises(ArtifactError, match=r"graph 'f' has output shape \[-1, 512, 7, 7\]"):
+        ReciproCAM(copy, backend=backend)
+    edit_manifest(copy, lambda m: m["feature"].update(shape=[512, 7, 7]))
+    edit_manifest(copy, lambda m: m["input"].update(shape=[1, 3, 256, 256]))
+    with pytest.raises(ArtifactError, match="graph 'f' has input shape"):
+        ReciproCAM(copy, backend=backend)

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
+Shape = tuple[int, ...]
+"""A tensor shape with -1 for a dynamic axis."""
 
 FeaturesAndScores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -62,6 +64,10 @@ class Backend(ABC):
         The callable maps inputs (B, 3, H, W) to (features (B, C, h, w), scores
         (B, num_classes)); None where this backend cannot fuse graphs.
         """
+        return None
+
+    def io_shapes(self, path: Path) -> tuple[Shape, Shape] | None:
+        """(input, output) shapes declared by the graph file, or None where not readable."""
         return None
 
     def affine_tail(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:

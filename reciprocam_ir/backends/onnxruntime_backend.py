@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .base import Backend, BackendError, Graph
+from .base import Backend, BackendError, Graph, Shape
 
 PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
 
@@ -75,6 +75,25 @@ class OnnxRuntimeBackend(Backend):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendError(f"ONNX Runtime cannot load {path.name}: {first}") from None
         return OnnxRuntimeGraph(session)
+
+    def io_shapes(self, path: Path) -> tuple[Shape, Shape] | None:
+        """Read with the ``onnx`` package where installed, without loading the weights."""
+        try:
+            import onnx
+        except ImportError:
+            return None
+        try:
+            graph = onnx.load(str(path), load_external_data=False).graph
+        except Exception:  # protobuf decode errors have several types
+            return None
+        weights = {t.name for t in graph.initializer}
+        inputs = [v for v in graph.input if v.name not in weights]
+
+        def shape(value: Any) -> Shape:
+            return tuple(d.dim_value if d.HasField("dim_value") else -1
+                         for d in value.type.tensor_type.shape.dim)
+
+        return shape(inputs[0]), shape(graph.output[0])
 
     def affine_tail(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         """Read with the ``onnx`` package where installed (ONNX Runtime does not show weights)."""

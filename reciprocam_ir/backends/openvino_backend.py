@@ -9,7 +9,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from .base import Backend, BackendError, FeaturesAndScores, Graph
+from .base import Backend, BackendError, FeaturesAndScores, Graph, Shape
 
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 
@@ -87,6 +87,17 @@ class OpenVINOBackend(Backend):
             raise BackendError(
                 f"OpenVINO cannot read {f_path.name}/{tail_path.name}: {first}") from None
         return self._compile(model, f"{f_path.name}+{tail_path.name}")
+
+    def io_shapes(self, path: Path) -> tuple[Shape, Shape] | None:
+        try:
+            model = self.core.read_model(str(path))
+        except RuntimeError:
+            return None
+        shapes = [v.get_partial_shape() for v in (model.inputs[0], model.outputs[0])]
+        if any(s.rank.is_dynamic for s in shapes):
+            return None
+        inp, out = (tuple(d.get_length() if d.is_static else -1 for d in s) for s in shapes)
+        return inp, out
 
     def affine_tail(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         try:
