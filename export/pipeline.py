@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -25,8 +23,8 @@ from .errors import ExportError
 from .graph_cut import CutGraph
 from .graph_files import onnx_to_ir, write_onnx
 from .model_source import LoadedModel, load_model
-from .staging import FORMATS, check_destination, move_into_place, staging_folder
-from .verify import TOLERANCE, check_graphs, verification_input
+from .staging import FORMATS, check_destination, staged
+from .verify import check_graphs, judge, verification_input
 
 
 def prepare(
@@ -65,8 +63,7 @@ def export_artifact(
         masked_reference = split.g(masked).numpy()
         pooled_example = feature.mean(dim=(2, 3))
 
-    staging = staging_folder(out)
-    try:
+    with staged(out) as staging:
         modules = {"f": (split.f, example, INPUT_NAME, FEATURE_NAME),
                    "g": (split.g, feature, FEATURE_NAME, OUTPUT_NAME)}
         if split.g_pooled is not None:
@@ -89,14 +86,7 @@ def export_artifact(
         if fmt == "ir":
             for path in onnx_files.values():
                 path.unlink()
-        scale = max(float(np.abs(reference).max()), 1e-12)
-        worst = max(errors.values())
-        log("check: max |g(f(x)) - model(x)| = "
-            + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
-        if not worst / scale <= TOLERANCE:
-            raise ExportError(
-                f"exported graphs do not reproduce the model: max |g(f(x)) - model(x)| = "
-                f"{worst:.3g} ({worst / scale:.2e} relative, tolerance {TOLERANCE:g})")
+        check = judge(errors, reference, "exported graphs", log)
         graphs = {role: {**({"onnx": f"{role}.onnx"} if fmt != "ir" else {}),
                          **({"ir": f"{role}.xml"} if ir_files else {})} for role in modules}
         labels = loaded.labels if loaded.labels and len(loaded.labels) == graph.num_classes \
@@ -116,13 +106,7 @@ def export_artifact(
             "pooled": {"name": POOLED_NAME, "shape": [c]} if split.g_pooled is not None
             else None,
             "graphs": graphs,
-            "check": {"input": "seeded standard normal (numpy default_rng(0))",
-                      "max_abs_error": worst, "per_backend": errors,
-                      "relative_error": worst / scale, "tolerance": TOLERANCE},
+            "check": {"input": "seeded standard normal (numpy default_rng(0))", **check},
         }
         write_manifest(staging, manifest)
-        move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from reciprocam_ir.artifact import MANIFEST_NAME, default_mode
@@ -45,3 +47,15 @@ def move_into_place(staging: Path, out: Path) -> None:
     staging.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A staging folder that becomes ``out`` when the block succeeds and vanishes otherwise."""
+    staging = staging_folder(out)
+    try:
+        yield staging
+        move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

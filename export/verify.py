@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from reciprocam_ir.backends import create_backend
 from reciprocam_ir.masking import masked_batch
+
+from .errors import ExportError
 
 TOLERANCE = 1e-4
 """Largest accepted max|g(f(x)) − model(x)| relative to max|model(x)|."""
@@ -38,3 +42,18 @@ def check_graphs(backend: str, graphs: dict[str, Path], x: np.ndarray, reference
         pooled = feature.reshape(feature.shape[0], feature.shape[1], -1).mean(axis=2)
         errors.append(np.abs(g_pooled(pooled) - reference).max())
     return float(max(errors))
+
+
+def judge(errors: dict[str, float], reference: np.ndarray, what: str,
+          log: Callable[[str], None]) -> dict[str, Any]:
+    """Refuse the export above :data:`TOLERANCE`; else the manifest's ``check`` numbers."""
+    scale = max(float(np.abs(reference).max()), 1e-12)
+    worst = max(errors.values())
+    log("check: max |g(f(x)) - model(x)| = "
+        + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    if not worst / scale <= TOLERANCE:
+        raise ExportError(
+            f"{what} do not reproduce the model: max |g(f(x)) - model(x)| = {worst:.3g} "
+            f"({worst / scale:.2e} relative, tolerance {TOLERANCE:g})")
+    return {"max_abs_error": worst, "per_backend": errors, "relative_error": worst / scale,
+            "tolerance": TOLERANCE}

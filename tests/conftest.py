@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,36 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(TESTS))
+
+
+TORCH_BLOCK = """
+import importlib.abc, sys
+class BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, BlockTorch())
+"""
+"""Python source that makes any later ``import torch`` fail, for torch-free subprocesses."""
+
+
+def read_manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def export_refused(capsys, tmp_path: Path, *args: str) -> str:
+    """Run ``reciprocam-export`` in-process expecting a refusal; return its one error line.
+
+    Also checks that nothing was left behind: no artifact, no staging folder.
+    """
+    from export import cli
+
+    out = tmp_path / "refused"
+    code = cli.main([*args, "--out", str(out), "-q"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code != 0 and len(err) == 1 and err[0].startswith("reciprocam-export: error:"), err
+    assert not out.exists() and not list(tmp_path.glob(".refused*"))
+    return err[0]
 
 
 def subprocess_env() -> dict[str, str]:
@@ -64,6 +95,12 @@ def lite0_dir(export_once) -> Path:
 @pytest.fixture(scope="session")
 def flatten_dir(export_once) -> Path:
     return export_once("toy_models:tiny_flatten", fmt="both")
+
+
+@pytest.fixture(scope="session")
+def image() -> np.ndarray:
+    """A small random RGB image of an odd aspect ratio."""
+    return np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="session")

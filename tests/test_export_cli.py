@@ -7,8 +7,8 @@ import subprocess
 import pytest
 import torch
 
-from conftest import BIN, subprocess_env
-from export import cli, pipeline
+from conftest import BIN, export_refused, subprocess_env
+from export import cli, verify
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -18,14 +18,8 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def assert_refused(capsys, tmp_path, *args: str, match: str) -> None:
-    out = tmp_path / "artifact"
-    code, _, err = run_cli(capsys, *args, "--out", str(out), "-q")
-    assert code != 0
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("reciprocam-export: error:"), err
-    assert match in lines[0], lines[0]
-    assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".artifact")]
+    line = export_refused(capsys, tmp_path, *args)
+    assert match in line, line
 
 
 @pytest.mark.parametrize("args, match", [
@@ -86,7 +80,7 @@ def test_unwritable_output(capsys):
 
 
 def test_failed_verification_leaves_nothing(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "TOLERANCE", 0.0)
+    monkeypatch.setattr(verify, "TOLERANCE", 0.0)
     assert_refused(capsys, tmp_path, "toy_models:tiny_gap", match="do not reproduce the model")
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import openvino as ov
 import pytest
+
+from conftest import export_refused as refused
+from conftest import read_manifest as manifest
+from export.graph_export import export_graph_file
+from export.ir_cut import IrGraph
 from graph_models import (
     CLASSES,
     SIZE,
@@ -16,10 +19,6 @@ from graph_models import (
     tiny_classifier,
     to_ir,
 )
-
-from export import cli
-from export.graph_export import export_graph_file
-from export.ir_cut import IrGraph
 from reciprocam_ir import ReciproCAM
 
 IR_CUTS = ["conv1/WithoutBiases", "conv1", "relu1", "add", "relu2", "maxpool"]
@@ -36,24 +35,6 @@ def files(tmp_path_factory):
         "two": to_ir(tiny_classifier(d / "two_inputs.onnx", second_input=True)),
         "native": native_ir(d / "native.xml"),
     }
-
-
-@pytest.fixture(scope="module")
-def image():
-    return np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
-
-
-def manifest(folder) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
-
-
-def refused(capsys, tmp_path, *args: str) -> str:
-    out = tmp_path / "refused"
-    code = cli.main([*args, "--out", str(out), "-q"])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert code != 0 and len(err) == 1 and err[0].startswith("reciprocam-export: error:"), err
-    assert not out.exists() and not list(tmp_path.glob(".refused*"))
-    return err[0]
 
 
 def test_cuts_by_node_and_tensor_name(files):

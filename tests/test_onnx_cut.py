@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+from conftest import TORCH_BLOCK
+from conftest import export_refused as refused
+from conftest import read_manifest as manifest
+from export import cli
+from export.errors import ExportError
+from export.graph_export import export_graph_file
+from export.onnx_cut import OnnxGraph
 from graph_models import (
     CLASSES,
     SIZE,
@@ -19,11 +26,6 @@ from graph_models import (
     to_ir,
     vector_classifier,
 )
-
-from export import cli
-from export.errors import ExportError
-from export.graph_export import export_graph_file
-from export.onnx_cut import OnnxGraph
 from reciprocam_ir import ReciproCAM
 from reciprocam_ir.artifact import Artifact
 
@@ -40,24 +42,6 @@ def files(tmp_path_factory):
         "two": tiny_classifier(d / "two_inputs.onnx", second_input=True),
         "vector": vector_classifier(d / "vector.onnx"),
     }
-
-
-@pytest.fixture(scope="module")
-def image():
-    return np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
-
-
-def manifest(folder) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
-
-
-def refused(capsys, tmp_path, *args: str) -> str:
-    out = tmp_path / "refused"
-    code = cli.main([*args, "--out", str(out), "-q"])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert code != 0 and len(err) == 1 and err[0].startswith("reciprocam-export: error:"), err
-    assert not out.exists() and not list(tmp_path.glob(".refused*"))
-    return err[0]
 
 
 def test_cuts_of_a_helper_built_graph(files):
@@ -164,13 +148,7 @@ def test_preprocessing_flags(files, tmp_path):
     assert (m["resize"], m["resize_size"]) == ("shorter_side_crop", 20)
 
 
-BLOCK_TORCH = """
-import importlib.abc, sys
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, BlockTorch())
+BLOCK_TORCH = TORCH_BLOCK + """
 from export.cli import main
 for model, out in zip(sys.argv[1::2], sys.argv[2::2]):
     assert main([model, "--out", out, "-q"]) == 0

@@ -7,18 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, TORCH_BLOCK
 
-BLOCK = """
-import importlib.abc, sys
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, BlockTorch())
-"""
-
-RUN = BLOCK + """
+RUN = TORCH_BLOCK + """
 import numpy as np
 from reciprocam_ir import ReciproCAM
 from reciprocam_ir.cli import main
@@ -42,7 +33,7 @@ def test_runtime_runs_with_torch_blocked(resnet18_dir, tmp_path):
 
 
 def test_block_really_blocks():
-    proc = subprocess.run([sys.executable, "-c", BLOCK + "import torch"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", TORCH_BLOCK + "import torch"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode != 0 and "torch is blocked" in proc.stderr
 
