@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--memory-budget-mb", type=float, default=256.0,
                    help="largest masked batch per g call")
+    e.add_argument("--cache-dir", default=None,
+                   help="keep compiled graphs here so the next start is faster")
     e.add_argument("--overwrite", action="store_true",
                    help="explain again images whose outputs already exist in --out")
     return p
@@ -87,7 +89,8 @@ def explain(args: argparse.Namespace) -> int:
     try:
         cam = ReciproCAM(args.artifact, backend=args.backend, device=args.device,
                          precision=args.precision, scores=args.scores,
-                         memory_budget_mb=args.memory_budget_mb, batch_size=args.batch_size)
+                         memory_budget_mb=args.memory_budget_mb, batch_size=args.batch_size,
+                         cache_dir=args.cache_dir)
     except (ArtifactError, BackendError, ValueError, MemoryError) as exc:
         print(f"reciprocam: error: {exc}", file=sys.stderr)
         return 2

@@ -47,6 +47,7 @@ class ReciproCAM:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         mask: str = "onehot",
         mask_sigma: float = DEFAULT_MASK_SIGMA,
+        cache_dir: str | Path | None = None,
     ) -> None:
         if scores not in SCORE_KINDS:
             raise ValueError(f"scores must be one of {SCORE_KINDS}, got {scores!r}")
@@ -54,7 +55,7 @@ class ReciproCAM:
             raise ValueError("memory_budget_mb must be positive and batch_size at least 1")
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         self.backend = backend if isinstance(backend, Backend) else create_backend(
-            backend, device, precision)
+            backend, device, precision, cache_dir)
         self.scores = scores
         # mask: 'onehot' (Eq. 5) or 'gaussian' (the authors' spread variant, σ in feature cells)
         self.mask = mask

@@ -52,12 +52,16 @@ def test_explain_folder_with_npz_and_json(capsys, lite0_dir, image_folder, tmp_p
     assert overlay.shape[:2] == (300, 451)
 
 
-def test_explicit_classes_and_backend(capsys, resnet18_dir, image_folder, tmp_path):
-    out = tmp_path / "out"
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_explicit_classes_backend_and_cache(capsys, resnet18_dir, image_folder, tmp_path,
+                                            backend):
+    out, cache = tmp_path / "out", tmp_path / "cache"
     code, _, _ = run(capsys, str(resnet18_dir), str(image_folder / "coffee.jpg"), "--class",
-                     "3", "9", "--backend", "onnxruntime", "--out", str(out), "--save-npz")
+                     "3", "9", "--backend", backend, "--out", str(out), "--save-npz",
+                     "--cache-dir", str(cache))
     assert code == 0
     assert np.load(out / "coffee.npz")["targets"].tolist() == [3, 9]
+    assert any(cache.iterdir())  # compiled or optimised graphs kept for the next start
 
 
 def test_bad_files_are_reported_and_the_rest_is_done(capsys, resnet18_dir, image_folder,
