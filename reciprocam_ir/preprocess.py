@@ -136,7 +136,11 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageError("empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as exc:  # OpenCV refuses some headers (absurd sizes) by raising
+        reason = str(exc).strip().splitlines()[-1][:120]
+        raise ImageError(f"not a readable image ({reason})") from None
     if image is None:
         raise ImageError("not a readable image (unknown format or corrupt data)")
     if image.shape[0] * image.shape[1] > max_pixels:

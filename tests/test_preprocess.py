@@ -91,6 +91,15 @@ def test_unreadable_files(tmp_path, rgb):
         read_image(tmp_path / "big.png", max_pixels=100)
 
 
+def test_header_with_absurd_size_is_refused_not_raised(tmp_path, rgb):
+    """Found by the fuzz test: OpenCV raises (rather than returns None) on such headers."""
+    data = bytearray(cv2.imencode(".bmp", rgb)[1].tobytes())
+    data[18:22] = (2**24).to_bytes(4, "little")  # BMP width
+    (tmp_path / "wide.bmp").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="not a readable image"):
+        read_image(tmp_path / "wide.bmp")
+
+
 def test_in_memory_arrays():
     assert as_rgb(np.zeros((5, 6), np.uint8)).shape == (5, 6, 3)
     with pytest.raises(ImageError, match="uint8"):
