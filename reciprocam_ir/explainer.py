@@ -87,12 +87,7 @@ class ReciproCAM:
         """``f`` with ``g_pooled`` on its GAP in one graph, for the affine rows, where possible."""
         if self._affine is None:
             return None
-        for fmt in self.backend.graph_format:
-            f_path = self.artifact.graph_path("f", fmt)
-            tail_path = self.artifact.graph_path("g_pooled", fmt)
-            if f_path is not None and tail_path is not None:
-                return self.backend.compile_features_and_scores(f_path, tail_path)
-        return None
+        return self.backend.compile_features_and_scores(self._path("f"), self._path("g_pooled"))
 
     def _affine_tail(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(W, b) when ``g_pooled`` is one affine layer, else None.
@@ -104,14 +99,10 @@ class ReciproCAM:
         """
         if not self.uses_pooled_tail:
             return None
-        for fmt in self.backend.graph_format:
-            path = self.artifact.graph_path("g_pooled", fmt)
-            if path is not None:
-                affine = self.backend.affine_tail(path)
-                c = self.artifact.feature_shape[0]
-                if affine is not None and affine[0].shape == (self.artifact.num_classes, c):
-                    return affine
-                return None
+        affine = self.backend.affine_tail(self._path("g_pooled"))
+        c = self.artifact.feature_shape[0]
+        if affine is not None and affine[0].shape == (self.artifact.num_classes, c):
+            return affine
         return None
 
     def _compile_pooled_explainer(self) -> Graph | None:
@@ -120,12 +111,8 @@ class ReciproCAM:
         if (not self.uses_pooled_tail or self._masks is not None
                 or self.rows_per_call() < h * w + 1):
             return None
-        for fmt in self.backend.graph_format:
-            f_path = self.artifact.graph_path("f", fmt)
-            tail_path = self.artifact.graph_path("g_pooled", fmt)
-            if f_path is not None and tail_path is not None:
-                return self.backend.compile_pooled_explainer(f_path, tail_path, (c, h, w))
-        return None
+        return self.backend.compile_pooled_explainer(self._path("f"), self._path("g_pooled"),
+                                                     (c, h, w))
 
     def _graph(self, role: str) -> Graph:
         """The compiled graph ``role``, compiled on first use."""
