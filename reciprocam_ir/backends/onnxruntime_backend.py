@@ -46,6 +46,7 @@ class OnnxRuntimeBackend(Backend):
                 f"available: {', '.join(ort.get_available_providers())}"
             )
         self.providers = list(dict.fromkeys([provider, PROVIDERS["CPU"]]))
+        self._sessions: dict[Path, OnnxRuntimeGraph] = {}
 
     def cached_path(self, path: Path) -> Path | None:
         """Where the optimised form of ``path`` is cached (keyed by file, size, mtime, device)."""
@@ -57,7 +58,14 @@ class OnnxRuntimeBackend(Backend):
             f"{ort.__version__}".encode()).hexdigest()[:16]
         return self.cache_dir / f"{Path(path).stem}-{key}.ort.onnx"
 
-    def compile(self, path: Path) -> Graph:
+    def compile(self, path: Path) -> OnnxRuntimeGraph:
+        """One session per file: sessions are thread-safe, so a second request reuses it."""
+        key = Path(path).resolve()
+        if key not in self._sessions:
+            self._sessions[key] = self._create(path)
+        return self._sessions[key]
+
+    def _create(self, path: Path) -> OnnxRuntimeGraph:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
@@ -77,23 +85,13 @@ class OnnxRuntimeBackend(Backend):
         return OnnxRuntimeGraph(session)
 
     def io_shapes(self, path: Path) -> tuple[Shape, Shape] | None:
-        """Read with the ``onnx`` package where installed, without loading the weights."""
-        try:
-            import onnx
-        except ImportError:
-            return None
-        try:
-            graph = onnx.load(str(path), load_external_data=False).graph
-        except Exception:  # protobuf decode errors have several types
-            return None
-        weights = {t.name for t in graph.initializer}
-        inputs = [v for v in graph.input if v.name not in weights]
+        """From the session itself: compiled once here, reused by :meth:`compile`."""
+        session = self.compile(path)._session
 
         def shape(value: Any) -> Shape:
-            return tuple(d.dim_value if d.HasField("dim_value") else -1
-                         for d in value.type.tensor_type.shape.dim)
+            return tuple(d if isinstance(d, int) else -1 for d in value.shape)
 
-        return shape(inputs[0]), shape(graph.output[0])
+        return shape(session.get_inputs()[0]), shape(session.get_outputs()[0])
 
     def affine_tail(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         """Read with the ``onnx`` package where installed (ONNX Runtime does not show weights)."""
