@@ -166,21 +166,31 @@ class ReciproCAM:
         outputs = []
         if self.uses_pooled_tail:
             outputs.append(tail(self._pooled_mean(feature)))
-            rows = pooled_masked(feature) if self._masks is None \
-                else weighted_pooled_masked(feature, self._masks)
+            rows = self._pooled_rows(feature)
             for start in range(0, n, chunk):
                 outputs.append(tail(rows[start : start + chunk]))
         else:
             for start in range(0, n + 1, chunk):
                 stop = min(n + 1, start + chunk)
                 first = max(0, start - 1)
-                parts = [masked_batch(feature, first, stop - 1) if self._masks is None
-                         else weighted_masked_batch(feature, self._masks, first, stop - 1)]
+                parts = [self._masked_maps(feature, first, stop - 1)]
                 if start == 0:
                     parts.insert(0, feature[None])
                 outputs.append(tail(np.concatenate(parts) if len(parts) > 1 else parts[0]))
         scores = np.concatenate(outputs)
         return scores[0], scores[1:]
+
+    def _pooled_rows(self, feature: np.ndarray) -> np.ndarray:
+        """(N, C): the exact global average of every masked map, for this object's mask kind."""
+        if self._masks is None:
+            return pooled_masked(feature)
+        return weighted_pooled_masked(feature, self._masks)
+
+    def _masked_maps(self, feature: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Masked maps ``start..stop`` of ``feature`` for this object's mask kind."""
+        if self._masks is None:
+            return masked_batch(feature, start, stop)
+        return weighted_masked_batch(feature, self._masks, start, stop)
 
     @staticmethod
     def _pooled_mean(feature: np.ndarray) -> np.ndarray:
@@ -213,8 +223,7 @@ class ReciproCAM:
             weight, bias = self._affine
             for feature, unmasked in self._features_and_scores(batch):
                 classes = self.resolve_targets(unmasked, targets, top_k)
-                rows = pooled_masked(feature) if self._masks is None \
-                    else weighted_pooled_masked(feature, self._masks)
+                rows = self._pooled_rows(feature)
                 if self.scores == "softmax":  # needs every class
                     yield unmasked, classes, softmax(rows @ weight.T + bias)[:, classes]
                 else:
