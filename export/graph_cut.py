@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from reciprocam_ir.messages import first_line
+
 from .errors import ExportError
 
 _ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", F.relu: "relu", torch.relu: "relu",
@@ -162,8 +164,7 @@ class CutGraph:
             graph = tracer.trace(model)
         except Exception as exc:  # fx raises many kinds of error for untraceable code
             raise ExportError(
-                f"cannot trace {type(model).__name__} with torch.fx: "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                f"cannot trace {type(model).__name__} with torch.fx: {first_line(exc)}"
             ) from None
         self.gm = fx.GraphModule(tracer.root, graph)
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]

@@ -24,6 +24,7 @@ from reciprocam_ir.artifact import (
 )
 from reciprocam_ir.backends import create_backend
 from reciprocam_ir.masking import masked_batch
+from reciprocam_ir.messages import first_line
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .errors import ExportError
@@ -63,11 +64,6 @@ def list_graph_layers(path: str | Path, size: int | None = None) -> None:
         print(f"{cut.name:<60} {shape:<20} {', '.join(cut.aliases)}{mark}")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _check(backend: str, files: dict[str, Path], x: np.ndarray, reference: np.ndarray,
            source: str) -> float:
     """Max |g(f(x)) − original(x)| on ``backend`` in f32, at batch 1 and batch 2.
@@ -84,7 +80,7 @@ def _check(backend: str, files: dict[str, Path], x: np.ndarray, reference: np.nd
         return max(batch2, check_graphs(backend, files, x, reference, masked_reference))
     except Exception as exc:  # ORT, OpenVINO and backend errors: a graph that cannot run
         raise ExportError(f"{source}: the cut graphs do not run on {backend} "
-                          f"({_first_line(exc)})") from None
+                          f"({first_line(exc)})") from None
 
 
 def _to_ir(onnx_path: Path, xml_path: Path, source: str) -> None:
@@ -95,7 +91,7 @@ def _to_ir(onnx_path: Path, xml_path: Path, source: str) -> None:
         ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
     except Exception as exc:  # OpenVINO's frontends raise several kinds
         raise ExportError(f"{source}: OpenVINO cannot convert {onnx_path.name} "
-                          f"({_first_line(exc)}); try --format onnx") from None
+                          f"({first_line(exc)}); try --format onnx") from None
 
 
 def export_graph_file(

@@ -13,16 +13,12 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from reciprocam_ir.artifact import FEATURE_NAME, INPUT_NAME, OUTPUT_NAME, POOLED_NAME
+from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
 from .file_cut import CutPoint, ImageInput, find_cut, image_input
 
 F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _key(output: ov.Output) -> tuple[int, int]:
@@ -45,7 +41,7 @@ class IrGraph:
         except Exception as exc:  # OpenVINO's frontends raise several kinds
             what = "OpenVINO cannot read the model" if convert else \
                 "not a readable OpenVINO IR model"
-            raise ExportError(f"{path}: {what} ({_first_line(exc)})") from None
+            raise ExportError(f"{path}: {what} ({first_line(exc)})") from None
         params = model.get_parameters()
         names = [p.get_friendly_name() for p in params]
         dims = None
@@ -63,7 +59,7 @@ class IrGraph:
             model.reshape({model.input(0): shape})
         except RuntimeError as exc:
             raise ExportError(f"{path}: cannot give the graph a dynamic batch axis "
-                              f"({_first_line(exc)})") from None
+                              f"({first_line(exc)})") from None
         self.model = model
         self._analyse()
 
@@ -147,7 +143,7 @@ class IrGraph:
             out = self.core.compile_model(ref, "CPU", F32_CONFIG)({0: x})[0]
         except RuntimeError as exc:
             raise ExportError(f"{self.source}: OpenVINO cannot run the graph "
-                              f"({_first_line(exc)})") from None
+                              f"({first_line(exc)})") from None
         return np.asarray(out, np.float32)
 
     def pooled_start(self, feature: ov.Output) -> ov.Output | None:
@@ -197,7 +193,7 @@ class IrGraph:
                 ov.save_model(m, str(files[role]), compress_to_fp16=False)
             except RuntimeError as exc:
                 raise ExportError(f"{self.source}: cannot build {role} at '{cut.name}' "
-                                  f"({_first_line(exc)})") from None
+                                  f"({first_line(exc)})") from None
         return files
 
 

@@ -10,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from reciprocam_ir.artifact import FEATURE_NAME, INPUT_NAME, OUTPUT_NAME, POOLED_NAME
+from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
 from .file_cut import CutPoint, ImageInput, find_cut, image_input
@@ -23,11 +24,6 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
     if not t.HasField("shape"):
         return None
     return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -63,7 +59,7 @@ class OnnxGraph:
         try:
             model = onnx.load(str(self.path))
         except Exception as exc:  # protobuf and onnx raise many kinds
-            raise ExportError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+            raise ExportError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
         graph = model.graph
         initializers = {i.name for i in graph.initializer}
         inputs = [v for v in graph.input if v.name not in initializers]
@@ -86,7 +82,7 @@ class OnnxGraph:
             self.model = onnx.shape_inference.infer_shapes(model, strict_mode=False,
                                                            data_prop=True)
         except Exception as exc:
-            raise ExportError(f"{path}: ONNX shape inference failed ({_first_line(exc)})"
+            raise ExportError(f"{path}: ONNX shape inference failed ({first_line(exc)})"
                               ) from None
         self.output = self.model.graph.output[0].name
         self._analyse()
@@ -150,7 +146,7 @@ class OnnxGraph:
                                                 verification_input(self.input.shape())})
             except Exception as exc:
                 raise ExportError(f"{self.source}: ONNX Runtime cannot run the graph "
-                                  f"({_first_line(exc)})") from None
+                                  f"({first_line(exc)})") from None
             shapes.update((n, a.shape) for n, a in zip(unsure, measured, strict=True)
                           if a.dtype == np.float32 and a.ndim == 4)
         return shapes
@@ -236,7 +232,7 @@ class OnnxGraph:
             out = session.run([wanted], {self.input.name: x})[0]
         except Exception as exc:
             raise ExportError(f"{self.source}: ONNX Runtime cannot run the graph "
-                              f"({_first_line(exc)})") from None
+                              f"({first_line(exc)})") from None
         if out.ndim != 2:
             raise ExportError(f"{self.source}: output has shape {out.shape}; expected one 2-D "
                               "tensor of class scores (batch, classes)")
@@ -294,7 +290,7 @@ class OnnxGraph:
                     ins, outs)
             except Exception as exc:
                 raise ExportError(f"{self.source}: cannot extract {role} at '{cut.name}' "
-                                  f"({_first_line(exc)})") from None
+                                  f"({first_line(exc)})") from None
             graph = model.graph
             del graph.value_info[:]
             _rename(graph, ins[0], in_name)

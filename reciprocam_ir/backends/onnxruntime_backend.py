@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from ..messages import first_line
 from .base import Backend, BackendError, Graph, Shape
 
 PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
@@ -80,8 +81,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             session = ort.InferenceSession(str(source), options, providers=self.providers)
         except Exception as exc:  # ORT raises its own exception types per failure
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"ONNX Runtime cannot load {path.name}: {first}") from None
+            raise BackendError(f"ONNX Runtime cannot load {path.name}: {first_line(exc)}") from None
         return OnnxRuntimeGraph(session)
 
     def io_shapes(self, path: Path) -> tuple[Shape, Shape] | None:

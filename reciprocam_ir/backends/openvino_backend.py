@@ -9,6 +9,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from ..messages import first_line
 from .base import Backend, BackendError, FeaturesAndScores, Graph, Shape
 
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
@@ -70,9 +71,8 @@ class OpenVINOBackend(Backend):
         try:
             return OpenVINOGraph(self.core.compile_model(model, self.device, self.config()))
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendError(
-                f"OpenVINO cannot compile {name} on {self.device}: {first}") from None
+                f"OpenVINO cannot compile {name} on {self.device}: {first_line(exc)}") from None
 
     def compile(self, path: Path) -> Graph:
         return self._compile(str(path), path.name)
@@ -83,9 +83,8 @@ class OpenVINOBackend(Backend):
             model = pooled_explainer_model(self.core.read_model(str(f_path)),
                                            self.core.read_model(str(tail_path)), feature_shape)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendError(
-                f"OpenVINO cannot read {f_path.name}/{tail_path.name}: {first}") from None
+                f"OpenVINO cannot read {f_path.name}/{tail_path.name}: {first_line(exc)}") from None
         return self._compile(model, f"{f_path.name}+{tail_path.name}")
 
     def io_shapes(self, path: Path) -> tuple[Shape, Shape] | None:
@@ -110,9 +109,8 @@ class OpenVINOBackend(Backend):
             model = features_and_scores_model(self.core.read_model(str(f_path)),
                                               self.core.read_model(str(tail_path)))
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendError(
-                f"OpenVINO cannot read {f_path.name}/{tail_path.name}: {first}") from None
+                f"OpenVINO cannot read {f_path.name}/{tail_path.name}: {first_line(exc)}") from None
         graph = self._compile(model, f"{f_path.name}+{tail_path.name}")
 
         def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
