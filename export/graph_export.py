@@ -29,6 +29,7 @@ from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .errors import ExportError
 from .file_cut import is_graph_file
+from .graph_files import onnx_to_ir
 from .staging import FORMATS, check_destination, staged
 from .verify import check_graphs, judge, verification_input
 
@@ -81,17 +82,6 @@ def _check(backend: str, files: dict[str, Path], x: np.ndarray, reference: np.nd
     except Exception as exc:  # ORT, OpenVINO and backend errors: a graph that cannot run
         raise ExportError(f"{source}: the cut graphs do not run on {backend} "
                           f"({first_line(exc)})") from None
-
-
-def _to_ir(onnx_path: Path, xml_path: Path, source: str) -> None:
-    """Convert a cut ONNX graph to IR, keeping f32 weights."""
-    import openvino as ov
-
-    try:
-        ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
-    except Exception as exc:  # OpenVINO's frontends raise several kinds
-        raise ExportError(f"{source}: OpenVINO cannot convert {onnx_path.name} "
-                          f"({first_line(exc)}); try --format onnx") from None
 
 
 def export_graph_file(
@@ -154,7 +144,7 @@ def export_graph_file(
                 for role, onnx_path in files.items():
                     log(f"writing {role}.xml")
                     ir_files[role] = staging / f"{role}.xml"
-                    _to_ir(onnx_path, ir_files[role], source)
+                    onnx_to_ir(onnx_path, ir_files[role], source)
                 # OpenVINO's own run of the original graph, converted as f and g were:
                 # INT8 kernels differ between runtimes and conversion paths
                 from .ir_cut import IrGraph

@@ -80,7 +80,7 @@ def export_artifact(
             for role, path in onnx_files.items():
                 log(f"writing {role}.xml")
                 ir_files[role] = staging / f"{role}.xml"
-                onnx_to_ir(path, ir_files[role])
+                onnx_to_ir(path, ir_files[role], loaded.source["model"])
             errors["openvino"] = check_graphs("openvino", ir_files, example.numpy(), reference,
                                               masked_reference)
         if fmt == "ir":
