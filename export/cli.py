@@ -51,16 +51,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def print_cuts(cuts: list[tuple[str, tuple[int, ...], tuple[str, ...]]], default: str) -> None:
+    """The valid cuts as a table: name, feature shape, other names; the default marked."""
+    width = max([40, *(len(name) + 2 for name, _, _ in cuts)])
+    print(f"{'layer':<{width}} {'feature (C x h x w)':<20} also named")
+    for name, shape, aliases in cuts:
+        mark = "  (default)" if name == default else ""
+        print(f"{name:<{width}} {' x '.join(map(str, shape)):<20} {', '.join(aliases)}{mark}")
+
+
 def list_layers(model: str, weights: str | None, size: int | None) -> None:
     from .pipeline import prepare
 
     _, graph, _ = prepare(model, weights if weights else "none", size)
-    default = graph.default_cut()
-    print(f"{'layer':<40} {'feature (C x h x w)':<20} also named")
-    for cut in graph.cuts:
-        mark = "  (default)" if cut is default else ""
-        shape = " x ".join(map(str, cut.shape))
-        print(f"{cut.name:<40} {shape:<20} {', '.join(cut.names[1:])}{mark}")
+    print_cuts([(c.name, c.shape, c.names[1:]) for c in graph.cuts], graph.default_cut().name)
 
 
 GRAPH_ONLY = ("mean", "std", "scale", "color", "keep_softmax", "resize_size")
@@ -76,13 +80,15 @@ def check_torch_args(args: argparse.Namespace) -> None:
 
 def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
     """Export (or with --list-layers, list) an ONNX/IR file; no torch is imported."""
-    from .graph_export import export_graph_file, list_graph_layers
+    from .graph_export import export_graph_file, open_graph
 
     if args.weights is not None:
         raise ExportError(f"{args.model}: --weights does not apply to a graph file "
                           "(its weights are in the file)")
     if args.list_layers:
-        list_graph_layers(args.model, args.input_size)
+        graph = open_graph(args.model, args.input_size)
+        print_cuts([(c.name, c.shape, c.aliases) for c in graph.cuts],
+                   graph.cuts[-1].name if graph.cuts else "")
         return None
     options = {k: getattr(args, k) for k in ("mean", "std", "scale", "color", "resize_size")
                if getattr(args, k) is not None}

@@ -54,17 +54,6 @@ def open_graph(path: str | Path, size: int | None = None) -> OnnxGraph | IrGraph
     raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
 
 
-def list_graph_layers(path: str | Path, size: int | None = None) -> None:
-    """Print the valid cuts of a graph file with their feature shapes."""
-    graph = open_graph(path, size)
-    default = graph.cuts[-1] if graph.cuts else None
-    print(f"{'layer':<60} {'feature (C x h x w)':<20} also named")
-    for cut in graph.cuts:
-        mark = "  (default)" if cut is default else ""
-        shape = " x ".join(map(str, cut.shape))
-        print(f"{cut.name:<60} {shape:<20} {', '.join(cut.aliases)}{mark}")
-
-
 def _check(backend: str, files: dict[str, Path], x: np.ndarray, reference: np.ndarray,
            source: str) -> float:
     """Max |g(f(x)) − original(x)| on ``backend`` in f32, at batch 1 and batch 2.
