@@ -15,6 +15,22 @@ Shape = tuple[int, ...]
 FeaturesAndScores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+def affine_pair(weight: np.ndarray,
+                bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W, b) as (classes, C) and (classes,) float32, a scalar or missing bias broadcast.
+
+    None when the bias does not fit the weight.
+    """
+    classes = weight.shape[0]
+    bias = np.zeros(classes, np.float32) if bias is None else \
+        np.asarray(bias, np.float32).reshape(-1)
+    if bias.size == 1:
+        bias = np.full(classes, bias[0], np.float32)
+    if bias.size != classes:
+        return None
+    return np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(bias)
+
+
 class BackendError(ValueError):
     """A backend, device or precision that cannot be used here."""
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..messages import first_line
-from .base import Backend, BackendError, Graph, Shape
+from .base import Backend, BackendError, Graph, Shape, affine_pair
 
 PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
 
@@ -151,11 +151,4 @@ def affine_of_onnx(model: Any) -> tuple[np.ndarray, np.ndarray] | None:
     dims = graph.input[0].type.tensor_type.shape.dim
     if x != graph.input[0].name or not dims or dims[-1].dim_value != weight.shape[1]:
         return None
-    classes = weight.shape[0]
-    bias = np.zeros(classes, np.float32) if bias is None else \
-        np.asarray(bias, np.float32).reshape(-1)
-    if bias.size == 1:
-        bias = np.full(classes, bias[0], np.float32)
-    if bias.size != classes:
-        return None
-    return np.ascontiguousarray(weight), np.ascontiguousarray(bias)
+    return affine_pair(weight, bias)

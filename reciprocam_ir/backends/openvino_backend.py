@@ -10,7 +10,7 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from ..messages import first_line
-from .base import Backend, BackendError, FeaturesAndScores, Graph, Shape
+from .base import Backend, BackendError, FeaturesAndScores, Graph, Shape, affine_pair
 
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 
@@ -174,13 +174,7 @@ def affine_of(model: ov.Model) -> tuple[np.ndarray, np.ndarray] | None:
     if (x.get_node().get_type_name() != "Parameter" or not width.is_static
             or weight.shape[1] != width.get_length()):
         return None
-    classes = weight.shape[0]
-    bias = np.zeros(classes, np.float32) if bias is None else bias.reshape(-1)
-    if bias.size == 1:
-        bias = np.full(classes, bias[0], np.float32)
-    if bias.size != classes:
-        return None
-    return np.ascontiguousarray(weight), np.ascontiguousarray(bias)
+    return affine_pair(weight, bias)
 
 
 def _detach_result(model: ov.Model) -> ov.Output:
