@@ -15,6 +15,7 @@ from .artifact import ArtifactError, atomic_write_bytes
 from .backends import PRECISIONS, BackendError
 from .explainer import ReciproCAM
 from .explanation import slug
+from .masking import MASK_KINDS
 from .preprocess import ImageError
 from .saliency import SCORE_KINDS
 
@@ -38,6 +39,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=PRECISIONS, default="auto")
     e.add_argument("--scores", choices=SCORE_KINDS, default="logits",
                    help="score each masked map by raw logits or softmax probabilities")
+    e.add_argument("--mask", choices=MASK_KINDS, default="onehot",
+                   help="onehot: keep one position (the paper); gaussian: keep a soft window; "
+                        "drop: remove a soft window (best with --scores softmax)")
+    e.add_argument("--mask-sigma", type=float, default=None, metavar="CELLS",
+                   help="window width of gaussian/drop masks in feature cells "
+                        "(default 0.85 gaussian, 1.5 drop)")
     e.add_argument("--out", default="explanations", help="output folder (default: explanations)")
     e.add_argument("--save-npz", action="store_true", help="also write <stem>.npz per image")
     e.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -89,7 +96,8 @@ def image_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 def explain(args: argparse.Namespace) -> int:
     try:
         cam = ReciproCAM(args.artifact, backend=args.backend, device=args.device,
-                         precision=args.precision, scores=args.scores,
+                         precision=args.precision, scores=args.scores, mask=args.mask,
+                         mask_sigma=args.mask_sigma,
                          memory_budget_mb=args.memory_budget_mb, batch_size=args.batch_size,
                          cache_dir=args.cache_dir)
     except (ArtifactError, BackendError, ValueError, MemoryError) as exc:
@@ -111,7 +119,8 @@ def explain(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     settings = {"artifact": str(Path(args.artifact).resolve()), "targets": targets,
-                "top_k": args.top_k, "scores": args.scores, "save_npz": args.save_npz}
+                "top_k": args.top_k, "scores": args.scores, "mask": args.mask,
+                "mask_sigma": args.mask_sigma, "save_npz": args.save_npz}
     owner: dict[str, Path] = {}
     todo = []
     for path in paths:

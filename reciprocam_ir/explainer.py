@@ -13,7 +13,7 @@ from .backends import Backend, BackendError, Graph, create_backend
 from .backends.base import FeaturesAndScores
 from .explanation import Explanation
 from .masking import (
-    DEFAULT_MASK_SIGMA,
+    REMOVING_MASKS,
     masked_batch,
     pooled_masked,
     spatial_masks,
@@ -46,7 +46,7 @@ class ReciproCAM:
         batch_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         mask: str = "onehot",
-        mask_sigma: float = DEFAULT_MASK_SIGMA,
+        mask_sigma: float | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
         if scores not in SCORE_KINDS:
@@ -57,7 +57,8 @@ class ReciproCAM:
         self.backend = backend if isinstance(backend, Backend) else create_backend(
             backend, device, precision, cache_dir)
         self.scores = scores
-        # mask: 'onehot' (Eq. 5) or 'gaussian' (the authors' spread variant, σ in feature cells)
+        # mask: 'onehot' (Eq. 5), 'gaussian' (the authors' spread variant) or 'drop' (a soft
+        # window removed instead of kept); σ in feature cells, see masking.spatial_masks
         self.mask = mask
         self._masks = None if mask == "onehot" else spatial_masks(
             *self.artifact.feature_shape[1:], kind=mask, sigma=mask_sigma)
@@ -76,17 +77,18 @@ class ReciproCAM:
         self._graphs: dict[str, Graph] = {}
         self._lock = threading.Lock()
         self._affine = self._affine_tail()
-        self._f_and_head = self._compile_features_and_scores()
-        self._pooled_explainer = (None if self._affine is not None
-                                  else self._compile_pooled_explainer())
+        # affine rows give the logits of the requested classes only; softmax needs every class
+        # of every row, which the tail graph scores faster than numpy (and fused with f where
+        # the backend can)
+        self._affine_rows = self._affine is not None and scores == "logits"
+        self._f_and_head = self._compile_features_and_scores() if self._affine_rows else None
+        self._pooled_explainer = None if self._affine_rows else self._compile_pooled_explainer()
         if self._pooled_explainer is None and self._f_and_head is None:
             self._graph("f")
             self._graph(self._tail_role)
 
     def _compile_features_and_scores(self) -> FeaturesAndScores | None:
         """``f`` with ``g_pooled`` on its GAP in one graph, for the affine rows, where possible."""
-        if self._affine is None:
-            return None
         return self.backend.compile_features_and_scores(self._path("f"), self._path("g_pooled"))
 
     def _affine_tail(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -108,11 +110,10 @@ class ReciproCAM:
     def _compile_pooled_explainer(self) -> Graph | None:
         """``f`` and the pooled tail fused into one graph, where the backend can and it fits."""
         c, h, w = self.artifact.feature_shape
-        if (not self.uses_pooled_tail or self._masks is not None
-                or self.rows_per_call() < h * w + 1):
+        if not self.uses_pooled_tail or self.rows_per_call() < h * w + 1:
             return None
         return self.backend.compile_pooled_explainer(self._path("f"), self._path("g_pooled"),
-                                                     (c, h, w))
+                                                     (c, h, w), self._masks)
 
     def _graph(self, role: str) -> Graph:
         """The compiled graph ``role``, compiled on first use."""
@@ -138,6 +139,11 @@ class ReciproCAM:
     @property
     def labels(self) -> list[str] | None:
         return self.artifact.labels
+
+    @property
+    def affine_head(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(W, b) of ``g_pooled`` when it is one affine layer (the fastest path), else None."""
+        return self._affine
 
     def features(self, inputs: np.ndarray) -> np.ndarray:
         """Run ``f`` on preprocessed inputs (B, 3, H, W) → (B, C, h, w)."""
@@ -216,18 +222,16 @@ class ReciproCAM:
                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(unmasked scores, classes, their (N, K) masked scores) per image of a batch.
 
-        Fastest path first: an affine pooled tail (only the K classes' rows), then ``f``
-        and the pooled tail fused in one graph, then ``f`` and ``g`` separately.
+        Fastest path first: an affine pooled tail scored for logits (only the K classes'
+        rows), then ``f`` and the pooled tail fused in one graph, then ``f`` and ``g``
+        separately.
         """
-        if self._affine is not None:
+        if self._affine_rows:
             weight, bias = self._affine
             for feature, unmasked in self._features_and_scores(batch):
                 classes = self.resolve_targets(unmasked, targets, top_k)
                 rows = self._pooled_rows(feature)
-                if self.scores == "softmax":  # needs every class
-                    yield unmasked, classes, softmax(rows @ weight.T + bias)[:, classes]
-                else:
-                    yield unmasked, classes, rows @ weight[classes].T + bias[classes]
+                yield unmasked, classes, rows @ weight[classes].T + bias[classes]
             return
         if self._pooled_explainer is not None:
             per_image = ((rows[0], rows[1:]) for rows in self._pooled_explainer(batch))
@@ -238,6 +242,13 @@ class ReciproCAM:
             if self.scores == "softmax":
                 masked = softmax(masked)
             yield unmasked, classes, masked[:, classes]
+
+    def maps(self, masked: np.ndarray) -> np.ndarray:
+        """(N, K) masked scores of K classes → (K, N) maps in [0, 1] (Eq. 6).
+
+        For a removing mask a low score marks a salient position, so the scores are negated.
+        """
+        return normalise(-masked if self.mask in REMOVING_MASKS else masked)
 
     def resolve_targets(self, unmasked: np.ndarray, targets: Targets, top_k: int) -> np.ndarray:
         """Class indices to explain for one image."""
@@ -293,7 +304,7 @@ class ReciproCAM:
                 if not (np.isfinite(unmasked).all() and np.isfinite(masked).all()):
                     raise FloatingPointError(
                         f"{names[start + offset]}: the model produced NaN or Inf scores")
-                saliency.append(normalise(masked).reshape(len(classes), h, w))
+                saliency.append(self.maps(masked).reshape(len(classes), h, w))
                 chosen.append(classes)
                 scores.append(unmasked)
         return Explanation(

@@ -24,9 +24,19 @@ def pooled_masked(feature: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(feature.reshape(c, h * w).T, dtype=np.float32) / np.float32(h * w)
 
 
-MASK_KINDS = ("onehot", "gaussian")
+MASK_KINDS = ("onehot", "gaussian", "drop")
+REMOVING_MASKS = ("drop",)
+"""Mask kinds that remove a window rather than keep one: a low score marks a salient position."""
 DEFAULT_MASK_SIGMA = float(1.0 / np.sqrt(2.0 * np.log(2.0)))
 """σ (in feature cells) whose 3×3 kernel is the authors' [[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16."""
+DEFAULT_DROP_SIGMA = 1.5
+"""σ (in feature cells) of the removed window of ``drop`` masks: the best ADCC among the widths
+tried on the selection half of ``scripts/evaluate.py`` (README → Evaluation)."""
+
+
+def default_sigma(kind: str) -> float:
+    """The σ a mask kind uses when none is given."""
+    return DEFAULT_DROP_SIGMA if kind == "drop" else DEFAULT_MASK_SIGMA
 
 
 def gaussian_kernel(sigma: float = DEFAULT_MASK_SIGMA) -> np.ndarray:
@@ -39,25 +49,34 @@ def gaussian_kernel(sigma: float = DEFAULT_MASK_SIGMA) -> np.ndarray:
     return k / k.sum()
 
 
+def _placed(kernel: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(N, h, w): ``kernel`` centred on every position n, cut off at the map's border."""
+    r = kernel.shape[0] // 2
+    padded = np.zeros((h * w, h + 2 * r, w + 2 * r), dtype=np.float64)
+    for n in range(h * w):
+        i, j = divmod(n, w)
+        padded[n, i : i + 2 * r + 1, j : j + 2 * r + 1] = kernel
+    return padded[:, r : r + h, r : r + w]
+
+
 def spatial_masks(h: int, w: int, kind: str = "onehot",
-                  sigma: float = DEFAULT_MASK_SIGMA) -> np.ndarray:
+                  sigma: float | None = None) -> np.ndarray:
     """The N = h·w spatial masks M_n, shape (N, h, w) float32.
 
     ``onehot`` (Eq. 5): M_n is 1 at position n, 0 elsewhere. ``gaussian`` (the authors'
     spread variant): M_n is :func:`gaussian_kernel` centred on n, cut off at the map's border
-    (not renormalised there).
+    (not renormalised there). ``drop``: M_n = 1 − the same Gaussian scaled to peak 1, i.e. the
+    map with a soft window around n removed (a position is salient when removing it lowers
+    the score). ``sigma`` defaults to :func:`default_sigma` of the kind.
     """
     if kind not in MASK_KINDS:
         raise ValueError(f"mask must be one of {MASK_KINDS}, got {kind!r}")
     if kind == "onehot":
         return np.eye(h * w, dtype=np.float32).reshape(h * w, h, w)
-    k = gaussian_kernel(sigma)
-    r = k.shape[0] // 2
-    padded = np.zeros((h * w, h + 2 * r, w + 2 * r), dtype=np.float64)
-    for n in range(h * w):
-        i, j = divmod(n, w)
-        padded[n, i : i + 2 * r + 1, j : j + 2 * r + 1] = k
-    return padded[:, r : r + h, r : r + w].astype(np.float32)
+    k = gaussian_kernel(default_sigma(kind) if sigma is None else sigma)
+    if kind == "gaussian":
+        return _placed(k, h, w).astype(np.float32)
+    return (1.0 - _placed(k / k.max(), h, w)).astype(np.float32)
 
 
 def weighted_masked_batch(feature: np.ndarray, masks: np.ndarray, start: int = 0,

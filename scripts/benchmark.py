@@ -12,7 +12,8 @@ What is measured, per model and backend (medians, batch 1, one 224×224-input im
   ONNX graph by this script), compiled on the same backend, device and precision, plus
   the same preprocessing and the top-1 pick;
 - ``explain ms``: ``ReciproCAM.explain`` on the same image (preprocessing included);
-- the two are measured side by side, interleaved in one process, alternating order;
+- ``drop ms``: the same with ``mask='drop', scores='softmax'`` (softmax over every class);
+- the three are measured side by side, interleaved in one process, alternating order;
 - ``peak RSS``: the peak resident memory of the process that loads the artifact and
   explains, measured before the whole model is loaded;
 - time to first explanation: load (with sha256 checks) + compile + first call, in a
@@ -53,6 +54,8 @@ if str(ROOT) not in sys.path:
 DEFAULT_MODELS = ["resnet50", "resnet18", "mobilenet_v3_large", "efficientnet_b0",
                   "export.pretrained:efficientnet_lite0"]
 BACKENDS = ["openvino", "onnxruntime"]
+DROP = {"scores": "softmax", "mask": "drop"}
+"""The beyond-the-paper variant (README → Evaluation), timed beside the paper's."""
 PEER_METHODS = ["GradCAM", "GradCAM++", "torchcam GradCAM", "ScoreCAM"]
 
 
@@ -152,8 +155,11 @@ def worker_main(task: dict[str, Any]) -> dict[str, Any]:
     def explain() -> None:
         cam.explain(rgb)
 
-    times = interleaved({"predict": predict, "explain": explain}, task["repeats"])
-    result.update(predict_ms=times["predict"], explain_ms=times["explain"])
+    drop = ReciproCAM(artifact, backend=backend, **DROP)
+    times = interleaved({"predict": predict, "explain": explain,
+                         "drop": lambda: drop.explain(rgb)}, task["repeats"])
+    result.update(predict_ms=times["predict"], explain_ms=times["explain"],
+                  drop_ms=times["drop"])
     if task["throughput"]:
         images = [sample_image(seed) for seed in range(1, 17)]
 
@@ -332,9 +338,9 @@ def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[st
              f"{env['load_start']} at start, {env.get('load_end', '-')} at end; "
              f"{env.get('wall_s', 0):.0f} s", "",
              "| model | layer | N | backend | prec | path | predict ms | explain ms | ratio "
-             "| peak RSS MiB | first explain s | 2nd start s (cache) | max map diff "
+             "| drop ratio | peak RSS MiB | first explain s | 2nd start s (cache) | max map diff "
              "| prec vs f32: map, score |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c, h, w = r["feature"]
         path = ("f+head fused, affine rows" if r.get("one_inference") else "f, head, affine rows"
@@ -345,7 +351,8 @@ def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[st
         lines.append(
             f"| {r['model']} | {r['layer']} | {h * w} | {r['backend']} | {r['precision']} "
             f"| {path} | {r['predict_ms']:.1f} | {r['explain_ms']:.1f} "
-            f"| {r['explain_ms'] / r['predict_ms']:.3f} | {r['rss_mb']:.0f} "
+            f"| {r['explain_ms'] / r['predict_ms']:.3f} "
+            f"| {r['drop_ms'] / r['predict_ms']:.3f} | {r['rss_mb']:.0f} "
             f"| {fmt(r.get('first_s'), '.2f')} | {fmt(r.get('cached_first_s'), '.2f')} "
             f"| {fmt(diff, '.1e')} | {fmt(r.get('precision_map_diff'), '.1e')}, "
             f"{fmt(r.get('precision_score_rel'), '.1e')} |")

@@ -44,7 +44,7 @@ def test_quick_run_numbers_are_positive_and_finite(quick_run):
     assert {r["backend"] for r in rows} == {"openvino", "onnxruntime"}
     assert all(r["model"] == "resnet18" and r["layer"] == "layer4" for r in rows)
     for r in rows:
-        for key in ("predict_ms", "explain_ms", "predict16_ms", "explain16_ms", "rss_mb",
+        for key in ("predict_ms", "explain_ms", "drop_ms", "predict16_ms", "explain16_ms", "rss_mb",
                     "first_s", "cached_first_s"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["backend"], key, r[key])
         assert r["feature"] == [512, 7, 7]
@@ -106,21 +106,45 @@ def test_affine_rows_equal_separate_graphs(quick_run, backend_name):
     slow_path_matches(cam, backend, backend.graph_format[0])
     image = (np.random.default_rng(2).random((64, 64, 3)) * 255).astype(np.uint8)
     soft = ReciproCAM(artifact, backend=backend, scores="softmax").explain(image)
-    np.testing.assert_array_equal(soft.scores, cam.explain(image).scores)
+    np.testing.assert_allclose(soft.scores, cam.explain(image).scores, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_graph_equals_separate_graphs(tmp_path):
+@pytest.fixture(scope="module")
+def mlp_head_artifact(tmp_path_factory) -> Path:
     from export.pipeline import export_artifact
+
+    torch.manual_seed(0)
+    return export_artifact(MlpHeadNet().eval(), layer="body", fmt="both",
+                           out=tmp_path_factory.mktemp("mlp") / "mlp")
+
+
+@pytest.mark.parametrize("backend_name", ["openvino", "onnxruntime"])
+def test_fused_graph_equals_separate_graphs(mlp_head_artifact, backend_name):
     from reciprocam_ir import ReciproCAM
     from reciprocam_ir.backends import create_backend
 
-    torch.manual_seed(0)
-    artifact = export_artifact(MlpHeadNet().eval(), layer="body", fmt="both",
-                               out=tmp_path / "mlp")
-    backend = create_backend("openvino", "CPU", "f32")
-    cam = ReciproCAM(artifact, backend=backend, batch_size=2)
+    backend = create_backend(backend_name, "CPU", "f32")
+    cam = ReciproCAM(mlp_head_artifact, backend=backend, batch_size=2)
     assert cam._affine is None and cam._pooled_explainer is not None
-    slow_path_matches(cam, backend, "ir")
+    slow_path_matches(cam, backend, backend.graph_format[0])
+
+
+@pytest.mark.parametrize("backend_name", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("mask", ["gaussian", "drop"])
+def test_fused_graph_with_weighted_masks_equals_the_tail_on_numpy_rows(mlp_head_artifact,
+                                                                      backend_name, mask):
+    from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.backends import create_backend
+
+    backend = create_backend(backend_name, "CPU", "f32")
+    cam = ReciproCAM(mlp_head_artifact, backend=backend, mask=mask)
+    assert cam._pooled_explainer is not None
+    image = (np.random.default_rng(3).random((80, 90, 3)) * 255).astype(np.uint8)
+    exp = cam.explain(image, targets="all")
+    unmasked, masked = cam.masked_scores(cam.features(cam.preprocessing(image))[0])
+    np.testing.assert_allclose(exp.scores[0], unmasked, atol=1e-5)
+    np.testing.assert_allclose(exp.saliency[0].reshape(len(unmasked), -1), cam.maps(masked),
+                               atol=1e-4)
 
 
 def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path):

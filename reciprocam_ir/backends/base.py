@@ -64,12 +64,14 @@ class Backend(ABC):
         """Load and compile one graph file for this backend's device."""
 
     def compile_pooled_explainer(self, f_path: Path, tail_path: Path,
-                                 feature_shape: tuple[int, int, int]) -> Graph | None:
+                                 feature_shape: tuple[int, int, int],
+                                 masks: np.ndarray | None = None) -> Graph | None:
         """``f`` and the GAP-shortcut tail as one graph, or None where this backend cannot fuse.
 
         The graph maps inputs (B, 3, H, W) to scores (B, N + 1, num_classes): row 0 is
-        ``g_pooled`` of the unmasked map's global average, row n + 1 is ``g_pooled`` of
-        F[:, n] / N, the exact global average of masked map n (Eq. 5).
+        ``g_pooled`` of the unmasked map's global average, row n + 1 is ``g_pooled`` of the
+        exact global average of masked map n: F[:, n] / N (Eq. 5) when ``masks`` is None,
+        else of F ⊙ M_n for ``masks`` (N, h, w).
         """
         return None
 

@@ -66,10 +66,15 @@ class OnnxRuntimeBackend(Backend):
             self._sessions[key] = self._create(path)
         return self._sessions[key]
 
-    def _create(self, path: Path) -> OnnxRuntimeGraph:
+    @staticmethod
+    def _options() -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        return options
+
+    def _create(self, path: Path) -> OnnxRuntimeGraph:
+        options = self._options()
         source = path
         cached = self.cached_path(path)
         if cached is not None and cached.is_file():
@@ -92,6 +97,26 @@ class OnnxRuntimeBackend(Backend):
             return tuple(d if isinstance(d, int) else -1 for d in value.shape)
 
         return shape(session.get_inputs()[0]), shape(session.get_outputs()[0])
+
+    def compile_pooled_explainer(self, f_path: Path, tail_path: Path,
+                                 feature_shape: tuple[int, int, int],
+                                 masks: np.ndarray | None = None) -> Graph | None:
+        """One session for ``f`` and all N + 1 tail rows (needs the ``onnx`` package).
+
+        One session, one thread pool: two sessions run back to back compete for the cores.
+        """
+        try:
+            import onnx
+        except ImportError:
+            return None
+        try:
+            model = pooled_explainer_onnx(onnx.load(str(f_path)), onnx.load(str(tail_path)),
+                                          feature_shape, masks)
+            session = ort.InferenceSession(model.SerializeToString(), self._options(),
+                                           providers=self.providers)
+        except Exception:  # noqa: BLE001 - a graph that cannot be fused runs unfused
+            return None
+        return OnnxRuntimeGraph(session)
 
     def affine_tail(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         """Read with the ``onnx`` package where installed (ONNX Runtime does not show weights)."""
@@ -152,3 +177,46 @@ def affine_of_onnx(model: Any) -> tuple[np.ndarray, np.ndarray] | None:
     if x != graph.input[0].name or not dims or dims[-1].dim_value != weight.shape[1]:
         return None
     return affine_pair(weight, bias)
+
+
+def pooled_explainer_onnx(f: Any, tail: Any, feature_shape: tuple[int, int, int],
+                          masks: np.ndarray | None = None) -> Any:
+    """One ONNX model: input → ``f`` → A · rows(F) → ``g_pooled`` → (B, N + 1, K).
+
+    rows(F) is F as (B, N, C); A (N + 1, N) has the global average as row 0 and the masks
+    (one-hot when ``masks`` is None) divided by N below it, so row n + 1 is the exact GAP of
+    masked map n, as in ``masking.weighted_pooled_masked``.
+    """
+    from onnx import TensorProto, compose, helper, numpy_helper
+
+    c, h, w = feature_shape
+    n = h * w
+    (pooled_input,) = tail.graph.input
+    classes = tail.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    if len(pooled_input.type.tensor_type.shape.dim) != 2 or classes < 1:
+        raise ValueError("g_pooled does not map (B, C) rows to (B, K) scores with a known K")
+    weights = np.eye(n, dtype=np.float32) if masks is None else np.asarray(
+        masks, np.float32).reshape(n, n)
+    mix = np.concatenate([np.ones((1, n), np.float32), weights]) / np.float32(n)
+    tail = compose.add_prefix(tail, "tail/")
+    (feature,) = [o.name for o in f.graph.output]
+    (pooled,) = [i.name for i in tail.graph.input]
+    (scores,) = [o.name for o in tail.graph.output]
+    consts = [numpy_helper.from_array(np.array([-1, c, n], np.int64), "rc/flat_shape"),
+              numpy_helper.from_array(mix, "rc/mix"),
+              numpy_helper.from_array(np.array([-1, c], np.int64), "rc/row_shape"),
+              numpy_helper.from_array(np.array([-1, n + 1, classes], np.int64), "rc/out_shape")]
+    nodes = [helper.make_node("Reshape", [feature, "rc/flat_shape"], ["rc/flat"]),
+             helper.make_node("Transpose", ["rc/flat"], ["rc/rows"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["rc/mix", "rc/rows"], ["rc/mixed"]),
+             helper.make_node("Reshape", ["rc/mixed", "rc/row_shape"], [pooled])]
+    nodes.append(helper.make_node("Reshape", [scores, "rc/out_shape"], ["scores"]))
+    graph = helper.make_graph(
+        list(f.graph.node) + nodes[:4] + list(tail.graph.node) + nodes[4:], "reciprocam_pooled",
+        list(f.graph.input), [helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)],
+        list(f.graph.initializer) + list(tail.graph.initializer) + consts)
+    opsets: dict[str, int] = {}
+    for o in list(f.opset_import) + list(tail.opset_import):
+        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    return helper.make_model(graph, ir_version=max(f.ir_version, tail.ir_version),
+                             opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])

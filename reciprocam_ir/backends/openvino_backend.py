@@ -78,10 +78,12 @@ class OpenVINOBackend(Backend):
         return self._compile(str(path), path.name)
 
     def compile_pooled_explainer(self, f_path: Path, tail_path: Path,
-                                 feature_shape: tuple[int, int, int]) -> Graph | None:
+                                 feature_shape: tuple[int, int, int],
+                                 masks: np.ndarray | None = None) -> Graph | None:
         try:
             model = pooled_explainer_model(self.core.read_model(str(f_path)),
-                                           self.core.read_model(str(tail_path)), feature_shape)
+                                           self.core.read_model(str(tail_path)), feature_shape,
+                                           masks)
         except RuntimeError as exc:
             raise BackendError(
                 f"OpenVINO cannot read {f_path.name}/{tail_path.name}: {first_line(exc)}") from None
@@ -185,12 +187,13 @@ def _detach_result(model: ov.Model) -> ov.Output:
     return value
 
 
-def pooled_explainer_model(f: ov.Model, tail: ov.Model,
-                           feature_shape: tuple[int, int, int]) -> ov.Model:
-    """One model: input → ``f`` → [GAP row; F[:, n] / N rows] → ``g_pooled`` → (B, N+1, K).
+def pooled_explainer_model(f: ov.Model, tail: ov.Model, feature_shape: tuple[int, int, int],
+                           masks: np.ndarray | None = None) -> ov.Model:
+    """One model: input → ``f`` → [GAP row; N masked GAP rows] → ``g_pooled`` → (B, N+1, K).
 
-    The graph form of ``masking.pooled_masked`` with the unmasked row first, so ``f``
-    and all N + 1 tail rows run in one inference, without a round trip through numpy.
+    The graph form of ``masking.pooled_masked`` (one-hot masks, ``masks`` None) or
+    ``masking.weighted_pooled_masked`` (``masks`` (N, h, w)) with the unmasked row first, so
+    ``f`` and all N + 1 tail rows run in one inference, without a round trip through numpy.
     """
     c, h, w = feature_shape
     n = h * w
@@ -200,7 +203,11 @@ def pooled_explainer_model(f: ov.Model, tail: ov.Model,
     i64 = np.int64
     flat = ops.reshape(feature, ops.constant(np.array([-1, c, n], i64)), special_zero=False)
     rows = ops.transpose(flat, ops.constant(np.array([0, 2, 1], i64)))
-    masked = ops.multiply(rows, ops.constant(np.array(1.0 / n, np.float32)))
+    if masks is None:
+        masked = ops.multiply(rows, ops.constant(np.array(1.0 / n, np.float32)))
+    else:
+        weights = np.asarray(masks, np.float32).reshape(n, n) / np.float32(n)
+        masked = ops.matmul(ops.constant(weights), rows, False, False)
     mean = ops.reduce_mean(rows, ops.constant(np.array([1], i64)), keep_dims=True)
     stacked = ops.concat([mean, masked], 1)
     batch = ops.reshape(stacked, ops.constant(np.array([-1, c], i64)), special_zero=False)

@@ -1,0 +1,28 @@
+"""Independent reference for masked maps: the whole torch model with its cut layer's output
+replaced by F ⊙ M_n, for masks built by hand in the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def masked_scores(model: torch.nn.Module, layer: str, x: np.ndarray,
+                  masks: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """(N, num_classes) scores of ``model`` with ``layer``'s output F (one image ``x``)
+    replaced by F ⊙ M_n, for the N masks ``masks(h, w)`` (N, h, w) of F's size."""
+    module = dict(model.named_modules())[layer]
+    captured = []
+    with torch.no_grad():
+        handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
+        model(torch.from_numpy(x))
+        handle.remove()
+        feature = captured[0][0]
+        chosen = torch.from_numpy(np.asarray(masks(*feature.shape[-2:]))).float()
+        masked = feature[None] * chosen[:, None]
+        handle = module.register_forward_hook(lambda m, i, o: masked)
+        out = model(torch.from_numpy(x).repeat(len(chosen), 1, 1, 1)).double().numpy()
+        handle.remove()
+    return out
