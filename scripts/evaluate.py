@@ -192,8 +192,8 @@ def reciprocam_explainer(cam: ReciproCAM) -> Explain:
 #
 # Maps computed here in numpy from f's output F (C, h, w) and the affine head (W, b) that
 # follows the GAP (Lite0's ``g_pooled``): each is what g would give on some set of masked
-# maps, so it costs no more network passes than ReciproCAM. They were tried and lost on the
-# selection half (README → Evaluation); they stay here so that the table can be re-made.
+# maps, so it costs no more network passes than ReciproCAM. None met the goal (README →
+# Evaluation lists each with its numbers); they stay here so that the table can be re-made.
 
 HeadMap = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
 
