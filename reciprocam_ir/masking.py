@@ -92,3 +92,13 @@ def weighted_pooled_masked(feature: np.ndarray, masks: np.ndarray) -> np.ndarray
     flat = masks.reshape(len(masks), h * w).astype(np.float32)
     return np.ascontiguousarray(flat @ feature.reshape(c, h * w).T.astype(np.float32)
                                 / np.float32(h * w), dtype=np.float32)
+
+
+def pooling_matrix(n: int, masks: np.ndarray | None = None) -> np.ndarray:
+    """(N + 1, N) float32 A such that A · rows(F), rows(F) = F as (N, C), stacks the global
+    average of F (row 0) on the exact GAP of every masked map (row n + 1: M_n / N, one-hot
+    when ``masks`` is None) — :func:`pooled_masked` / :func:`weighted_pooled_masked` with the
+    unmasked row first, as one matrix that the backends' fused graphs embed."""
+    weights = np.eye(n, dtype=np.float32) if masks is None else np.asarray(
+        masks, np.float32).reshape(n, n)
+    return np.concatenate([np.ones((1, n), np.float32), weights]) / np.float32(n)

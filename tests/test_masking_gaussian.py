@@ -11,6 +11,7 @@ from reciprocam_ir.masking import (
     gaussian_kernel,
     masked_batch,
     pooled_masked,
+    pooling_matrix,
     spatial_masks,
     weighted_masked_batch,
     weighted_pooled_masked,
@@ -110,3 +111,15 @@ def test_narrow_gaussian_equals_onehot_and_bad_mask_is_refused(lite0_dir, photos
                                plain.explain(photos["coffee"]).saliency, atol=1e-4)
     with pytest.raises(ValueError):
         ReciproCAM(lite0_dir, backend="onnxruntime", mask="box")
+
+
+def test_pooling_matrix_stacks_the_mean_on_the_masked_pools():
+    feature = np.random.default_rng(1).standard_normal((6, 4, 5)).astype(np.float32)
+    rows = feature.reshape(6, 20).T
+    onehot = pooling_matrix(20) @ rows
+    np.testing.assert_allclose(onehot[0], feature.mean(axis=(1, 2)), atol=1e-6)
+    np.testing.assert_allclose(onehot[1:], pooled_masked(feature), atol=1e-6)
+    for kind in ("gaussian", "drop"):
+        masks = spatial_masks(4, 5, kind)
+        np.testing.assert_allclose((pooling_matrix(20, masks) @ rows)[1:],
+                                   weighted_pooled_masked(feature, masks), atol=1e-6)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from ..masking import pooling_matrix
 from ..messages import first_line
 from .base import Backend, BackendError, Graph, Shape, affine_pair
 
@@ -183,9 +184,8 @@ def pooled_explainer_onnx(f: Any, tail: Any, feature_shape: tuple[int, int, int]
                           masks: np.ndarray | None = None) -> Any:
     """One ONNX model: input → ``f`` → A · rows(F) → ``g_pooled`` → (B, N + 1, K).
 
-    rows(F) is F as (B, N, C); A (N + 1, N) has the global average as row 0 and the masks
-    (one-hot when ``masks`` is None) divided by N below it, so row n + 1 is the exact GAP of
-    masked map n, as in ``masking.weighted_pooled_masked``.
+    rows(F) is F as (B, N, C); A is ``masking.pooling_matrix``, so row 0 is the global average
+    and row n + 1 the exact GAP of masked map n.
     """
     from onnx import TensorProto, compose, helper, numpy_helper
 
@@ -195,24 +195,21 @@ def pooled_explainer_onnx(f: Any, tail: Any, feature_shape: tuple[int, int, int]
     classes = tail.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
     if len(pooled_input.type.tensor_type.shape.dim) != 2 or classes < 1:
         raise ValueError("g_pooled does not map (B, C) rows to (B, K) scores with a known K")
-    weights = np.eye(n, dtype=np.float32) if masks is None else np.asarray(
-        masks, np.float32).reshape(n, n)
-    mix = np.concatenate([np.ones((1, n), np.float32), weights]) / np.float32(n)
     tail = compose.add_prefix(tail, "tail/")
     (feature,) = [o.name for o in f.graph.output]
     (pooled,) = [i.name for i in tail.graph.input]
     (scores,) = [o.name for o in tail.graph.output]
     consts = [numpy_helper.from_array(np.array([-1, c, n], np.int64), "rc/flat_shape"),
-              numpy_helper.from_array(mix, "rc/mix"),
+              numpy_helper.from_array(pooling_matrix(n, masks), "rc/mix"),
               numpy_helper.from_array(np.array([-1, c], np.int64), "rc/row_shape"),
               numpy_helper.from_array(np.array([-1, n + 1, classes], np.int64), "rc/out_shape")]
-    nodes = [helper.make_node("Reshape", [feature, "rc/flat_shape"], ["rc/flat"]),
-             helper.make_node("Transpose", ["rc/flat"], ["rc/rows"], perm=[0, 2, 1]),
-             helper.make_node("MatMul", ["rc/mix", "rc/rows"], ["rc/mixed"]),
-             helper.make_node("Reshape", ["rc/mixed", "rc/row_shape"], [pooled])]
-    nodes.append(helper.make_node("Reshape", [scores, "rc/out_shape"], ["scores"]))
+    rows = [helper.make_node("Reshape", [feature, "rc/flat_shape"], ["rc/flat"]),
+            helper.make_node("Transpose", ["rc/flat"], ["rc/rows"], perm=[0, 2, 1]),
+            helper.make_node("MatMul", ["rc/mix", "rc/rows"], ["rc/mixed"]),
+            helper.make_node("Reshape", ["rc/mixed", "rc/row_shape"], [pooled])]
+    per_image = helper.make_node("Reshape", [scores, "rc/out_shape"], ["scores"])
     graph = helper.make_graph(
-        list(f.graph.node) + nodes[:4] + list(tail.graph.node) + nodes[4:], "reciprocam_pooled",
+        list(f.graph.node) + rows + list(tail.graph.node) + [per_image], "reciprocam_pooled",
         list(f.graph.input), [helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)],
         list(f.graph.initializer) + list(tail.graph.initializer) + consts)
     opsets: dict[str, int] = {}

@@ -9,6 +9,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from ..masking import pooling_matrix
 from ..messages import first_line
 from .base import Backend, BackendError, FeaturesAndScores, Graph, Shape, affine_pair
 
@@ -191,9 +192,9 @@ def pooled_explainer_model(f: ov.Model, tail: ov.Model, feature_shape: tuple[int
                            masks: np.ndarray | None = None) -> ov.Model:
     """One model: input → ``f`` → [GAP row; N masked GAP rows] → ``g_pooled`` → (B, N+1, K).
 
-    The graph form of ``masking.pooled_masked`` (one-hot masks, ``masks`` None) or
-    ``masking.weighted_pooled_masked`` (``masks`` (N, h, w)) with the unmasked row first, so
-    ``f`` and all N + 1 tail rows run in one inference, without a round trip through numpy.
+    The rows are ``masking.pooling_matrix`` times F as (N, C): the unmasked row first, then
+    the exact GAP of every masked map (one-hot when ``masks`` is None), so ``f`` and all
+    N + 1 tail rows run in one inference, without a round trip through numpy.
     """
     c, h, w = feature_shape
     n = h * w
@@ -203,13 +204,7 @@ def pooled_explainer_model(f: ov.Model, tail: ov.Model, feature_shape: tuple[int
     i64 = np.int64
     flat = ops.reshape(feature, ops.constant(np.array([-1, c, n], i64)), special_zero=False)
     rows = ops.transpose(flat, ops.constant(np.array([0, 2, 1], i64)))
-    if masks is None:
-        masked = ops.multiply(rows, ops.constant(np.array(1.0 / n, np.float32)))
-    else:
-        weights = np.asarray(masks, np.float32).reshape(n, n) / np.float32(n)
-        masked = ops.matmul(ops.constant(weights), rows, False, False)
-    mean = ops.reduce_mean(rows, ops.constant(np.array([1], i64)), keep_dims=True)
-    stacked = ops.concat([mean, masked], 1)
+    stacked = ops.matmul(ops.constant(pooling_matrix(n, masks)), rows, False, False)
     batch = ops.reshape(stacked, ops.constant(np.array([-1, c], i64)), special_zero=False)
     for target in list(pooled.output(0).get_target_inputs()):
         target.replace_source_output(batch.output(0))
