@@ -38,6 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from reciprocam_ir import ReciproCAM  # noqa: E402
 from reciprocam_ir import metrics as M  # noqa: E402
+from reciprocam_ir.masking import spatial_masks  # noqa: E402
 from reciprocam_ir.saliency import softmax  # noqa: E402
 from reciprocam_ir.visualise import overlay, write_png  # noqa: E402
 from sample_images import sample_images  # noqa: E402
@@ -205,8 +206,6 @@ def _minmax(x: np.ndarray) -> np.ndarray:
 
 def _window_average(h: int, w: int, sigma: float) -> np.ndarray:
     """(N, N): row n averages positions with Gaussian weights around n (renormalised at borders)."""
-    from reciprocam_ir.masking import spatial_masks
-
     m = spatial_masks(h, w, "gaussian", sigma).reshape(h * w, h * w).astype(np.float64)
     return m / m.sum(axis=1, keepdims=True)
 
@@ -239,8 +238,6 @@ def keep_minus_drop(sigma: float, strength: float) -> HeadMap:
     """Contrast: the class's softmax probability with the window around n kept (as
     :func:`keep_window`) minus with it removed (as the runtime's ``mask='drop'``)."""
     def fn(feature: np.ndarray, weight: np.ndarray, bias: np.ndarray, c: int) -> np.ndarray:
-        from reciprocam_ir.masking import spatial_masks
-
         ch, h, w = feature.shape
         n = h * w
         z = weight @ feature.reshape(ch, n)  # (K, N): W·F_n
@@ -273,8 +270,6 @@ def positive_cam(feature: np.ndarray, weight: np.ndarray, bias: np.ndarray,
 def powered(options: dict, power: float) -> HeadMap:
     """A runtime variant's map raised to ``power``: map shaping, the ranking is unchanged."""
     def fn(feature: np.ndarray, weight: np.ndarray, bias: np.ndarray, c: int) -> np.ndarray:
-        from reciprocam_ir.masking import spatial_masks
-
         ch, h, w = feature.shape
         masks = spatial_masks(h, w, options["mask"], options.get("mask_sigma"))
         rows = masks.reshape(h * w, h * w).astype(np.float64) @ feature.reshape(ch, -1).T
@@ -360,13 +355,16 @@ def gradcam_explainer(kind: str, model, cache: Path | None = None,
     return explain
 
 
-def our_explainer(name: str, artifact: Path) -> Explain:
-    """The runtime variant or numpy candidate ``name`` on ``artifact`` (OpenVINO, f32)."""
+def our_explainer(name: str, plain: ReciproCAM) -> Explain:
+    """The runtime variant or numpy candidate ``name`` on ``plain``'s artifact (OpenVINO, f32).
+
+    ``plain`` (the default options, OpenVINO f32) serves every numpy candidate, so its graphs
+    are compiled once, not once per candidate.
+    """
     if name in RECIPROCAM:
-        return reciprocam_explainer(ReciproCAM(artifact, backend="openvino", precision="f32",
-                                               **RECIPROCAM[name]))
-    cam = ReciproCAM(artifact, backend="openvino", precision="f32")
-    return candidate_explainer(cam, CANDIDATES[name][0])
+        return reciprocam_explainer(ReciproCAM(plain.artifact, backend="openvino",
+                                               precision="f32", **RECIPROCAM[name]))
+    return candidate_explainer(plain, CANDIDATES[name][0])
 
 
 # --------------------------------------------------------------------------- scoring
@@ -474,9 +472,10 @@ def sanity_check(model, ov: OVModel, inputs: np.ndarray, targets: np.ndarray,
 
     def maps_of(art: Path, torch_model) -> dict[str, np.ndarray]:
         out = {}
+        plain = ReciproCAM(art, backend="openvino", precision="f32")
         for name in methods:
             if name in RECIPROCAM or name in CANDIDATES:
-                ex = our_explainer(name, art)
+                ex = our_explainer(name, plain)
             else:
                 ex = gradcam_explainer(name, torch_model, layer_name=layer)
             out[name] = np.stack([M.upsample(m, (SIZE, SIZE)) for m in ex(inputs, targets)])
@@ -675,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
                 cam.explain(samples[i].rgb, targets=[int(targets[i])])
                 return time.perf_counter() - start
         elif name in CANDIDATES:
-            explain = our_explainer(name, artifact)
+            explain = our_explainer(name, ov.cam)
 
             def time_one(i: int) -> float:
                 return float("nan")  # numpy in this script, not the runtime: not timed
