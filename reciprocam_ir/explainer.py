@@ -250,24 +250,35 @@ class ReciproCAM:
         """
         return normalise(-masked if self.mask in REMOVING_MASKS else masked)
 
-    def resolve_targets(self, unmasked: np.ndarray, targets: Targets, top_k: int) -> np.ndarray:
-        """Class indices to explain for one image."""
-        num_classes = unmasked.shape[-1]
+    def check_targets(self, targets: Targets, top_k: int) -> None:
+        """Refuse, before any work, a request that names no valid classes (ValueError, one line).
+
+        Every entry point (API, CLI, server, dataset) calls this with the user's options.
+        """
+        num_classes = self.artifact.num_classes
         if targets is None:
-            if not 1 <= top_k <= num_classes:
-                raise ValueError(f"top_k must be in 1..{num_classes}, got {top_k}")
-            return np.argsort(-unmasked, kind="stable")[:top_k]
+            if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) \
+                    or not 1 <= top_k <= num_classes:
+                raise ValueError(f"top_k must be an integer in 1..{num_classes}, got {top_k!r}")
+            return
         if isinstance(targets, str):
             if targets != "all":
                 raise ValueError(f"targets must be None, 'all', or class indices, got {targets!r}")
-            return np.arange(num_classes)
+            return
         chosen = np.atleast_1d(np.asarray(targets))
-        if chosen.size == 0 or not np.issubdtype(chosen.dtype, np.integer):
+        if chosen.size == 0 or chosen.ndim != 1 or not np.issubdtype(chosen.dtype, np.integer):
             raise ValueError(f"targets must be class indices, got {targets!r}")
         bad = chosen[(chosen < 0) | (chosen >= num_classes)]
         if bad.size:
             raise ValueError(f"class {int(bad[0])} out of range (model has {num_classes} classes)")
-        return chosen.astype(np.int64)
+
+    def resolve_targets(self, unmasked: np.ndarray, targets: Targets, top_k: int) -> np.ndarray:
+        """Class indices to explain for one image (options checked by :meth:`check_targets`)."""
+        if targets is None:
+            return np.argsort(-unmasked, kind="stable")[:top_k]
+        if isinstance(targets, str):
+            return np.arange(unmasked.shape[-1])
+        return np.atleast_1d(np.asarray(targets)).astype(np.int64)
 
     def load(self, image: ImageLike) -> tuple[np.ndarray, str]:
         """An image path or array as (RGB uint8 array, display name)."""
@@ -286,6 +297,7 @@ class ReciproCAM:
         names: Sequence[str] | None = None,
     ) -> Explanation:
         """Explain one image or a list: ``targets`` None (top_k predicted), an int, ints, 'all'."""
+        self.check_targets(targets, top_k)
         if isinstance(images, (str, Path, np.ndarray)):
             images = [images]
         loaded = [self.load(image) for image in images]

@@ -133,7 +133,16 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     path = Path(path)
     if not path.is_file():
         raise ImageError("no such file" if not path.exists() else "not a file")
-    data = np.fromfile(path, dtype=np.uint8)
+    return decode_image(np.fromfile(path, dtype=np.uint8), max_pixels)
+
+
+def decode_image(data: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an encoded image (PNG, JPEG, ...; content decides) as HxWx3 uint8 RGB.
+
+    The one decoder behind every entry point (files, server requests, dataset rows).
+    """
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray,
+                                                                      memoryview)) else data
     if data.size == 0:
         raise ImageError("empty file")
     try:
