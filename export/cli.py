@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
                         "default 224)")
     p.add_argument("--format", choices=FORMATS, default="both")
     p.add_argument("--out", default=None, help="artifact folder (default: models/<name>)")
+    p.add_argument("--explain-top-k", type=int, default=1, metavar="K",
+                   help="classes the explain graph explains: the K best (default 1)")
     p.add_argument("--list-layers", action="store_true",
                    help="print the valid cut points with their feature shapes and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -93,7 +95,8 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
     options = {k: getattr(args, k) for k in ("mean", "std", "scale", "color", "resize_size")
                if getattr(args, k) is not None}
     return export_graph_file(args.model, args.layer, args.input_size, args.format, args.out,
-                             log, keep_softmax=args.keep_softmax, **options)
+                             log, keep_softmax=args.keep_softmax,
+                             explain_top_k=args.explain_top_k, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import export_artifact
 
             out = export_artifact(args.model, args.weights, args.layer, args.input_size,
-                                  args.format, args.out, log)
+                                  args.format, args.out, log, args.explain_top_k)
     except ExportError as exc:
         print(f"reciprocam-export: error: {exc}", file=sys.stderr)
         return 2

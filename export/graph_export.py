@@ -28,6 +28,7 @@ from reciprocam_ir.messages import first_line
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .errors import ExportError
+from .explain_graph import add_explain_graphs
 from .file_cut import is_graph_file
 from .graph_files import onnx_to_ir
 from .staging import FORMATS, check_destination, staged
@@ -86,12 +87,14 @@ def export_graph_file(
     color: str = DEFAULT_COLOR,
     keep_softmax: bool = False,
     resize_size: int | None = None,
+    explain_top_k: int = 1,
 ) -> Path:
     """Cut the ONNX/IR classifier at ``path`` and write its artifact folder; return its path.
 
     ``keep_softmax`` keeps a trailing Softmax in ``g`` (scores are then probabilities);
     by default it is dropped and ``g`` outputs the logits. Images are resized straight to
-    the input size, or with ``resize_size`` shorter side first, then centre-cropped.
+    the input size, or with ``resize_size`` shorter side first, then centre-cropped. The
+    artifact also holds the explain graph of the ``explain_top_k`` best classes.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -174,7 +177,7 @@ def export_graph_file(
                       + (", pre-Softmax" if softmax_removed else ""),
                       **check},
         }
-        write_manifest(staging, manifest)
+        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
     return out
 
 

@@ -20,6 +20,7 @@ from reciprocam_ir.artifact import (
 from reciprocam_ir.masking import masked_batch
 
 from .errors import ExportError
+from .explain_graph import add_explain_graphs
 from .graph_cut import CutGraph
 from .graph_files import onnx_to_ir, write_onnx
 from .model_source import LoadedModel, load_model
@@ -44,8 +45,12 @@ def export_artifact(
     fmt: str = "both",
     out: str | Path | None = None,
     log: Callable[[str], None] = lambda message: None,
+    explain_top_k: int = 1,
 ) -> Path:
-    """Write the artifact folder for ``spec`` cut at ``layer`` and return its path."""
+    """Write the artifact folder for ``spec`` cut at ``layer`` and return its path.
+
+    The artifact also holds the explain graph of the ``explain_top_k`` best classes.
+    """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
     log(f"loading {spec}")
@@ -108,5 +113,5 @@ def export_artifact(
             "graphs": graphs,
             "check": {"input": "seeded standard normal (numpy default_rng(0))", **check},
         }
-        write_manifest(staging, manifest)
+        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
     return out

@@ -21,9 +21,8 @@ class OnnxRuntimeGraph(Graph):
         self._session = session
         self._input = session.get_inputs()[0].name
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        (out,) = self._session.run(None, {self._input: np.ascontiguousarray(x, np.float32)})[:1]
-        return np.asarray(out, dtype=np.float32)
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(None, {self._input: np.ascontiguousarray(x, np.float32)})
 
 
 class OnnxRuntimeBackend(Backend):
@@ -69,9 +68,16 @@ class OnnxRuntimeBackend(Backend):
 
     @staticmethod
     def _options() -> ort.SessionOptions:
+        """Full graph optimisation; intra-op threads that sleep when a run ends.
+
+        Spinning threads (ORT's default) keep a core busy after each run, so a second
+        session, numpy or preprocessing that follows runs against them: on a 2-core CPU,
+        three sessions run in turn took 2.5x as long with spinning as without.
+        """
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
     def _create(self, path: Path) -> OnnxRuntimeGraph:
