@@ -60,7 +60,10 @@ def test_quick_run_fast_path_maps_equal_slow_path_maps(quick_run):
         assert r["map_diff_pooled"] < 1e-4, r
         assert r["map_diff_full"] < 1e-4, r
         assert r["score_diff"] < 1e-3, r
-    assert all(r["affine"] for r in result["rows"])  # resnet18's head is one Linear
+        assert r["map_diff_graph"] < 1e-4, r
+        assert r["path"] == "explain graph"
+    # resnet18's head is one Linear: explicit classes take the affine rows
+    assert all(r["general_path"].endswith("affine rows") for r in result["rows"])
 
 
 def slow_path_matches(cam, backend, fmt: str) -> None:
