@@ -16,7 +16,7 @@ from .backends import PRECISIONS, BackendError
 from .explainer import ReciproCAM
 from .explanation import slug
 from .masking import MASK_KINDS
-from .preprocess import ImageError
+from .preprocess import DEFAULT_MAX_PIXELS, ImageError
 from .saliency import SCORE_KINDS
 
 
@@ -55,6 +55,26 @@ def parser() -> argparse.ArgumentParser:
                    help="keep compiled graphs here so the next start is faster")
     e.add_argument("--overwrite", action="store_true",
                    help="explain again images whose outputs already exist in --out")
+    s = sub.add_parser("serve", help="serve explanations over HTTP/gRPC (KServe)",
+                       description="Serve each artifact as a KServe model: v1 :predict and "
+                                   ":explain, v2 infer (needs pip install reciprocam-ir[serve]).")
+    s.add_argument("artifacts", nargs="+", metavar="ARTIFACT_DIR",
+                   help="artifact folders written by reciprocam-export")
+    s.add_argument("--name", action="append", default=None,
+                   help="model name in the URLs, once per artifact (default: the manifest's)")
+    s.add_argument("--http-port", type=int, default=8080, metavar="PORT",
+                   help="v1 and v2 REST, health, /metrics (default: 8080)")
+    s.add_argument("--grpc-port", type=int, default=8081, metavar="PORT",
+                   help="v2 gRPC (default: 8081)")
+    s.add_argument("--backend", choices=("openvino", "onnxruntime"), default=None,
+                   help="inference engine (default: OpenVINO if installed)")
+    s.add_argument("--device", default=None,
+                   help="CPU, GPU, NPU, AUTO (OpenVINO) or CPU, CUDA (ONNX Runtime)")
+    s.add_argument("--precision", choices=PRECISIONS, default="auto")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="HTTP server processes, each with its own compiled model")
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse larger images (default: %(default)s)")
     return p
 
 
@@ -191,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     np.seterr(all="ignore")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # errors are ours to say
+    if args.command == "serve":
+        from .serving import serve  # kserve is imported by this command only
+
+        return serve(args)
     return explain(args)
 
 
