@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from .backends import Backend, BackendError, Graph, create_backend
 from .backends.base import FeaturesAndScores
 from .explanation import Explanation
 from .masking import (
+    MASK_KINDS,
     REMOVING_MASKS,
+    check_sigma,
     masked_batch,
     pooled_masked,
     spatial_masks,
@@ -25,6 +28,30 @@ from .saliency import SCORE_KINDS, normalise, softmax
 
 ImageLike = str | Path | np.ndarray
 Targets = int | Sequence[int] | str | None
+MAX_MEMORY_BUDGET_MB = float(1 << 20)
+"""1 TiB: a larger budget is a typo (or inf), not a machine."""
+
+
+def check_options(scores: str, memory_budget_mb: float, batch_size: int, mask: str,
+                  mask_sigma: float | None) -> None:
+    """Refuse, before anything is loaded, options that are out of range or contradict each
+    other (ValueError, one line naming the option)."""
+    if scores not in SCORE_KINDS:
+        raise ValueError(f"scores must be one of {SCORE_KINDS}, got {scores!r}")
+    if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, Real) \
+            or not 0 < memory_budget_mb <= MAX_MEMORY_BUDGET_MB:
+        raise ValueError(f"memory_budget_mb must be a number of MiB in "
+                         f"(0, {MAX_MEMORY_BUDGET_MB:.0f}], got {memory_budget_mb!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+    if mask not in MASK_KINDS:
+        raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
+    if mask_sigma is not None:
+        if mask == "onehot":
+            raise ValueError("mask_sigma applies to the gaussian and drop masks, not to the "
+                             "onehot mask")
+        check_sigma(mask_sigma)
 
 
 class ReciproCAM:
@@ -49,10 +76,7 @@ class ReciproCAM:
         mask_sigma: float | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
-        if scores not in SCORE_KINDS:
-            raise ValueError(f"scores must be one of {SCORE_KINDS}, got {scores!r}")
-        if memory_budget_mb <= 0 or batch_size < 1:
-            raise ValueError("memory_budget_mb must be positive and batch_size at least 1")
+        check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma)
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         self.backend = backend if isinstance(backend, Backend) else create_backend(
             backend, device, precision, cache_dir)
@@ -60,18 +84,19 @@ class ReciproCAM:
         # mask: 'onehot' (Eq. 5), 'gaussian' (the authors' spread variant) or 'drop' (a soft
         # window removed instead of kept); σ in feature cells, see masking.spatial_masks
         self.mask = mask
-        self._masks = None if mask == "onehot" else spatial_masks(
-            *self.artifact.feature_shape[1:], kind=mask, sigma=mask_sigma)
         self.memory_budget = int(memory_budget_mb * 2**20)
+        self._masks = None if mask == "onehot" else self._spatial_masks(mask_sigma)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.preprocessing = self.artifact.preprocessing
         self.uses_pooled_tail = self.artifact.g_starts_with_gap
+        # a model that outputs probabilities (exported with --keep-softmax) is scored as is
+        self._softmax = scores == "softmax" and self.artifact.outputs_logits
         self.rows_per_call()  # refuse, up front, a budget that cannot hold one masked map
         self._tail_role = "g_pooled" if self.uses_pooled_tail else "g"
         for role in ("f", self._tail_role):
             path = self._path(role)
-            shapes = self.backend.io_shapes(path)
+            shapes = self.backend.io_shapes(path, self.artifact.graph_digest(path))
             if shapes is not None:
                 self.artifact.check_io(role, shapes)
         self._graphs: dict[str, Graph] = {}
@@ -80,7 +105,7 @@ class ReciproCAM:
         # affine rows give the logits of the requested classes only; softmax needs every class
         # of every row, which the tail graph scores faster than numpy (and fused with f where
         # the backend can)
-        self._affine_rows = self._affine is not None and scores == "logits"
+        self._affine_rows = self._affine is not None and not self._softmax
         self._f_and_head = self._compile_features_and_scores() if self._affine_rows else None
         self._pooled_explainer = None if self._affine_rows else self._compile_pooled_explainer()
         if self._pooled_explainer is None and self._f_and_head is None:
@@ -110,7 +135,10 @@ class ReciproCAM:
     def _compile_pooled_explainer(self) -> Graph | None:
         """``f`` and the pooled tail fused into one graph, where the backend can and it fits."""
         c, h, w = self.artifact.feature_shape
-        if not self.uses_pooled_tail or self.rows_per_call() < h * w + 1:
+        n = h * w
+        # the fused graph holds an (N + 1) x N pooling matrix: only where the budget holds it
+        if not self.uses_pooled_tail or self.rows_per_call() < n + 1 \
+                or 4 * (n + 1) * n > self.memory_budget:
             return None
         return self.backend.compile_pooled_explainer(self._path("f"), self._path("g_pooled"),
                                                      (c, h, w), self._masks)
@@ -123,7 +151,19 @@ class ReciproCAM:
             return self._graphs[role]
 
     def _compile(self, role: str) -> Graph:
-        return self.backend.compile(self._path(role))
+        path = self._path(role)
+        return self.backend.compile(path, self.artifact.graph_digest(path))
+
+    def _spatial_masks(self, sigma: float | None) -> np.ndarray:
+        """The N masks of a gaussian/drop ``mask`` (N² float32), refused above the budget."""
+        _, h, w = self.artifact.feature_shape
+        size = 4 * (h * w) ** 2
+        if size > self.memory_budget:
+            raise MemoryError(
+                f"{self.mask} masks of a {h}x{w} feature map take {size / 2**20:.4g} MiB "
+                f"((h*w)^2 float32), above the memory budget of "
+                f"{self.memory_budget / 2**20:g} MiB; raise it or use the onehot mask")
+        return spatial_masks(h, w, kind=self.mask, sigma=sigma)
 
     def _path(self, role: str) -> Path:
         """Graph file of ``role`` in the first format the backend reads."""
@@ -239,7 +279,7 @@ class ReciproCAM:
             per_image = (self.masked_scores(feature) for feature in self.features(batch))
         for unmasked, masked in per_image:
             classes = self.resolve_targets(unmasked, targets, top_k)
-            if self.scores == "softmax":
+            if self._softmax:
                 masked = softmax(masked)
             yield unmasked, classes, masked[:, classes]
 
@@ -256,6 +296,9 @@ class ReciproCAM:
         Every entry point (API, CLI, server, dataset) calls this with the user's options.
         """
         num_classes = self.artifact.num_classes
+        if targets is not None and top_k not in (None, 1):
+            raise ValueError(f"top_k={top_k!r} applies only to the predicted classes "
+                             "(targets=None); the classes to explain are given")
         if targets is None:
             if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) \
                     or not 1 <= top_k <= num_classes:
