@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from . import dataset_cli
 from .artifact import ArtifactError, atomic_write_bytes
 from .backends import PRECISIONS, BackendError
 from .explainer import ReciproCAM
@@ -55,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
                    help="keep compiled graphs here so the next start is faster")
     e.add_argument("--overwrite", action="store_true",
                    help="explain again images whose outputs already exist in --out")
+    dataset_cli.add_parser(sub)
     return p
 
 
@@ -191,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     np.seterr(all="ignore")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # errors are ours to say
+    if args.command == "explain-dataset":
+        return dataset_cli.run(args)
     return explain(args)
 
 
