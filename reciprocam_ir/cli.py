@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from . import dataset_cli
 from .artifact import atomic_write_bytes, sha256_file
 from .backends import PRECISIONS, BackendError
 from .explainer import ReciproCAM
@@ -76,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
                    help="HTTP server processes, each with its own compiled model")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="refuse larger images (default: %(default)s)")
+    dataset_cli.add_parser(sub)
     return p
 
 
@@ -262,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         from .serving import serve  # kserve is imported by this command only
 
         return serve(args)
+    if args.command == "explain-dataset":
+        return dataset_cli.run(args)
     return explain(args)
 
 
