@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from reciprocam_ir.preprocess import INTERPOLATIONS, PAD_POSITIONS
+
 from .errors import ExportError
 from .file_cut import is_graph_file
 from .staging import FORMATS
@@ -45,9 +47,22 @@ def parser() -> argparse.ArgumentParser:
                    help="pixel multiplier before mean/std (default: 1/255)")
     g.add_argument("--color", choices=("RGB", "BGR"), default=None,
                    help="channel order the graph expects (default: RGB)")
+    g.add_argument("--resize", choices=("direct", "crop", "pad"), default=None,
+                   help="direct: straight to the input size (default); crop: shorter side to "
+                        "--resize-size, centre crop (the default with --resize-size); pad: "
+                        "fit inside keeping the aspect ratio, pad the rest")
     g.add_argument("--resize-size", type=int, default=None, metavar="N",
-                   help="resize the shorter side to N, then centre-crop the input size "
-                        "(default: resize straight to the input size)")
+                   help="resize the shorter side to N, then centre-crop the input size")
+    g.add_argument("--pad-position", choices=PAD_POSITIONS, default=None,
+                   help="with --resize pad: where the image goes (default center; top_left "
+                        "pads right and bottom, as for text lines)")
+    g.add_argument("--pad-value", type=float, default=None, metavar="V",
+                   help="with --resize pad: pixel value 0..255 of the padding (default 0)")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
+                   help="resize interpolation (default bilinear)")
+    g.add_argument("--antialias", choices=("on", "off"), default=None,
+                   help="antialias when shrinking, as torchvision and PIL (default on; off: "
+                        "as cv2.resize)")
     g.add_argument("--keep-softmax", action="store_true",
                    help="keep a trailing Softmax in g (default: drop it, score logits)")
     return p
@@ -69,7 +84,8 @@ def list_layers(model: str, weights: str | None, size: int | None) -> None:
     print_cuts([(c.name, c.shape, c.names[1:]) for c in graph.cuts], graph.default_cut().name)
 
 
-GRAPH_ONLY = ("mean", "std", "scale", "color", "keep_softmax", "resize_size")
+GRAPH_ONLY = ("mean", "std", "scale", "color", "keep_softmax", "resize", "resize_size",
+              "pad_position", "pad_value", "interpolation", "antialias")
 
 
 def check_torch_args(args: argparse.Namespace) -> None:
@@ -92,8 +108,12 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
         print_cuts([(c.name, c.shape, c.aliases) for c in graph.cuts],
                    graph.cuts[-1].name if graph.cuts else "")
         return None
-    options = {k: getattr(args, k) for k in ("mean", "std", "scale", "color", "resize_size")
+    options = {k: getattr(args, k) for k in ("mean", "std", "scale", "color", "resize",
+                                             "resize_size", "pad_position", "pad_value",
+                                             "interpolation")
                if getattr(args, k) is not None}
+    if args.antialias is not None:
+        options["antialias"] = args.antialias == "on"
     return export_graph_file(args.model, args.layer, args.input_size, args.format, args.out,
                              log, keep_softmax=args.keep_softmax,
                              explain_top_k=args.explain_top_k, **options)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -87,14 +87,19 @@ def export_graph_file(
     color: str = DEFAULT_COLOR,
     keep_softmax: bool = False,
     resize_size: int | None = None,
+    resize: str | None = None,
     explain_top_k: int = 1,
+    **resampling: Any,
 ) -> Path:
     """Cut the ONNX/IR classifier at ``path`` and write its artifact folder; return its path.
 
     ``keep_softmax`` keeps a trailing Softmax in ``g`` (scores are then probabilities);
-    by default it is dropped and ``g`` outputs the logits. Images are resized straight to
-    the input size, or with ``resize_size`` shorter side first, then centre-cropped. The
-    artifact also holds the explain graph of the ``explain_top_k`` best classes.
+    by default it is dropped and ``g`` outputs the logits. ``resize``: ``direct`` (straight
+    to the input size; the default), ``crop`` (shorter side to ``resize_size``, then the
+    centre; the default when ``resize_size`` is given) or ``pad``; ``resampling``: the
+    other :class:`Preprocessing` fields (``interpolation``, ``antialias``, ``pad_position``,
+    ``pad_value``). The artifact also holds the explain graph of the ``explain_top_k`` best
+    classes.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -111,11 +116,11 @@ def export_graph_file(
     log(f"reading {source}")
     graph = open_graph(path, size)
     try:
-        resize = "direct" if resize_size is None else "shorter_side_crop"
+        resize = resize_policy(resize, resize_size, resampling)
         preprocessing = Preprocessing(size=graph.input.size, resize=resize,
                                       resize_size=resize_size, scale=scale,
                                       mean=tuple(mean), std=tuple(std), color=color,
-                                      layout=graph.input.layout)
+                                      layout=graph.input.layout, **resampling)
     except (TypeError, ValueError) as exc:
         raise ExportError(f"{source}: invalid preprocessing: {exc}") from None
     cut = graph.find(layer)
@@ -179,6 +184,17 @@ def export_graph_file(
         }
         add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
     return out
+
+
+def resize_policy(resize: str | None, resize_size: int | None, options: dict[str, Any]) -> str:
+    """The manifest's policy for ``--resize`` (``crop`` needs ``--resize-size``, and only it)."""
+    policy = {None: "direct" if resize_size is None else "shorter_side_crop",
+              "crop": "shorter_side_crop"}.get(resize, resize)
+    if (policy == "shorter_side_crop") != (resize_size is not None):
+        raise ValueError("--resize-size N goes with --resize crop, and crop needs it")
+    if policy != "pad" and {"pad_position", "pad_value"} & set(options):
+        raise ValueError("--pad-position and --pad-value apply only to --resize pad")
+    return policy
 
 
 def _versions(kind: str) -> dict[str, str]:

@@ -68,12 +68,14 @@ def apply_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def _torchvision_preprocessing(weights: Any, size: int | None) -> Preprocessing:
+    """The weights' own ``transforms()`` (resize, crop, interpolation, antialias) as a manifest."""
     t = weights.transforms()
     crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
     if size is not None and size != crop:
         resize, crop = int(round(size * resize / crop)), size
     return Preprocessing(size=(crop, crop), resize="shorter_side_crop", resize_size=resize,
-                         mean=tuple(t.mean), std=tuple(t.std))
+                         mean=tuple(t.mean), std=tuple(t.std),
+                         interpolation=t.interpolation.value, antialias=bool(t.antialias))
 
 
 def load_torchvision(name: str, weights: str | None, size: int | None) -> LoadedModel:

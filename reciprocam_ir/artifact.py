@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,10 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 GRAPH_ROLES = ("f", "g", "g_pooled", "explain")
 GRAPH_FORMATS = ("onnx", "ir")
+GRAPH_SUFFIXES = {"onnx": ".onnx", "ir": ".xml"}
+"""The file suffix each graph format must have (any case)."""
+MAX_MANIFEST_BYTES = 16 << 20
+"""A manifest above this size is refused before parsing (the labels of 21k classes are 0.5 MB)."""
 INPUT_NAME, FEATURE_NAME, POOLED_NAME, OUTPUT_NAME = "input", "feature", "pooled", "scores"
 TARGETS_NAME, SALIENCY_NAME = "targets", "saliency"
 """The explain graph's outputs beside ``scores`` (DESIGN.md, "Explain graph")."""
@@ -64,24 +68,55 @@ def onnx_external_data(path: Path) -> list[str]:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             entries = {e.key: e.value for e in tensor.external_data}
             names.append(entries.get("location", ""))
-    return names
+    return list(dict.fromkeys(names))
+
+
+def _is_xml(path: Path) -> bool:
+    """True when the file's content is XML (an OpenVINO IR), whatever its name."""
+    with open(path, "rb") as fh:
+        return fh.read(256).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")
 
 
 def graph_files(graph_file: str) -> list[str]:
-    """Files one graph entry stands for (an IR ``.xml`` brings its ``.bin``)."""
-    if graph_file.endswith(".xml"):
-        return [graph_file, graph_file[: -len(".xml")] + ".bin"]
+    """Files one graph entry stands for by its name: an IR ``.xml`` (any case) brings the
+    weights file OpenVINO reads with it, the name up to its last dot plus ``.bin``."""
+    if graph_file.lower().endswith(".xml"):
+        return [graph_file, graph_file[: graph_file.rfind(".")] + ".bin"]
     return [graph_file]
 
 
+def files_read(folder: Path, graph_file: str) -> list[str]:
+    """Every file the engines read for one graph: :func:`graph_files` and, for a graph
+    whose content is ONNX (OpenVINO reads ONNX under any name), its external data."""
+    names = graph_files(graph_file)
+    if not _is_xml(folder / graph_file):
+        names += [n for n in onnx_external_data(folder / graph_file) if n not in names]
+    return names
+
+
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Add the sha256 of every graph file, validate, and write ``manifest.json``."""
-    names = [n for formats in manifest["graphs"].values() for f in formats.values()
-             for n in graph_files(f)]
+    """Add the sha256 of every file the graphs read, validate, and write ``manifest.json``."""
+    names = {n for formats in manifest["graphs"].values() for f in formats.values()
+             for n in files_read(folder, f)}
     manifest = {**manifest, "files": {n: sha256_file(folder / n) for n in sorted(names)}}
     validate_manifest(manifest)
     atomic_write_bytes(folder / MANIFEST_NAME, json.dumps(manifest, indent=2).encode())
     return manifest
+
+
+def combined_digest(named_digests: list[tuple[str, str]]) -> str:
+    """One sha256 standing for several files: of their names and sha256s, in order."""
+    return hashlib.sha256("".join(f"{n}\0{d}\n" for n, d in named_digests).encode()).hexdigest()
+
+
+def graph_digest(path: Path) -> str:
+    """:func:`combined_digest` of the files a graph file reads, hashed from disk now.
+
+    What a compile cache is keyed on when no verified manifest digest is at hand.
+    """
+    path = Path(path)
+    return combined_digest([(n, sha256_file(path.parent / n))
+                            for n in files_read(path.parent, path.name)])
 
 
 def default_mode(directory: bool = False) -> int:
@@ -163,11 +198,15 @@ def validate_manifest(m: Any) -> None:
         for fmt, name in formats.items():
             _require(fmt in GRAPH_FORMATS, f"unknown format '{fmt}' for graph '{role}'")
             _require(_safe_file_name(name), f"file name {name!r} must be a bare file name")
+            _require(name.lower().endswith(GRAPH_SUFFIXES[fmt]),
+                     f"graph '{role}' in format '{fmt}' must be a {GRAPH_SUFFIXES[fmt]} file, "
+                     f"not {name!r}")
             for part in graph_files(name):
                 _require(part in m["files"], f"file '{part}' has no sha256 entry")
     for name, digest in m["files"].items():
         _require(_safe_file_name(name), f"file name {name!r} must be a bare file name")
-        _require(isinstance(digest, str) and len(digest) == 64, f"bad sha256 for '{name}'")
+        _require(isinstance(digest, str) and len(digest) == 64
+                 and all(ch in "0123456789abcdef" for ch in digest), f"bad sha256 for '{name}'")
     if "explain" in graphs:
         _validate_explain(m.get("explain"), n_classes)
 
@@ -191,6 +230,10 @@ class Artifact:
 
     folder: Path
     manifest: dict[str, Any]
+    manifest_sha256: str = ""
+    """sha256 of the ``manifest.json`` bytes loaded: names every file's content, so it
+    identifies what made an explanation (resumed runs compare it)."""
+    _reads: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(cls, folder: str | Path, verify_files: bool = True) -> Artifact:
@@ -201,20 +244,31 @@ class Artifact:
         if not path.is_file():
             raise ArtifactError(f"{folder}: not an artifact folder (no {MANIFEST_NAME})")
         try:
-            manifest = json.loads(path.read_text())
+            with open(path, "rb") as fh:
+                too_large = os.fstat(fh.fileno()).st_size > MAX_MANIFEST_BYTES
+                data = b"" if too_large else fh.read()
+            if too_large or len(data) > MAX_MANIFEST_BYTES:
+                raise ArtifactError(f"{path}: manifest larger than "
+                                    f"{MAX_MANIFEST_BYTES >> 20} MiB, refused")
+            manifest = json.loads(data.decode("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
+        except RecursionError:
+            raise ArtifactError(f"{path}: unreadable manifest (nested too deeply)") from None
         try:
             validate_manifest(manifest)
         except ArtifactError as exc:
             raise ArtifactError(f"{folder}: {exc}") from None
-        artifact = cls(folder, manifest)
+        except RecursionError:
+            raise ArtifactError(f"{folder}: manifest: nested too deeply") from None
+        artifact = cls(folder, manifest, hashlib.sha256(data).hexdigest())
         if verify_files:
             artifact.verify_files()
         return artifact
 
     def verify_files(self) -> None:
-        """Check every file exists inside the folder and matches its sha256."""
+        """Check every file exists inside the folder and matches its sha256, and that every
+        file a graph reads (IR weights, ONNX external data) is one of them."""
         root = self.folder.resolve()
         for name, digest in self.manifest["files"].items():
             path = self.folder / name
@@ -224,19 +278,36 @@ class Artifact:
                 raise ArtifactError(f"{self.folder}: file '{name}' points outside the folder")
             if sha256_file(path) != digest:
                 raise ArtifactError(f"{self.folder}: file '{name}' does not match its sha256")
-            if name.endswith(".onnx"):
-                self._check_external_data(path)
+        for name in self.graph_names():
+            self.files_read(name)
 
-    def _check_external_data(self, path: Path) -> None:
+    def graph_names(self) -> list[str]:
+        """Every graph file the manifest names, each once."""
+        return list(dict.fromkeys(
+            name for formats in self.manifest["graphs"].values() for name in formats.values()))
+
+    def files_read(self, graph_file: str) -> list[str]:
+        """The artifact's files that graph ``graph_file`` reads; refuses a reference to any
+        other file (which no sha256 covers)."""
+        if graph_file in self._reads:
+            return self._reads[graph_file]
         try:
-            references = onnx_external_data(path)
-        except ArtifactError as exc:
+            names = files_read(self.folder, graph_file)
+        except (ArtifactError, OSError) as exc:
             raise ArtifactError(f"{self.folder}: {exc}") from None
-        for ref in references:
+        for ref in names:
             if not _safe_file_name(ref) or ref not in self.manifest["files"]:
                 raise ArtifactError(
-                    f"{self.folder}: '{path.name}' references external data {ref!r} that is "
+                    f"{self.folder}: '{graph_file}' references external data {ref!r} that is "
                     "not a file of this artifact")
+        self._reads[graph_file] = names
+        return names
+
+    def graph_digest(self, path: Path) -> str:
+        """:func:`combined_digest` of the files graph ``path`` reads, from the manifest's
+        (verified) sha256s: a compile cache keyed on it can only stand for these bytes."""
+        files = self.manifest["files"]
+        return combined_digest([(n, files[n]) for n in self.files_read(Path(path).name)])
 
     @property
     def name(self) -> str:
@@ -258,6 +329,11 @@ class Artifact:
     @property
     def labels(self) -> list[str] | None:
         return self.manifest.get("labels")
+
+    @property
+    def outputs_logits(self) -> bool:
+        """False when ``g`` ends in the model's own softmax (exported with ``--keep-softmax``)."""
+        return self.manifest["output"]["logits"]
 
     @property
     def g_starts_with_gap(self) -> bool:

@@ -11,12 +11,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .artifact import ArtifactError, atomic_write_bytes
+from . import dataset_cli
+from .artifact import atomic_write_bytes, sha256_file
 from .backends import PRECISIONS, BackendError
 from .explainer import ReciproCAM
 from .explanation import slug
 from .masking import MASK_KINDS
-from .preprocess import ImageError
+from .preprocess import DEFAULT_MAX_PIXELS, ImageError
 from .saliency import SCORE_KINDS
 
 
@@ -35,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--class", dest="classes", type=int, nargs="+", default=None, metavar="K",
                    help="class indices to explain (default: the top-k predicted)")
     e.add_argument("--all-classes", action="store_true", help="explain every class")
-    e.add_argument("--top-k", type=int, default=1, help="explain the k best classes")
+    e.add_argument("--top-k", type=int, default=None,
+                   help="explain the k best predicted classes (default 1)")
     e.add_argument("--precision", choices=PRECISIONS, default="auto")
     e.add_argument("--scores", choices=SCORE_KINDS, default="logits",
                    help="score each masked map by raw logits or softmax probabilities")
@@ -55,6 +57,27 @@ def parser() -> argparse.ArgumentParser:
                    help="keep compiled graphs here so the next start is faster")
     e.add_argument("--overwrite", action="store_true",
                    help="explain again images whose outputs already exist in --out")
+    s = sub.add_parser("serve", help="serve explanations over HTTP/gRPC (KServe)",
+                       description="Serve each artifact as a KServe model: v1 :predict and "
+                                   ":explain, v2 infer (needs pip install reciprocam-ir[serve]).")
+    s.add_argument("artifacts", nargs="+", metavar="ARTIFACT_DIR",
+                   help="artifact folders written by reciprocam-export")
+    s.add_argument("--name", action="append", default=None,
+                   help="model name in the URLs, once per artifact (default: the manifest's)")
+    s.add_argument("--http-port", type=int, default=8080, metavar="PORT",
+                   help="v1 and v2 REST, health, /metrics (default: 8080)")
+    s.add_argument("--grpc-port", type=int, default=8081, metavar="PORT",
+                   help="v2 gRPC (default: 8081)")
+    s.add_argument("--backend", choices=("openvino", "onnxruntime"), default=None,
+                   help="inference engine (default: OpenVINO if installed)")
+    s.add_argument("--device", default=None,
+                   help="CPU, GPU, NPU, AUTO (OpenVINO) or CPU, CUDA (ONNX Runtime)")
+    s.add_argument("--precision", choices=PRECISIONS, default="auto")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="HTTP server processes, each with its own compiled model")
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse larger images (default: %(default)s)")
+    dataset_cli.add_parser(sub)
     return p
 
 
@@ -66,14 +89,32 @@ def done_record(out: Path, stem: str) -> Path:
     return out / DONE_DIR / f"{stem}.json"
 
 
-def already_done(out: Path, stem: str, settings: dict) -> bool:
-    """True when an earlier run wrote every output of this image with the same settings."""
+def earlier_record(out: Path, stem: str, key: dict) -> dict | None:
+    """The record of an earlier run that wrote every output of this image from the same
+    image, artifact and options (``key``), else None."""
     try:
         record = json.loads(done_record(out, stem).read_text())
     except (OSError, ValueError):
-        return False
-    return record.get("settings") == settings and all(
-        (out / name).is_file() for name in record.get("files", []))
+        return None
+    if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    files = record.get("files")
+    if not isinstance(files, list) or not all(
+            isinstance(name, str) and (out / name).is_file() for name in files):
+        return None
+    return record
+
+
+def contradiction(args: argparse.Namespace) -> str | None:
+    """Options that cannot all be honoured together: named before any work starts."""
+    if args.classes is not None and args.all_classes:
+        return "--class and --all-classes both choose the classes to explain; give one"
+    if args.top_k is not None and (args.classes is not None or args.all_classes):
+        given = "--class" if args.classes is not None else "--all-classes"
+        return f"--top-k picks the predicted classes to explain; it cannot be combined with {given}"
+    if args.mask_sigma is not None and args.mask == "onehot":
+        return "--mask-sigma sets the window of --mask gaussian or drop; the onehot mask has none"
+    return None
 
 
 def image_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -93,58 +134,91 @@ def image_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return paths, missing
 
 
+def fail(message: str, code: int = 2) -> int:
+    print(f"reciprocam: error: {message}", file=sys.stderr)
+    return code
+
+
 def explain(args: argparse.Namespace) -> int:
+    """Run ``explain``; Ctrl-C at any point ends with one line and exit code 130."""
+    progress = {"done": 0, "total": None}
+    try:
+        return explain_images(args, progress)
+    except KeyboardInterrupt:
+        if progress["total"] is None:
+            print("reciprocam: interrupted during start-up; no image was explained",
+                  file=sys.stderr)
+        else:
+            print(f"reciprocam: interrupted: {progress['done']} of {progress['total']} images "
+                  "explained; every output written is complete, and a re-run skips the done "
+                  "images", file=sys.stderr)
+        return 130
+
+
+def explain_images(args: argparse.Namespace, progress: dict) -> int:
+    problem = contradiction(args)
+    if problem:
+        return fail(problem)
+    targets = "all" if args.all_classes else args.classes
+    top_k = 1 if args.top_k is None else args.top_k
     try:
         cam = ReciproCAM(args.artifact, backend=args.backend, device=args.device,
                          precision=args.precision, scores=args.scores, mask=args.mask,
                          mask_sigma=args.mask_sigma,
                          memory_budget_mb=args.memory_budget_mb, batch_size=args.batch_size,
                          cache_dir=args.cache_dir)
-    except (ArtifactError, BackendError, ValueError, MemoryError) as exc:
-        print(f"reciprocam: error: {exc}", file=sys.stderr)
-        return 2
-    if args.classes is not None:
-        bad = [k for k in args.classes if not 0 <= k < cam.artifact.num_classes]
-        if bad:
-            print(f"reciprocam: error: --class {bad[0]} out of range (model has "
-                  f"{cam.artifact.num_classes} classes)", file=sys.stderr)
-            return 2
-    targets = "all" if args.all_classes else args.classes
+    except (ValueError, MemoryError) as exc:  # ValueError: also ArtifactError, BackendError
+        return fail(str(exc))
+    try:
+        cam.check_targets(targets, top_k)
+    except ValueError as exc:
+        return fail(f"{'--class' if args.classes is not None else '--top-k'}: {exc}")
     paths, failures = image_paths(args.images)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"reciprocam: error: cannot create output folder '{out}': {exc.strerror}",
-              file=sys.stderr)
-        return 2
-    settings = {"artifact": str(Path(args.artifact).resolve()), "targets": targets,
-                "top_k": args.top_k, "scores": args.scores, "mask": args.mask,
-                "mask_sigma": args.mask_sigma, "save_npz": args.save_npz}
+        return fail(f"cannot create output folder '{out}': {exc.strerror}")
+    options = {"manifest_sha256": cam.artifact.manifest_sha256, "backend": cam.backend.name,
+               "device": cam.backend.device, "precision": cam.backend.precision,
+               "targets": targets, "top_k": top_k, "scores": args.scores, "mask": args.mask,
+               "mask_sigma": args.mask_sigma, "save_npz": args.save_npz}
     owner: dict[str, Path] = {}
-    todo = []
+    keys: dict[Path, dict] = {}
+    todo, skipped = [], []
     for path in paths:
         stem = slug(path.stem)
         if stem in owner:
             failures.append((str(path), f"its outputs would overwrite those of {owner[stem]}"))
             continue
         owner[stem] = path
-        if args.overwrite or not already_done(out, stem, settings):
+        try:
+            keys[path] = {**options, "image_sha256": sha256_file(path)}
+        except OSError as exc:
+            failures.append((str(path), f"cannot read: {exc.strerror}"))
+            continue
+        record = None if args.overwrite else earlier_record(out, stem, keys[path])
+        if record is None:
             todo.append(path)
-    skipped = len(owner) - len(todo)
+        else:
+            skipped.append((path, record))
     if skipped:
-        print(f"reciprocam: {skipped} images already explained in {out}, skipped "
+        print(f"reciprocam: {len(skipped)} images already explained in {out}, skipped "
               "(--overwrite to redo)", file=sys.stderr)
-    paths = todo
-    done = 0
-    bar = tqdm(total=len(paths), unit="img", desc="explaining", file=sys.stderr,
-               disable=len(paths) < 2)
-    try:
-        for start in range(0, len(paths), cam.batch_size):
+        if args.json:
+            for path, record in skipped:
+                print(json.dumps({"path": str(path), "top": record.get("top"),
+                                  "explained": record.get("explained"),
+                                  "files": [str(out / n) for n in record["files"]]}),
+                      flush=True)
+    progress["total"] = len(todo)
+    with tqdm(total=len(todo), unit="img", desc="explaining", file=sys.stderr,
+              disable=len(todo) < 2) as bar:
+        for start in range(0, len(todo), cam.batch_size):
             loaded = []
-            for path in paths[start : start + cam.batch_size]:
+            for path in todo[start : start + cam.batch_size]:
                 try:
-                    loaded.append((cam.load(path)[0], str(path)))
+                    loaded.append((cam.load(path)[0], path))
                 except ImageError as exc:
                     failures.append((str(path), str(exc).removeprefix(f"{path}: ")))
                     bar.update(1)
@@ -152,37 +226,32 @@ def explain(args: argparse.Namespace) -> int:
             while groups:
                 group = groups.pop(0)
                 try:
-                    exp = cam.explain([rgb for rgb, _ in group], targets, args.top_k,
-                                      names=[name for _, name in group])
+                    exp = cam.explain([rgb for rgb, _ in group], targets, top_k,
+                                      names=[str(path) for _, path in group])
                 except (FloatingPointError, BackendError, RuntimeError) as exc:
                     if len(group) > 1:
                         groups[:0] = [[item] for item in group]
                         continue
-                    failures.append((group[0][1], str(exc).removeprefix(f"{group[0][1]}: ")))
+                    name = str(group[0][1])
+                    failures.append((name, str(exc).removeprefix(f"{name}: ")))
                     bar.update(1)
                     continue
-                for i in range(len(exp)):
+                for i, (_, path) in enumerate(group):
                     files = exp.save_one(i, out, save_npz=args.save_npz)
                     record = {**exp.summary(i), "files": [str(f) for f in files]}
                     done_record(out, exp.stem(i)).parent.mkdir(exist_ok=True)
                     atomic_write_bytes(done_record(out, exp.stem(i)), json.dumps(
-                        {**record, "files": [f.name for f in files], "settings": settings}
+                        {**record, "files": [f.name for f in files], "key": keys[path]}
                     ).encode())
                     if args.json:
                         print(json.dumps(record), flush=True)
-                    done += 1
+                    progress["done"] += 1
                     bar.update(1)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"reciprocam: interrupted: {done} of {len(paths)} images explained; every "
-              "output written is complete, and a re-run skips the done images",
-              file=sys.stderr)
-        return 130
-    bar.close()
     for name, reason in failures:
         print(f"reciprocam: error: {name}: {reason}", file=sys.stderr)
     if failures:
-        print(f"reciprocam: {done} explained, {len(failures)} failed", file=sys.stderr)
+        print(f"reciprocam: {progress['done']} explained, {len(failures)} failed",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -191,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     np.seterr(all="ignore")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # errors are ours to say
+    if args.command == "serve":
+        from .serving import serve  # kserve is imported by this command only
+
+        return serve(args)
+    if args.command == "explain-dataset":
+        return dataset_cli.run(args)
     return explain(args)
 
 

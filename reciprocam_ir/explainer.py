@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from .backends import Backend, BackendError, Graph, create_backend
 from .backends.base import FeaturesAndScores
 from .explanation import Explanation
 from .masking import (
+    MASK_KINDS,
     REMOVING_MASKS,
+    check_sigma,
     default_sigma,
     masked_batch,
     pooled_masked,
@@ -35,6 +38,30 @@ from .preprocess import DEFAULT_MAX_PIXELS, ImageError, as_rgb, read_image
 from .saliency import SCORE_KINDS
 
 ImageLike = str | Path | np.ndarray
+MAX_MEMORY_BUDGET_MB = float(1 << 20)
+"""1 TiB: a larger budget is a typo (or inf), not a machine."""
+
+
+def check_options(scores: str, memory_budget_mb: float, batch_size: int, mask: str,
+                  mask_sigma: float | None) -> None:
+    """Refuse, before anything is loaded, options that are out of range or contradict each
+    other (ValueError, one line naming the option)."""
+    if scores not in SCORE_KINDS:
+        raise ValueError(f"scores must be one of {SCORE_KINDS}, got {scores!r}")
+    if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, Real) \
+            or not 0 < memory_budget_mb <= MAX_MEMORY_BUDGET_MB:
+        raise ValueError(f"memory_budget_mb must be a number of MiB in "
+                         f"(0, {MAX_MEMORY_BUDGET_MB:.0f}], got {memory_budget_mb!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+    if mask not in MASK_KINDS:
+        raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
+    if mask_sigma is not None:
+        if mask == "onehot":
+            raise ValueError("mask_sigma applies to the gaussian and drop masks, not to the "
+                             "onehot mask")
+        check_sigma(mask_sigma)
 
 
 class ReciproCAM:
@@ -62,10 +89,7 @@ class ReciproCAM:
         cache_dir: str | Path | None = None,
         explain_graph: bool = True,
     ) -> None:
-        if scores not in SCORE_KINDS:
-            raise ValueError(f"scores must be one of {SCORE_KINDS}, got {scores!r}")
-        if memory_budget_mb <= 0 or batch_size < 1:
-            raise ValueError("memory_budget_mb must be positive and batch_size at least 1")
+        check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma)
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         self.backend = backend if isinstance(backend, Backend) else create_backend(
             backend, device, precision, cache_dir)
@@ -74,24 +98,25 @@ class ReciproCAM:
         # window removed instead of kept); σ in feature cells, see masking.spatial_masks
         self.mask = mask
         self._sigma = mask_sigma
-        self._masks = None if mask == "onehot" else spatial_masks(
-            *self.artifact.feature_shape[1:], kind=mask, sigma=mask_sigma)
         self.memory_budget = int(memory_budget_mb * 2**20)
+        self._masks = None if mask == "onehot" else self._spatial_masks(mask_sigma)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.preprocessing = self.artifact.preprocessing
         self.uses_pooled_tail = self.artifact.g_starts_with_gap
+        self._softmax = scores == "softmax" and self.artifact.outputs_logits
         self.rows_per_call()  # refuse, up front, a budget that cannot hold one masked map
         self._tail_role = "g_pooled" if self.uses_pooled_tail else "g"
         for role in ("f", self._tail_role):
             path = self._path(role)
-            shapes = self.backend.io_shapes(path)
+            shapes = self.backend.io_shapes(path, self.artifact.graph_digest(path))
             if shapes is not None:
                 self.artifact.check_io(role, shapes)
         self._graphs: dict[str, Graph] = {}
         self._lock = threading.Lock()
         self._affine = self._affine_tail()
-        self.scoring = Scoring(softmax=scores == "softmax", negate=mask in REMOVING_MASKS)
+        # a model that outputs probabilities (exported with --keep-softmax) is scored as is
+        self.scoring = Scoring(softmax=self._softmax, negate=mask in REMOVING_MASKS)
         self._general: ExplainPath | None = None
         self._path_lock = threading.Lock()
         self.graph_path = self._explain_graph() if explain_graph else None
@@ -120,7 +145,7 @@ class ReciproCAM:
         K classes' rows); else ``f`` and the pooled tail fused in one graph; else ``f`` and
         ``g`` separately (the pooled tail on N vectors, or ``g`` on N masked maps).
         """
-        if self._affine is not None and self.scores == "logits":
+        if self._affine is not None and not self._softmax:
             fused = self.backend.compile_features_and_scores(self._path("f"),
                                                              self._path("g_pooled"))
             return AffineRows("f+head fused, affine rows" if fused else "f, head, affine rows",
@@ -141,8 +166,9 @@ class ReciproCAM:
     def _explain_graph(self) -> ExplainGraph | None:
         """The artifact's explain graph, when it computes this object's map (else None)."""
         spec = self.artifact.explain
-        if spec is None or (spec["mask"], spec["scores"]) != (self.mask, self.scores) or (
-                self.mask != "onehot" and spec["mask_sigma"] != self._mask_sigma()):
+        if spec is None or spec["mask"] != self.mask or (
+                spec["scores"] == "softmax" and self.artifact.outputs_logits) != self._softmax \
+                or (self.mask != "onehot" and spec["mask_sigma"] != self._mask_sigma()):
             return None
         try:
             path = self._path("explain")
@@ -152,10 +178,11 @@ class ReciproCAM:
         per_image = 4 * (h * w + 1) * (c if self.uses_pooled_tail else c * h * w)
         if per_image > self.memory_budget:
             return None
-        shapes = self.backend.io_shapes(path)
+        digest = self.artifact.graph_digest(path)
+        shapes = self.backend.io_shapes(path, digest)
         if shapes is not None:
             self.artifact.check_io("explain", shapes)
-        return ExplainGraph(self.backend.compile(path).outputs, spec["top_k"],
+        return ExplainGraph(self.backend.compile(path, digest).outputs, spec["top_k"],
                             self.memory_budget // per_image)
 
     def _mask_sigma(self) -> float:
@@ -194,7 +221,10 @@ class ReciproCAM:
     def _compile_pooled_explainer(self) -> Graph | None:
         """``f`` and the pooled tail fused into one graph, where the backend can and it fits."""
         c, h, w = self.artifact.feature_shape
-        if not self.uses_pooled_tail or self.rows_per_call() < h * w + 1:
+        n = h * w
+        # the fused graph holds an (N + 1) x N pooling matrix: only where the budget holds it
+        if not self.uses_pooled_tail or self.rows_per_call() < n + 1 \
+                or 4 * (n + 1) * n > self.memory_budget:
             return None
         return self.backend.compile_pooled_explainer(self._path("f"), self._path("g_pooled"),
                                                      (c, h, w), self._masks)
@@ -207,7 +237,19 @@ class ReciproCAM:
             return self._graphs[role]
 
     def _compile(self, role: str) -> Graph:
-        return self.backend.compile(self._path(role))
+        path = self._path(role)
+        return self.backend.compile(path, self.artifact.graph_digest(path))
+
+    def _spatial_masks(self, sigma: float | None) -> np.ndarray:
+        """The N masks of a gaussian/drop ``mask`` (N² float32), refused above the budget."""
+        _, h, w = self.artifact.feature_shape
+        size = 4 * (h * w) ** 2
+        if size > self.memory_budget:
+            raise MemoryError(
+                f"{self.mask} masks of a {h}x{w} feature map take {size / 2**20:.4g} MiB "
+                f"((h*w)^2 float32), above the memory budget of "
+                f"{self.memory_budget / 2**20:g} MiB; raise it or use the onehot mask")
+        return spatial_masks(h, w, kind=self.mask, sigma=sigma)
 
     def _path(self, role: str) -> Path:
         """Graph file of ``role`` in the first format the backend reads."""
@@ -304,6 +346,9 @@ class ReciproCAM:
         Every entry point (API, CLI, server, dataset) calls this with the user's options.
         """
         num_classes = self.artifact.num_classes
+        if targets is not None and top_k not in (None, 1):
+            raise ValueError(f"top_k={top_k!r} applies only to the predicted classes "
+                             "(targets=None); the classes to explain are given")
         if targets is None:
             if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) \
                     or not 1 <= top_k <= num_classes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 
 
@@ -32,6 +34,17 @@ DEFAULT_MASK_SIGMA = float(1.0 / np.sqrt(2.0 * np.log(2.0)))
 DEFAULT_DROP_SIGMA = 1.5
 """σ (in feature cells) of the removed window of ``drop`` masks: the best ADCC among the widths
 tried on the selection half of ``scripts/evaluate.py`` (README → Evaluation)."""
+MAX_MASK_SIGMA = 64.0
+"""The widest σ accepted, in feature cells: wider than any feature map's side, where every
+window already covers the whole map (and the kernel, (4σ + 1)², stays small)."""
+
+
+def check_sigma(sigma: float) -> None:
+    """Refuse a σ that is not a number of feature cells in (0, MAX_MASK_SIGMA]."""
+    if isinstance(sigma, bool) or not isinstance(sigma, Real) \
+            or not 0 < sigma <= MAX_MASK_SIGMA:
+        raise ValueError(f"mask_sigma must be a number of feature cells in "
+                         f"(0, {MAX_MASK_SIGMA:g}], got {sigma!r}")
 
 
 def default_sigma(kind: str) -> float:
@@ -41,22 +54,25 @@ def default_sigma(kind: str) -> float:
 
 def gaussian_kernel(sigma: float = DEFAULT_MASK_SIGMA) -> np.ndarray:
     """(2r+1)² kernel exp(−d²/2σ²) normalised to sum 1, truncated at r = max(1, ⌊2σ⌋) cells."""
-    if not sigma > 0:
-        raise ValueError(f"mask_sigma must be positive, got {sigma!r}")
+    check_sigma(sigma)
     r = max(1, int(np.floor(2.0 * sigma)))
     t = np.arange(-r, r + 1, dtype=np.float64)
     k = np.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2.0 * sigma**2))
     return k / k.sum()
 
 
-def _placed(kernel: np.ndarray, h: int, w: int) -> np.ndarray:
-    """(N, h, w): ``kernel`` centred on every position n, cut off at the map's border."""
-    r = kernel.shape[0] // 2
-    padded = np.zeros((h * w, h + 2 * r, w + 2 * r), dtype=np.float64)
+def _placed(window: np.ndarray, h: int, w: int, background: float = 0.0) -> np.ndarray:
+    """(N, h, w) float32: ``window`` centred on every position n, cut off at the map's border,
+    ``background`` elsewhere. Allocates the N² result only (no padded copy)."""
+    r = window.shape[0] // 2
+    placed = np.full((h * w, h, w), background, dtype=np.float32)
     for n in range(h * w):
         i, j = divmod(n, w)
-        padded[n, i : i + 2 * r + 1, j : j + 2 * r + 1] = kernel
-    return padded[:, r : r + h, r : r + w]
+        top, bottom = max(0, i - r), min(h, i + r + 1)
+        left, right = max(0, j - r), min(w, j + r + 1)
+        placed[n, top:bottom, left:right] = window[top - i + r : bottom - i + r,
+                                                   left - j + r : right - j + r]
+    return placed
 
 
 def spatial_masks(h: int, w: int, kind: str = "onehot",
@@ -75,8 +91,8 @@ def spatial_masks(h: int, w: int, kind: str = "onehot",
         return np.eye(h * w, dtype=np.float32).reshape(h * w, h, w)
     k = gaussian_kernel(default_sigma(kind) if sigma is None else sigma)
     if kind == "gaussian":
-        return _placed(k, h, w).astype(np.float32)
-    return (1.0 - _placed(k / k.max(), h, w)).astype(np.float32)
+        return _placed(k, h, w)
+    return _placed(1.0 - k / k.max(), h, w, background=1.0)
 
 
 def weighted_masked_batch(feature: np.ndarray, masks: np.ndarray, start: int = 0,
@@ -89,7 +105,7 @@ def weighted_masked_batch(feature: np.ndarray, masks: np.ndarray, start: int = 0
 def weighted_pooled_masked(feature: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """GAP of every F ⊙ M_n, exactly: row n is Σ_m F[:, m]·M_n[m] / (h·w), shape (N, C)."""
     c, h, w = feature.shape
-    flat = masks.reshape(len(masks), h * w).astype(np.float32)
+    flat = np.asarray(masks, np.float32).reshape(len(masks), h * w)
     return np.ascontiguousarray(flat @ feature.reshape(c, h * w).T.astype(np.float32)
                                 / np.float32(h * w), dtype=np.float32)
 
@@ -99,6 +115,11 @@ def pooling_matrix(n: int, masks: np.ndarray | None = None) -> np.ndarray:
     average of F (row 0) on the exact GAP of every masked map (row n + 1: M_n / N, one-hot
     when ``masks`` is None) — :func:`pooled_masked` / :func:`weighted_pooled_masked` with the
     unmasked row first, as one matrix that the backends' fused graphs embed."""
-    weights = np.eye(n, dtype=np.float32) if masks is None else np.asarray(
-        masks, np.float32).reshape(n, n)
-    return np.concatenate([np.ones((1, n), np.float32), weights]) / np.float32(n)
+    matrix = np.zeros((n + 1, n), np.float32)
+    matrix[0] = 1.0
+    if masks is None:
+        matrix[1:][np.arange(n), np.arange(n)] = 1.0
+    else:
+        matrix[1:] = np.asarray(masks, np.float32).reshape(n, n)
+    matrix /= np.float32(n)
+    return matrix

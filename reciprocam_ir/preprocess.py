@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+
+from .image_header import ImageError
+from .image_reader import DEFAULT_MAX_PIXELS, decode_image, read_image
+from .resample import INTERPOLATIONS, axis_taps, resample
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_POLICIES = ("direct", "shorter_side_crop")
+RESIZE_POLICIES = ("direct", "shorter_side_crop", "pad")
+PAD_POSITIONS = ("center", "top_left")
 COLOR_ORDERS = ("RGB", "BGR")
 LAYOUTS = ("NCHW", "NHWC")
-DEFAULT_MAX_PIXELS = 100_000_000
+MAX_SIDE = 8192
+"""Largest input side and ``resize_size``: an 8192² float32 input is already 805 MB."""
 
 
-class ImageError(ValueError):
-    """An image that cannot be read or used."""
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     """How an RGB image becomes the network input: resize, scale, normalise, lay out.
 
-    ``resize="direct"`` resizes straight to ``size``; ``"shorter_side_crop"`` resizes the
-    shorter side to ``resize_size`` and takes the centre ``size`` crop (torchvision's recipe).
+    ``resize`` policies: ``"direct"`` resizes straight to ``size``; ``"shorter_side_crop"``
+    resizes the shorter side to ``resize_size`` and takes the centre ``size`` crop
+    (torchvision's ``Resize`` + ``CenterCrop``, with its rounding); ``"pad"`` scales the
+    image to fit inside ``size`` keeping its aspect ratio and fills the rest with
+    ``pad_value`` (a pixel value, 0..255 before ``scale``), the image at the centre or the
+    top left (``pad_position``). ``interpolation`` and ``antialias`` are torchvision's
+    (antialiased shrinking, as PIL and torchvision's weights' transforms do). The resized
+    image is rounded to 8 bits, as torchvision and OpenCV do on uint8 images.
     """
 
     size: tuple[int, int]
@@ -37,31 +48,55 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     color: str = "RGB"
     layout: str = "NCHW"
+    interpolation: str = "bilinear"
+    antialias: bool = True
+    pad_position: str = "center"
+    pad_value: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
-        if len(self.size) != 2 or min(self.size) < 1:
-            problems.append(f"size must be two positive integers, got {self.size}")
+        if len(self.size) != 2 or not all(_is_int(v) and 1 <= v <= MAX_SIDE for v in self.size):
+            problems.append(f"size must be two integers in 1..{MAX_SIDE}, got {self.size}")
         if self.resize not in RESIZE_POLICIES:
             problems.append(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
-        if self.resize == "shorter_side_crop" and (
+        if self.resize_size is not None and not (
+                _is_int(self.resize_size) and 1 <= self.resize_size <= MAX_SIDE):
+            problems.append(f"resize_size must be an integer in 1..{MAX_SIDE}, "
+                            f"got {self.resize_size!r}")
+        elif self.resize == "shorter_side_crop" and not problems and (
             self.resize_size is None or self.resize_size < min(self.size)
         ):
             problems.append(f"resize_size must be at least the crop size, got {self.resize_size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            problems.append("mean and std must be three numbers, std positive")
-        if not self.scale > 0:
-            problems.append(f"scale must be positive, got {self.scale}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0 or not all(
+                math.isfinite(v) for v in (*self.mean, *self.std)):
+            problems.append("mean and std must be three finite numbers, std positive")
+        if not (self.scale > 0 and math.isfinite(self.scale)):
+            problems.append(f"scale must be positive and finite, got {self.scale}")
         if self.color not in COLOR_ORDERS:
             problems.append(f"color must be one of {COLOR_ORDERS}, got {self.color!r}")
         if self.layout not in LAYOUTS:
             problems.append(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation must be one of {INTERPOLATIONS}, "
+                            f"got {self.interpolation!r}")
+        if not isinstance(self.antialias, bool):
+            problems.append(f"antialias must be true or false, got {self.antialias!r}")
+        if self.pad_position not in PAD_POSITIONS:
+            problems.append(f"pad_position must be one of {PAD_POSITIONS}, "
+                            f"got {self.pad_position!r}")
+        if not (isinstance(self.pad_value, (int, float)) and not isinstance(self.pad_value, bool)
+                and math.isfinite(self.pad_value)):
+            problems.append(f"pad_value must be a finite number, got {self.pad_value!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        """Read the manifest's ``input`` section (``shape`` gives the size)."""
+        """Read the manifest's ``input`` section (``shape`` gives the size).
+
+        Manifests written before ``interpolation``, ``antialias`` and the pad fields
+        existed get torchvision's defaults: bilinear, antialiased.
+        """
         shape = d["shape"]
         hw = shape[1:3] if d.get("layout") == "NHWC" else shape[2:4]
         return cls(
@@ -73,6 +108,10 @@ class Preprocessing:
             std=tuple(float(v) for v in d["std"]),
             color=d["color"],
             layout=d["layout"],
+            interpolation=d.get("interpolation", "bilinear"),
+            antialias=d.get("antialias", True),
+            pad_position=d.get("pad_position", "center"),
+            pad_value=d.get("pad_value", 0.0),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,35 +121,66 @@ class Preprocessing:
         d["shape"] = [1, *self.size, 3] if self.layout == "NHWC" else [1, 3, *self.size]
         return d
 
-    def crop_box(self, height: int, width: int) -> tuple[float, float, float, float]:
-        """The region (y0, x0, y1, x1) of an image of this size that the network sees."""
-        if self.resize == "direct":
-            return 0.0, 0.0, float(height), float(width)
-        s = self.resize_size / min(height, width)
-        crop_h, crop_w = self.size[0] / s, self.size[1] / s
-        y0, x0 = (height - crop_h) / 2, (width - crop_w) / 2
-        return y0, x0, y0 + crop_h, x0 + crop_w
+    def placement(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Per axis (rows, columns): the resized length and where it starts in the input.
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 RGB → 1x3xHxW (or 1xHxWx3 for NHWC) float32 network input."""
-        rgb = as_rgb(rgb)
+        A negative start means the resized image is cropped; a positive one, padded.
+        """
         h, w = self.size
         if self.resize == "direct":
-            img = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
-        else:
-            s = self.resize_size / min(rgb.shape[:2])
-            rh = max(h, int(round(rgb.shape[0] * s)))
-            rw = max(w, int(round(rgb.shape[1] * s)))
-            img = cv2.resize(rgb, (rw, rh), interpolation=cv2.INTER_LINEAR)
-            top, left = (rh - h) // 2, (rw - w) // 2
-            img = img[top : top + h, left : left + w]
+            return (h, 0), (w, 0)
+        if self.resize == "pad":
+            s = min(h / height, w / width)
+            rh, rw = min(h, max(1, round(height * s))), min(w, max(1, round(width * s)))
+            if self.pad_position == "top_left":
+                return (rh, 0), (rw, 0)
+            return (rh, (h - rh) // 2), (rw, (w - rw) // 2)
+        # torchvision: the long side truncated, the crop offset rounded (pads if it must)
+        short, long = sorted((height, width))
+        new_long = int(self.resize_size * long / short)
+        rh, rw = (self.resize_size, new_long) if height <= width else (new_long, self.resize_size)
+        return (rh, _crop_start(rh, h)), (rw, _crop_start(rw, w))
+
+    def crop_box(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """The region (y0, x0, y1, x1) of an image of this size that the network sees.
+
+        It reaches beyond the image where the input is padded.
+        """
+        (rh, top), (rw, left) = self.placement(height, width)
+        sy, sx = height / rh, width / rw
+        return -top * sy, -left * sx, (self.size[0] - top) * sy, (self.size[1] - left) * sx
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 RGB → 1x3xHxW (or 1xHxWx3 for NHWC) float32 network input.
+
+        Only the part of the resized image that the input keeps is computed.
+        """
+        rgb = as_rgb(rgb)
+        h, w = self.size
+        (rh, top), (rw, left) = self.placement(*rgb.shape[:2])
+        r0, r1 = max(0, -top), min(rh, h - top)
+        c0, c1 = max(0, -left), min(rw, w - left)
+        rows = axis_taps(rgb.shape[0], rh, r0, r1 - r0, self.interpolation, self.antialias)
+        cols = axis_taps(rgb.shape[1], rw, c0, c1 - c0, self.interpolation, self.antialias)
+        img = resample(rgb, rows, cols)
+        if img.shape[:2] != (h, w):
+            canvas = np.full((h, w, 3), self.pad_value, np.float32)
+            canvas[r0 + top : r1 + top, c0 + left : c1 + left] = img
+            img = canvas
         if self.color == "BGR":
             img = img[:, :, ::-1]
-        x = img.astype(np.float32) * np.float32(self.scale)
+        x = img * np.float32(self.scale)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         if self.layout == "NHWC":
             return np.ascontiguousarray(x[None])
         return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def _crop_start(resized: int, crop: int) -> int:
+    """Where a centre crop puts the resized axis, as torchvision's ``center_crop`` does."""
+    if resized >= crop:
+        return -int(round((resized - crop) / 2.0))
+    return (crop - resized) // 2
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -128,43 +198,7 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB; grayscale, RGBA and 16-bit are converted."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError("no such file" if not path.exists() else "not a file")
-    return decode_image(np.fromfile(path, dtype=np.uint8), max_pixels)
-
-
-def decode_image(data: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode an encoded image (PNG, JPEG, ...; content decides) as HxWx3 uint8 RGB.
-
-    The one decoder behind every entry point (files, server requests, dataset rows).
-    """
-    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray,
-                                                                      memoryview)) else data
-    if data.size == 0:
-        raise ImageError("empty file")
-    try:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
-    except cv2.error as exc:  # OpenCV refuses some headers (absurd sizes) by raising
-        reason = str(exc).strip().splitlines()[-1][:120]
-        raise ImageError(f"not a readable image ({reason})") from None
-    if image is None:
-        raise ImageError("not a readable image (unknown format or corrupt data)")
-    if image.shape[0] * image.shape[1] > max_pixels:
-        raise ImageError(f"image has more than the {max_pixels}-pixel limit")
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = np.clip(image.astype(np.float32) * 255.0, 0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    channels = image.shape[2]
-    if channels == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if channels == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if channels == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    raise ImageError(f"unsupported number of channels: {channels}")
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageError", "Preprocessing", "as_rgb",
+    "decode_image", "read_image",
+]

@@ -143,3 +143,23 @@ def resnet18_onnx(weights: Path) -> Path:
                           opset_version=17, input_names=["data"], output_names=["logits"],
                           dynamic_axes={"data": {0: "n"}, "logits": {0: "n"}})
     return path
+
+
+def wide_classifier(path: Path, size: int = 64, channels: int = 4) -> Path:
+    """conv (stride 1) → relu → GAP → linear: a size×size feature map of few channels, so
+    N = size² masked positions make the N² parts (masks, pooling matrix) the large ones."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(a.astype(np.float32), name) for name, a in (
+        ("w", rng.standard_normal((channels, 3, 3, 3)) / 5), ("b", rng.standard_normal(channels)),
+        ("wfc", rng.standard_normal((CLASSES, channels))), ("bfc", rng.standard_normal(CLASSES)))]
+    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["gap"], name="gap"),
+             helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["scores"], transB=1, name="fc")]
+    graph = helper.make_graph(
+        nodes, "wide", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                      ["N", 3, size, size])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", CLASSES])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path

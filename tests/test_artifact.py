@@ -96,3 +96,107 @@ def test_manifest_shapes_must_match_the_graphs(copy, backend):
     edit_manifest(copy, lambda m: m["input"].update(shape=[1, 3, 256, 256]))
     with pytest.raises(ArtifactError, match="graph 'f' has input shape"):
         ReciproCAM(copy, backend=backend)
+
+
+def rename_graph(folder, old: str, new: str, drop_bin: bool = False) -> None:
+    """Rename graph file ``old`` to ``new`` and rewrite the manifest to name it (as an
+    attacker or a careless tool could), optionally dropping its ``.bin`` entry."""
+    from reciprocam_ir.artifact import sha256_file
+
+    (folder / old).rename(folder / new)
+
+    def change(m):
+        for formats in m["graphs"].values():
+            for fmt, name in formats.items():
+                if name == old:
+                    formats[fmt] = new
+        m["files"].pop(old)
+        m["files"][new] = sha256_file(folder / new)
+        if drop_bin:
+            m["files"].pop(old.rsplit(".", 1)[0] + ".bin")
+
+    edit_manifest(folder, change)
+
+
+def test_upper_case_ir_extension_still_hashes_its_bin(copy):
+    rename_graph(copy, "g_pooled.xml", "g_pooled.XML", drop_bin=True)
+    with pytest.raises(ArtifactError, match="'g_pooled.bin' has no sha256 entry"):
+        Artifact.load(copy)
+    edit_manifest(copy, lambda m: m["files"].update({"g_pooled.bin": "0" * 64}))
+    with pytest.raises(ArtifactError, match="'g_pooled.bin' does not match its sha256"):
+        Artifact.load(copy)
+
+
+def test_upper_case_onnx_extension_still_checks_external_data(copy):
+    import onnx
+
+    model = onnx.load(str(copy / "g_pooled.onnx"))
+    onnx.save_model(model, str(copy / "g_pooled.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.data", size_threshold=0)
+    rename_graph(copy, "g_pooled.onnx", "g_pooled.ONNX")
+    with pytest.raises(ArtifactError, match="'g_pooled.ONNX' references external data "
+                                            "'weights.data' that is not a file"):
+        Artifact.load(copy)
+
+
+def test_onnx_content_under_an_xml_name_is_checked_too(copy):
+    """OpenVINO reads an ONNX graph whatever its name: the content decides the check."""
+    import onnx
+
+    model = onnx.load(str(copy / "g_pooled.onnx"))
+    onnx.save_model(model, str(copy / "g_pooled.xml"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.data", size_threshold=0)
+    from reciprocam_ir.artifact import sha256_file
+
+    edit_manifest(copy, lambda m: m["files"].update(
+        {"g_pooled.xml": sha256_file(copy / "g_pooled.xml")}))
+    with pytest.raises(ArtifactError, match="'g_pooled.xml' references external data"):
+        Artifact.load(copy)
+
+
+def test_external_data_is_listed_and_hashed_by_write_manifest(copy):
+    import onnx
+
+    from reciprocam_ir.artifact import write_manifest
+
+    model = onnx.load(str(copy / "g_pooled.onnx"))
+    onnx.save_model(model, str(copy / "g_pooled.ONNX"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.data", size_threshold=0)
+    (copy / "g_pooled.onnx").unlink()
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["graphs"]["g_pooled"]["onnx"] = "g_pooled.ONNX"
+    written = write_manifest(copy, manifest)
+    assert "weights.data" in written["files"] and "g_pooled.ONNX" in written["files"]
+    Artifact.load(copy)
+    data = bytearray((copy / "weights.data").read_bytes())
+    data[0] ^= 0xFF
+    (copy / "weights.data").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="'weights.data' does not match its sha256"):
+        Artifact.load(copy)
+
+
+@pytest.mark.parametrize("role, fmt, name", [("f", "ir", "f.onnx"), ("f", "onnx", "f.xml"),
+                                             ("g", "ir", "g.txt")])
+def test_a_graph_name_must_carry_its_format_suffix(copy, role, fmt, name):
+    edit_manifest(copy, lambda m: m["graphs"][role].update({fmt: name}))
+    with pytest.raises(ArtifactError, match=f"must be a .* file, not '{name}'"):
+        Artifact.load(copy)
+
+
+def test_deeply_nested_manifest_is_a_one_line_error(copy):
+    (copy / "manifest.json").write_text("[" * 100_000)
+    with pytest.raises(ArtifactError, match="nested too deeply"):
+        Artifact.load(copy)
+    (copy / "manifest.json").write_text('{"format_version": 1, "x": ' + "[" * 5000
+                                        + "]" * 5000 + "}")
+    with pytest.raises(ArtifactError, match="nested too deeply"):
+        Artifact.load(copy)
+
+
+def test_oversized_manifest_is_refused_unread(copy):
+    from reciprocam_ir.artifact import MAX_MANIFEST_BYTES
+
+    with open(copy / "manifest.json", "wb") as fh:
+        fh.truncate(MAX_MANIFEST_BYTES + 1)
+    with pytest.raises(ArtifactError, match="manifest larger than"):
+        Artifact.load(copy)

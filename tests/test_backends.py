@@ -1,12 +1,17 @@
-"""Backend choice and errors; both engines give the same feature map."""
+"""Backend choice and errors; both engines give the same feature map; compile caches."""
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reciprocam_ir import BackendError, available_backends, create_backend
-from reciprocam_ir.artifact import Artifact
+from reciprocam_ir import BackendError, ReciproCAM, available_backends, create_backend
+from reciprocam_ir.artifact import Artifact, sha256_file
 
 
 def test_default_backend_prefers_openvino():
@@ -51,3 +56,85 @@ def test_openvino_reads_onnx_when_no_ir(resnet18_dir):
     a = engine.compile(artifact.graph_path("f", "onnx"))(x)
     b = engine.compile(artifact.graph_path("f", "ir"))(x)
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A helper-built graph cut before its pooling: f and g are compiled from their files."""
+    from export.graph_export import export_graph_file
+    from graph_models import tiny_classifier
+
+    d = tmp_path_factory.mktemp("tiny")
+    return export_graph_file(tiny_classifier(d / "tiny.onnx"), layer="r2", out=d / "artifact")
+
+
+def double_float_weights(graph: Path) -> Path:
+    """Double every float32 weight of an ONNX graph or an IR's .bin, in place, keeping the
+    file's size and time stamps (as a tar or ``cp -p`` restore would); return the file."""
+    import xml.etree.ElementTree as ElementTree
+
+    import onnx
+    from onnx import numpy_helper
+
+    if graph.suffix == ".xml":
+        target = graph.with_suffix(".bin")
+        data = bytearray(target.read_bytes())
+        for layer in ElementTree.parse(graph).iter("layer"):
+            const = layer.find("data")
+            if layer.get("type") == "Const" and const.get("element_type") == "f32":
+                start, size = int(const.get("offset")), int(const.get("size"))
+                values = np.frombuffer(bytes(data[start : start + size]), np.float32) * 2
+                data[start : start + size] = values.tobytes()
+    else:
+        target = graph
+        model = onnx.load(str(graph))
+        for tensor in model.graph.initializer:
+            if tensor.data_type == onnx.TensorProto.FLOAT:
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * 2,
+                                                        tensor.name))
+        data = model.SerializeToString()
+    before = target.stat()
+    target.write_bytes(bytes(data))
+    assert target.stat().st_size == before.st_size
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    return target
+
+
+@pytest.mark.parametrize("backend, graph", [("openvino", "f.xml"), ("onnxruntime", "f.onnx")])
+def test_the_compile_cache_follows_the_verified_bytes(tiny_dir, tmp_path, image, backend, graph):
+    """Weights replaced in place, same size and time stamp, listed in the manifest: the run
+    uses them, not a compiled form of the old ones left in --cache-dir."""
+    folder, cache = tmp_path / "artifact", tmp_path / "cache"
+    shutil.copytree(tiny_dir, folder)
+    before = ReciproCAM(folder, backend=backend, precision="f32", cache_dir=cache).explain(image)
+    changed = double_float_weights(folder / graph)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][changed.name] = sha256_file(changed)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    fresh = ReciproCAM(folder, backend=backend, precision="f32").explain(image)
+    cached = ReciproCAM(folder, backend=backend, precision="f32", cache_dir=cache).explain(image)
+    assert np.abs(fresh.scores - before.scores).max() > 1e-3
+    np.testing.assert_allclose(cached.scores, fresh.scores, atol=1e-5)
+    np.testing.assert_allclose(cached.saliency, fresh.saliency, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend, entries", [("onnxruntime", "*.ort.onnx"),
+                                              ("openvino", "openvino-*/*.blob")])
+def test_a_damaged_cache_entry_is_rebuilt(tiny_dir, tmp_path, image, backend, entries):
+    """An entry cut short (a crash mid-write before writes were atomic, a full disk) neither
+    fails the next run nor stays damaged; no temporary files are left behind."""
+    cache = tmp_path / "cache"
+    reference = ReciproCAM(tiny_dir, backend=backend, precision="f32").explain(image, top_k=2)
+    ReciproCAM(tiny_dir, backend=backend, precision="f32", cache_dir=cache).explain(image)
+    sizes = {p: p.stat().st_size for p in cache.glob(entries)}
+    assert len(sizes) == 2  # f and g
+    for path, size in sizes.items():
+        with open(path, "r+b") as fh:
+            fh.truncate(size // 2)
+    exp = ReciproCAM(tiny_dir, backend=backend, precision="f32",
+                     cache_dir=cache).explain(image, top_k=2)
+    np.testing.assert_allclose(exp.saliency, reference.saliency, atol=1e-6)
+    repaired = {p: p.stat().st_size for p in cache.glob(entries)}
+    assert repaired.keys() == sizes.keys()
+    assert all(repaired[p] > 0.9 * size for p, size in sizes.items())  # rewritten whole
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]

@@ -88,14 +88,66 @@ def test_bad_files_are_reported_and_the_rest_is_done(capsys, resnet18_dir, image
     (("--device", "TPU"), "not an OpenVINO device"),
     (("--backend", "onnxruntime", "--device", "CUDA"), "CUDAExecutionProvider"),
     (("--backend", "onnxruntime", "--precision", "bf16"), "f32 only"),
-    (("--class", "1000"), "out of range"),
+    (("--class", "1000"), "--class: class 1000 out of range (model has 1000 classes)"),
+    (("--top-k", "0"), "--top-k: top_k must be an integer in 1..1000, got 0"),
+    (("--top-k", "-3"), "top_k must be an integer in 1..1000, got -3"),
+    (("--top-k", "1001"), "top_k must be an integer in 1..1000, got 1001"),
+    (("--memory-budget-mb", "inf"), "memory_budget_mb must be a number of MiB in (0, "),
+    (("--memory-budget-mb", "nan"), "memory_budget_mb must be a number of MiB"),
+    (("--memory-budget-mb", "-1"), "memory_budget_mb must be a number of MiB"),
+    (("--mask", "gaussian", "--mask-sigma", "inf"), "mask_sigma must be a number of feature"),
+    (("--mask", "drop", "--mask-sigma", "nan"), "mask_sigma must be a number of feature"),
+    (("--batch-size", "0"), "batch_size must be an integer of at least 1, got 0"),
+    (("--mask-sigma", "-5"), "--mask-sigma sets the window of --mask gaussian or drop"),
+    (("--class", "5", "--top-k", "3"), "cannot be combined with --class"),
+    (("--all-classes", "--top-k", "2"), "cannot be combined with --all-classes"),
+    (("--class", "3", "--all-classes"), "--class and --all-classes both choose"),
 ])
 def test_bad_options(capsys, resnet18_dir, image_folder, tmp_path, args, match):
+    """Refused with one line and exit code 2 before any image is read (the folder holds a
+    file that is not an image: reading it would add a line)."""
+    (image_folder / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
     code, _, err = run(capsys, str(resnet18_dir), str(image_folder), "--out", str(out), *args)
     assert code == 2
-    assert len(err.strip().splitlines()) == 1 and match in err
+    assert len(err.strip().splitlines()) == 1 and match in err, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_resume_is_keyed_on_what_made_the_outputs(capsys, image_folder, tmp_path):
+    """A re-export into the same artifact folder, other options or another image under the
+    same name are explained again; unchanged images are skipped and --json still lists them."""
+    from export.graph_export import export_graph_file
+    from graph_models import tiny_classifier
+
+    model, artifact, out = tiny_classifier(tmp_path / "tiny.onnx"), tmp_path / "art", tmp_path / "o"
+    export_graph_file(model, layer="pool", fmt="onnx", out=artifact)
+    args = (str(artifact), str(image_folder), "--out", str(out), "--save-npz", "--json",
+            "--backend", "onnxruntime")
+    code, stdout, _ = run(capsys, *args)
+    first = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 0 and len(first) == 2
+    assert np.load(out / "chelsea.npz")["saliency"].shape == (1, 8, 8)
+
+    code, stdout, err = run(capsys, *args)
+    assert code == 0 and "2 images already explained" in err
+    assert [json.loads(line) for line in stdout.splitlines()] == first
+
+    export_graph_file(model, layer="r2", fmt="onnx", out=artifact)
+    code, stdout, err = run(capsys, *args)
+    assert code == 0 and "already explained" not in err and len(stdout.splitlines()) == 2
+    assert np.load(out / "chelsea.npz")["saliency"].shape == (1, 16, 16)
+
+    code, _, err = run(capsys, *args, "--scores", "softmax")
+    assert code == 0 and "already explained" not in err
+
+    shutil.copy(image_folder / "coffee.jpg", image_folder / "chelsea.jpg")
+    code, stdout, err = run(capsys, *args, "--scores", "softmax")
+    assert code == 0 and "1 images already explained" in err
+    records = {r["path"]: r for r in map(json.loads, stdout.splitlines())}
+    assert len(records) == 2
+    chelsea, coffee = (str(image_folder / f"{n}.jpg") for n in ("chelsea", "coffee"))
+    assert records[chelsea]["top"] == records[coffee]["top"]
 
 
 def test_wrong_or_tampered_artifact(capsys, resnet18_dir, image_folder, tmp_path):

@@ -185,3 +185,99 @@ def test_explanation_images_overlay_and_save(resnet18_dir, photos, tmp_path):
     data = np.load(tmp_path / "cat.npz")
     np.testing.assert_array_equal(data["saliency"], exp.saliency[0])
     assert data["targets"].tolist() == [285, 1] and data["scores"].shape == (1000,)
+
+
+@pytest.fixture(scope="module")
+def graph_artifacts(tmp_path_factory) -> dict:
+    """Artifacts of helper-built graphs: one softmax model exported with and without its
+    softmax, and a model with a 64x64 feature map."""
+    from export.graph_export import export_graph_file
+    from graph_models import tiny_classifier, wide_classifier
+
+    d = tmp_path_factory.mktemp("graph_artifacts")
+    softmax = tiny_classifier(d / "softmax.onnx", softmax=True)
+    return {"logits": export_graph_file(softmax, out=d / "logits"),
+            "probs": export_graph_file(softmax, out=d / "probs", keep_softmax=True),
+            "wide": export_graph_file(wide_classifier(d / "wide.onnx"), fmt="onnx",
+                                      out=d / "wide")}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_kept_softmax_is_not_applied_twice(graph_artifacts, image, backend):
+    """Scoring by probabilities gives the same maps whether g outputs them or the logits."""
+    from conftest import read_manifest
+
+    assert read_manifest(graph_artifacts["probs"])["output"]["logits"] is False
+    by_logits = ReciproCAM(graph_artifacts["logits"], backend=backend, precision="f32",
+                           scores="softmax").explain(image, targets="all")
+    for scores in ("softmax", "logits"):  # a probability model is scored as it is
+        by_probs = ReciproCAM(graph_artifacts["probs"], backend=backend, precision="f32",
+                              scores=scores).explain(image, targets="all")
+        np.testing.assert_allclose(by_probs.saliency, by_logits.saliency, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"memory_budget_mb": float("inf")}, "memory_budget_mb must be a number of MiB"),
+    ({"memory_budget_mb": float("nan")}, "memory_budget_mb must be"),
+    ({"memory_budget_mb": -1}, "memory_budget_mb must be"),
+    ({"memory_budget_mb": 1e12}, "memory_budget_mb must be"),
+    ({"batch_size": 0}, "batch_size must be an integer of at least 1, got 0"),
+    ({"batch_size": 2.5}, "batch_size must be an integer"),
+    ({"mask": "gaussian", "mask_sigma": float("inf")}, "mask_sigma must be a number"),
+    ({"mask": "drop", "mask_sigma": float("nan")}, "mask_sigma must be a number"),
+    ({"mask": "gaussian", "mask_sigma": -5.0}, "mask_sigma must be a number"),
+    ({"mask": "gaussian", "mask_sigma": 1e6}, "mask_sigma must be a number"),
+    ({"mask_sigma": 2.0}, "not to the onehot mask"),
+    ({"mask": "blur"}, "mask must be one of"),
+    ({"scores": "probits"}, "scores must be one of"),
+])
+def test_bad_options_are_refused_before_anything_loads(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ReciproCAM(tmp_path / "not_an_artifact", **kwargs)
+
+
+def test_classes_and_top_k_together_are_refused(graph_artifacts, image):
+    cam = ReciproCAM(graph_artifacts["logits"], backend="onnxruntime")
+    for targets in ([1], 2, "all"):
+        with pytest.raises(ValueError, match="top_k=3 applies only to the predicted classes"):
+            cam.explain(image, targets=targets, top_k=3)
+    assert cam.explain(image, targets=[1, 2]).targets.tolist() == [[1, 2]]
+
+
+def test_gaussian_masks_count_against_the_budget(graph_artifacts):
+    """The N² masks of a 64x64 map (64 MiB) are refused under a 32 MiB budget, unbuilt."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryError, match=r"gaussian masks of a 64x64 feature map take "
+                                              r"64 MiB .* above the memory budget of 32 MiB"):
+            ReciproCAM(graph_artifacts["wide"], backend="onnxruntime", mask="gaussian",
+                       memory_budget_mb=32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_fused_pooling_matrix_counts_against_the_budget(graph_artifacts, image, backend):
+    """f and the pooled tail fuse through an (N + 1) x N matrix: 64 MiB for a 64x64 map. Under
+    a 32 MiB budget the same maps come unfused, without that matrix."""
+    import tracemalloc
+
+    wide = graph_artifacts["wide"]
+    fused = ReciproCAM(wide, backend=backend, precision="f32", scores="softmax")
+    reference = fused.explain(image, top_k=2)
+    tracemalloc.start()
+    try:
+        cam = ReciproCAM(wide, backend=backend, precision="f32", scores="softmax",
+                         memory_budget_mb=32)
+        exp = cam.explain(image, top_k=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20
+    assert exp.saliency.shape == (1, 2, 64, 64)
+    np.testing.assert_array_equal(exp.targets, reference.targets)
+    np.testing.assert_allclose(exp.saliency, reference.saliency, atol=1e-5)

@@ -194,3 +194,32 @@ def test_external_data_outside_the_artifact_is_refused(resnet18_dir, tmp_path):
         ReciproCAM(folder, backend="onnxruntime")
 
 
+
+
+def test_ctrl_c_during_start_up_is_one_line(resnet18_dir, tmp_path, photos):
+    """SIGINT while OpenVINO loads and compiles (its CPU plugin just mapped): exit code 130,
+    one line, no traceback, nothing written."""
+    from pathlib import Path
+
+    image, out = tmp_path / "cat.png", tmp_path / "out"
+    cv2.imwrite(str(image), photos["chelsea"])
+    proc = subprocess.Popen([str(BIN / "reciprocam"), "explain", str(resnet18_dir), str(image),
+                             "--out", str(out), "--backend", "openvino"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if "libopenvino_intel_cpu_plugin" in maps.read_text():
+                break
+        except OSError:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("start-up finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "reciprocam: interrupted during start-up; no image was explained"], err
+    assert not out.exists()

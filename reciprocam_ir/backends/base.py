@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from ..artifact import graph_digest
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 Shape = tuple[int, ...]
@@ -54,6 +57,8 @@ class Backend(ABC):
     name: str = ""
     graph_format: tuple[str, ...] = ()
     """Artifact formats this backend reads, preferred first."""
+    engine_version: str = ""
+    """The engine's version: part of every compile-cache key."""
 
     def __init__(self, device: str, precision: str = "auto",
                  cache_dir: str | Path | None = None) -> None:
@@ -65,8 +70,19 @@ class Backend(ABC):
         """Where compiled / optimised graphs are cached so that a second start is faster."""
 
     @abstractmethod
-    def compile(self, path: Path) -> Graph:
-        """Load and compile one graph file for this backend's device."""
+    def compile(self, path: Path, digest: str | None = None) -> Graph:
+        """Load and compile one graph file for this backend's device.
+
+        ``digest`` stands for every byte the graph reads (``Artifact.graph_digest``, from
+        the verified manifest); the compile cache is keyed on it, so a cached entry can only
+        stand for those bytes. None: hashed from the files (``artifact.graph_digest``).
+        """
+
+    def cache_key(self, path: Path, digest: str | None = None) -> str:
+        """What a compiled form of ``path`` is cached under: its content, this engine's
+        device and precision, never its file name or time stamp."""
+        digest = digest or graph_digest(path)
+        return hashlib.sha256(f"{digest}|{self!r}|{self.engine_version}".encode()).hexdigest()[:24]
 
     def compile_pooled_explainer(self, f_path: Path, tail_path: Path,
                                  feature_shape: tuple[int, int, int],
@@ -89,7 +105,7 @@ class Backend(ABC):
         """
         return None
 
-    def io_shapes(self, path: Path) -> tuple[Shape, Shape] | None:
+    def io_shapes(self, path: Path, digest: str | None = None) -> tuple[Shape, Shape] | None:
         """(input, output) shapes declared by the graph file, or None where not readable."""
         return None
 

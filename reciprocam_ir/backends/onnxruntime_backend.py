@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ class OnnxRuntimeGraph(Graph):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     graph_format = ("onnx",)
+    engine_version = ort.__version__
 
     def __init__(self, device: str | None = None, precision: str = "auto",
                  cache_dir: str | Path | None = None) -> None:
@@ -47,58 +49,80 @@ class OnnxRuntimeBackend(Backend):
                 f"available: {', '.join(ort.get_available_providers())}"
             )
         self.providers = list(dict.fromkeys([provider, PROVIDERS["CPU"]]))
-        self._sessions: dict[Path, OnnxRuntimeGraph] = {}
+        self._sessions: dict[tuple[Path, str | None], OnnxRuntimeGraph] = {}
 
-    def cached_path(self, path: Path) -> Path | None:
-        """Where the optimised form of ``path`` is cached (keyed by file, size, mtime, device)."""
+    def cached_path(self, path: Path, digest: str | None = None) -> Path | None:
+        """Where the optimised form of ``path`` is cached: keyed by :meth:`cache_key`."""
         if self.cache_dir is None:
             return None
-        stat = Path(path).stat()
-        key = hashlib.sha256(
-            f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.device}|"
-            f"{ort.__version__}".encode()).hexdigest()[:16]
-        return self.cache_dir / f"{Path(path).stem}-{key}.ort.onnx"
+        return self.cache_dir / f"{Path(path).stem}-{self.cache_key(path, digest)}.ort.onnx"
 
-    def compile(self, path: Path) -> OnnxRuntimeGraph:
-        """One session per file: sessions are thread-safe, so a second request reuses it."""
-        key = Path(path).resolve()
+    def compile(self, path: Path, digest: str | None = None) -> OnnxRuntimeGraph:
+        """One session per file and content: sessions are thread-safe, so a second request
+        reuses it."""
+        key = (Path(path).resolve(), digest)
         if key not in self._sessions:
-            self._sessions[key] = self._create(path)
+            self._sessions[key] = self._create(Path(path), digest)
         return self._sessions[key]
 
     @staticmethod
-    def _options() -> ort.SessionOptions:
-        """Full graph optimisation; intra-op threads that sleep when a run ends.
+    def _options(optimise: bool = True) -> ort.SessionOptions:
+        """Graph optimisation (unless loading an optimised cache entry); intra-op threads that
+        sleep when a run ends.
 
         Spinning threads (ORT's default) keep a core busy after each run, so a second
         session, numpy or preprocessing that follows runs against them: on a 2-core CPU,
         three sessions run in turn took 2.5x as long with spinning as without.
         """
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL \
+            if optimise else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
-    def _create(self, path: Path) -> OnnxRuntimeGraph:
-        options = self._options()
-        source = path
-        cached = self.cached_path(path)
+    def _create(self, path: Path, digest: str | None) -> OnnxRuntimeGraph:
+        """A session on ``path``, from the cache where a valid entry exists.
+
+        The optimised model is written under a temporary name and renamed into place, so an
+        interrupted write leaves no entry; an entry that fails to load is rebuilt.
+        """
+        cached = self.cached_path(path, digest)
         if cached is not None and cached.is_file():
-            source = cached
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        elif cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            options.optimized_model_filepath = str(cached)
+            try:
+                return OnnxRuntimeGraph(ort.InferenceSession(
+                    str(cached), self._options(optimise=False), providers=self.providers))
+            except Exception:  # noqa: BLE001 - a damaged entry is rebuilt below
+                cached.unlink(missing_ok=True)
+        options = self._options()
+        partial = None
+        if cached is not None:
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BackendError(
+                    f"cannot create cache folder '{cached.parent}': {exc.strerror}") from None
+            partial = cached.with_name(
+                f".{cached.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+            options.optimized_model_filepath = str(partial)
         try:
-            session = ort.InferenceSession(str(source), options, providers=self.providers)
-        except Exception as exc:  # ORT raises its own exception types per failure
+            session = ort.InferenceSession(str(path), options, providers=self.providers)
+        except BaseException as exc:
+            if partial is not None:
+                partial.unlink(missing_ok=True)
+            if not isinstance(exc, Exception):  # Ctrl-C: leave no partial entry behind
+                raise
             raise BackendError(f"ONNX Runtime cannot load {path.name}: {first_line(exc)}") from None
+        if partial is not None:
+            try:
+                os.replace(partial, cached)
+            except OSError:  # an unwritable cache only means the next start optimises again
+                partial.unlink(missing_ok=True)
         return OnnxRuntimeGraph(session)
 
-    def io_shapes(self, path: Path) -> tuple[Shape, Shape] | None:
+    def io_shapes(self, path: Path, digest: str | None = None) -> tuple[Shape, Shape] | None:
         """From the session itself: compiled once here, reused by :meth:`compile`."""
-        session = self.compile(path)._session
+        session = self.compile(path, digest)._session
 
         def shape(value: Any) -> Shape:
             return tuple(d if isinstance(d, int) else -1 for d in value.shape)

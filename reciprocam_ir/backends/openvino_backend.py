@@ -37,6 +37,7 @@ class OpenVINOGraph(Graph):
 class OpenVINOBackend(Backend):
     name = "openvino"
     graph_format = ("ir", "onnx")
+    engine_version = ov.get_version()
 
     def __init__(self, device: str | None = None, precision: str = "auto",
                  cache_dir: str | Path | None = None) -> None:
@@ -64,15 +65,25 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_PRECISION_HINT"] = self.precision
         return config
 
-    def _compile(self, model: str | ov.Model, name: str) -> OpenVINOGraph:
+    def _compile(self, model: str | ov.Model, name: str,
+                 config: dict[str, str] | None = None) -> OpenVINOGraph:
         try:
-            return OpenVINOGraph(self.core.compile_model(model, self.device, self.config()))
+            return OpenVINOGraph(self.core.compile_model(model, self.device,
+                                                         config or self.config()))
         except RuntimeError as exc:
             raise BackendError(
                 f"OpenVINO cannot compile {name} on {self.device}: {first_line(exc)}") from None
 
-    def compile(self, path: Path) -> Graph:
-        return self._compile(str(path), path.name)
+    def compile(self, path: Path, digest: str | None = None) -> Graph:
+        """Compiled from the file; cached in a folder of its own content's key.
+
+        OpenVINO keys a model compiled from a path on the path (an IR's ``.bin`` changed in
+        place is served stale from its cache); models built in memory it keys on content.
+        """
+        config = self.config()
+        if self.cache_dir is not None:
+            config["CACHE_DIR"] = str(self.cache_dir / f"openvino-{self.cache_key(path, digest)}")
+        return self._compile(str(path), path.name, config)
 
     def compile_pooled_explainer(self, f_path: Path, tail_path: Path,
                                  feature_shape: tuple[int, int, int],
@@ -86,7 +97,7 @@ class OpenVINOBackend(Backend):
                 f"OpenVINO cannot read {f_path.name}/{tail_path.name}: {first_line(exc)}") from None
         return self._compile(model, f"{f_path.name}+{tail_path.name}")
 
-    def io_shapes(self, path: Path) -> tuple[Shape, Shape] | None:
+    def io_shapes(self, path: Path, digest: str | None = None) -> tuple[Shape, Shape] | None:
         try:
             model = self.core.read_model(str(path))
         except RuntimeError:

@@ -1,0 +1,142 @@
+"""Image files and encoded bytes → HxWx3 uint8 RGB, with memory bounded before decoding.
+
+The header is read first (:mod:`.image_header`): too many pixels, an absurd aspect ratio
+or a file larger than its image can be are refused before a byte of pixels is decoded
+or the rest of the file is read. OpenCV then decodes, applying the EXIF orientation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .image_header import ImageError, ImageHeader, read_header
+
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_ASPECT_RATIO = 1000
+"""Longer side over shorter side; beyond it an image is refused (1×16000 is no photo)."""
+MAX_BYTES_PER_PIXEL = 16
+"""An uncompressed 4-channel 32-bit image: the most bytes a pixel can take in a file."""
+METADATA_BYTES = 16 * 2**20
+"""Allowance for metadata (EXIF, ICC profiles, thumbnails) on top of the pixels."""
+_DECODE_FLAGS = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH  # not UNCHANGED: EXIF is applied
+
+
+def max_file_bytes(pixels: int) -> int:
+    """The most bytes a file of an image with ``pixels`` pixels is read up to."""
+    return MAX_BYTES_PER_PIXEL * pixels + METADATA_BYTES
+
+
+def check_header(header: ImageHeader, size: int, max_pixels: int) -> None:
+    """Refuse, from the header alone, what would take too much memory to decode."""
+    w, h = header.width, header.height
+    if w * h > max_pixels:
+        raise ImageError(f"{header.format} image of {w}x{h} pixels has more than the "
+                         f"{max_pixels}-pixel limit")
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise ImageError(f"{header.format} image of {w}x{h} pixels: aspect ratio beyond the "
+                         f"{MAX_ASPECT_RATIO}:1 limit")
+    if size > max_file_bytes(w * h):
+        raise ImageError(f"file of {size} bytes is larger than a {w}x{h} {header.format} "
+                         f"image can be (limit {max_file_bytes(w * h)} bytes)")
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB (upright by its EXIF orientation).
+
+    Only the header is read before the checks of :func:`check_header`; then at most
+    :func:`max_file_bytes` of the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError("no such file" if not path.exists() else "not a file")
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise ImageError("empty file")
+
+            def read(offset: int, n: int) -> bytes:
+                f.seek(offset)
+                return f.read(n)
+
+            header = read_header(read)
+            check_header(header, size, max_pixels)
+            f.seek(0)
+            limit = max_file_bytes(header.width * header.height)
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise ImageError(f"cannot read the file ({exc.strerror or exc})") from None
+    check_header(header, len(data), max_pixels)
+    return _decode(np.frombuffer(data, np.uint8), header, max_pixels)
+
+
+def decode_image(data: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an encoded image (PNG, JPEG, ...; content decides) as HxWx3 uint8 RGB.
+
+    The one decoder behind every entry point (files, server requests, dataset rows),
+    with the same header checks as :func:`read_image`.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = np.frombuffer(data, dtype=np.uint8)
+    elif not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise ImageError(f"expected encoded image bytes, got {type(data).__name__}")
+    data = data.reshape(-1)
+    if data.size == 0:
+        raise ImageError("empty file")
+    header = read_header(lambda offset, n: data[offset : offset + n].tobytes())
+    check_header(header, data.size, max_pixels)
+    return _decode(data, header, max_pixels)
+
+
+def _decode(data: np.ndarray, header: ImageHeader, max_pixels: int) -> np.ndarray:
+    try:
+        image = cv2.imdecode(data, _DECODE_FLAGS)
+    except cv2.error as exc:  # OpenCV refuses some headers by raising
+        reason = str(exc).strip().splitlines()[-1][:120]
+        raise ImageError(f"not a readable image ({reason})") from None
+    if image is None:
+        raise ImageError(f"not a readable image (corrupt or truncated {header.format} data)")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ImageError(f"image has more than the {max_pixels}-pixel limit")
+    image = to_uint8(image)
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    raise ImageError(f"unsupported number of channels: {channels}")
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Pixel values as 0..255, by the rule README documents (never saturating).
+
+    8-bit is kept; 16-bit unsigned maps its full range 0..65535. Any other depth (signed
+    integers, floats) maps the first of these ranges that holds all its values: [0, 1]
+    (floats only), [0, 255], [0, 65535], else the image's own min..max. NaN or infinite
+    values are refused.
+    """
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return _scaled(image, 0.0, 65535.0)
+    is_float = np.issubdtype(image.dtype, np.floating)
+    if is_float and not np.isfinite(image).all():
+        raise ImageError(f"{image.dtype} image holds NaN or infinite values")
+    lo, hi = float(image.min()), float(image.max())
+    for top in ((1.0, 255.0, 65535.0) if is_float else (255.0, 65535.0)):
+        if lo >= 0.0 and hi <= top:
+            return _scaled(image, 0.0, top)
+    return _scaled(image, lo, hi)
+
+
+def _scaled(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros(image.shape, np.uint8)
+    scaled = (image.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

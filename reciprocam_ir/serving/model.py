@@ -1,0 +1,170 @@
+"""One KServe model per artifact: ``:predict`` runs the plain classifier, ``:explain`` and v2
+``infer`` run :class:`ReciproCAM`; both are compiled once, at load."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve import Model
+from kserve.errors import InferenceError, InvalidInput
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from ..artifact import Artifact
+from ..backends import Backend, BackendError, create_backend
+from ..explainer import ReciproCAM
+from ..explanation import Explanation
+from ..messages import first_line
+from ..preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from . import payload
+from .payload import ImageRequest
+
+PREDICT_TOP_K = 5
+"""Classes per image that ``:predict`` returns unless ``parameters.top_k`` says otherwise."""
+
+
+class Classifier:
+    """The deployed model itself: class scores without an explanation, for ``:predict``.
+
+    Its cost is the plain model's, so that the explain/predict ratio is the price of the
+    explanation: ``f`` and the pooled tail as one graph where the backend fuses them (the
+    scores ``ReciproCAM`` reports come from the same graph), else ``g(f(x))``.
+    """
+
+    def __init__(self, artifact: Artifact, backend: Backend, batch_size: int = 8) -> None:
+        self.preprocessing = artifact.preprocessing
+        self.batch_size = batch_size
+        fused = backend.compile_features_and_scores(
+            graph_file(artifact, backend, "f"), graph_file(artifact, backend, "g_pooled")
+        ) if artifact.g_starts_with_gap else None
+        if fused is not None:
+            self._scores = lambda batch: fused(batch)[1]
+        else:
+            f, g = (backend.compile(graph_file(artifact, backend, role)) for role in ("f", "g"))
+            self._scores = lambda batch: g(f(batch))
+
+    def __call__(self, images: list[np.ndarray]) -> np.ndarray:
+        """(B, num_classes) float32 scores of RGB uint8 images."""
+        scores = []
+        for start in range(0, len(images), self.batch_size):
+            batch = np.concatenate([self.preprocessing(rgb)
+                                    for rgb in images[start : start + self.batch_size]])
+            scores.append(self._scores(batch))
+        return np.concatenate(scores)
+
+
+def graph_file(artifact: Artifact, backend: Backend, role: str) -> Path:
+    """Graph ``role`` of the artifact in the first format the backend reads."""
+    for fmt in backend.graph_format:
+        path = artifact.graph_path(role, fmt)
+        if path is not None:
+            return path
+    raise BackendError(f"{artifact.folder}: no '{role}' graph in a format the "
+                       f"{backend.name} backend reads ({', '.join(backend.graph_format)})")
+
+
+class ExplainerModel(Model):
+    """A KServe model serving one artifact (DESIGN.md, "Serving").
+
+    Requests run in worker threads (``ReciproCAM.explain`` is thread-safe), so the event loop
+    keeps accepting requests; several images in one request go through the runtime as one
+    batch. Pickled for ``--workers`` as its settings: each worker process compiles its own.
+    """
+
+    def __init__(self, name: str, artifact: Artifact, backend: str | None = None,
+                 device: str | None = None, precision: str = "auto",
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(name)
+        self.settings = {"name": name, "artifact": artifact, "backend": backend,
+                         "device": device, "precision": precision, "max_pixels": max_pixels}
+        self.max_pixels = max_pixels
+        self.cam: ReciproCAM | None = None
+        self.classifier: Classifier | None = None
+
+    def load(self) -> bool:
+        """Compile the explainer and the plain classifier (ArtifactError, BackendError, ...)."""
+        s = self.settings
+        self.cam = ReciproCAM(s["artifact"], backend=s["backend"], device=s["device"],
+                              precision=s["precision"], max_pixels=s["max_pixels"])
+        backend = create_backend(s["backend"], s["device"], s["precision"])
+        self.classifier = Classifier(self.cam.artifact, backend)
+        self.ready = True
+        return self.ready
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"settings": self.settings, "latency_logging": self.enable_latency_logging}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["settings"])
+        self.enable_latency_logging = state["latency_logging"]
+        self.load()
+
+    def get_input_types(self) -> list[dict]:
+        return [{"name": payload.IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        artifact = self.cam.artifact
+        _, h, w = artifact.feature_shape
+        return [{"name": "scores", "datatype": "FP32", "shape": [-1, artifact.num_classes]},
+                {"name": "targets", "datatype": "INT64", "shape": [-1, -1]},
+                {"name": "saliency", "datatype": "FP32", "shape": [-1, -1, h, w]}]
+
+    def validate(self, request: Any) -> Any:
+        """Nothing left to check: :meth:`preprocess` parsed and validated the request."""
+        return request
+
+    async def preprocess(self, body: Any, headers: dict[str, str] | None = None
+                         ) -> ImageRequest:
+        """Parse the request, check its options, then decode its images (in a worker thread)."""
+        request = payload.v2_request(body) if isinstance(body, InferRequest) \
+            else payload.v1_request(body)
+        try:
+            self.cam.check_targets(request.targets,
+                                   1 if request.top_k is None else request.top_k)
+        except ValueError as exc:
+            raise InvalidInput(first_line(exc)) from None
+        request.images = await asyncio.to_thread(self._decode, request.encoded)
+        request.encoded = []
+        return request
+
+    def _decode(self, encoded: list[bytes]) -> list[np.ndarray]:
+        images = []
+        for i, data in enumerate(encoded):
+            try:
+                images.append(decode_image(data, self.max_pixels))
+            except ImageError as exc:
+                raise InvalidInput(f"image {i}: {first_line(exc)}") from None
+        return images
+
+    async def predict(self, request: ImageRequest, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None
+                      ) -> dict | InferResponse:
+        """v1: the top classes of each image; v2 ``infer``: scores, targets and maps."""
+        if request.infer_request is not None:
+            exp = await self._explain(request)
+            return payload.infer_response(request.infer_request, exp, self.name)
+        if request.targets is not None:
+            raise InvalidInput(":predict takes parameter top_k only (targets are for :explain)")
+        num_classes = self.cam.artifact.num_classes
+        top_k = min(PREDICT_TOP_K, num_classes) if request.top_k is None else request.top_k
+        scores = await self._run(self.classifier, request.images)
+        return payload.predictions(scores, top_k, self.cam.artifact.label)
+
+    async def explain(self, request: ImageRequest, headers: dict[str, str] | None = None
+                      ) -> dict:
+        """v1: per image the explained classes, their scores and saliency maps."""
+        return payload.explanations(await self._explain(request))
+
+    async def _explain(self, request: ImageRequest) -> Explanation:
+        top_k = 1 if request.top_k is None else request.top_k
+        return await self._run(self.cam.explain, request.images, request.targets, top_k)
+
+    @staticmethod
+    async def _run(function: Any, *args: Any) -> Any:
+        """Run inference in a worker thread; engine failures are one-line 500s."""
+        try:
+            return await asyncio.to_thread(function, *args)
+        except (FloatingPointError, BackendError, RuntimeError, MemoryError) as exc:
+            raise InferenceError(first_line(exc)) from None

@@ -1,0 +1,77 @@
+"""The preprocessing the exporter writes: torchvision's recipe, callables, graph-file flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from torch import nn
+
+from conftest import export_refused as refused
+from conftest import read_manifest as manifest
+from export import cli
+from export.model_source import load_model
+from graph_models import tiny_classifier
+from reciprocam_ir import ReciproCAM
+
+
+@pytest.mark.parametrize("name, interpolation, resize", [
+    ("resnet18", "bilinear", 256), ("efficientnet_b0", "bicubic", 256), ("swin_t", "bicubic", 232),
+])
+def test_torchvision_manifest_records_the_weights_interpolation(name, interpolation, resize):
+    p = load_model(name, weights="none").preprocessing
+    assert (p.interpolation, p.antialias, p.resize_size, p.size) == (
+        interpolation, True, resize, (224, 224))
+    assert p.to_dict()["interpolation"] == interpolation
+
+
+def test_callable_can_ask_for_the_pad_policy():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    model.reciprocam_input = {"size": 64, "resize": "pad", "pad_position": "top_left",
+                              "pad_value": 127.5, "interpolation": "bicubic"}
+    p = load_model(model).preprocessing
+    assert (p.resize, p.pad_position, p.pad_value, p.interpolation) == (
+        "pad", "top_left", 127.5, "bicubic")
+    assert p.resize_size is None
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_classifier(tmp_path_factory.mktemp("graphs") / "tiny.onnx")
+
+
+def test_graph_file_pad_policy(tiny, tmp_path):
+    out = tmp_path / "padded"
+    assert cli.main([str(tiny), "--out", str(out), "-q", "--format", "onnx", "--resize", "pad",
+                     "--pad-position", "top_left", "--pad-value", "127.5",
+                     "--interpolation", "bicubic", "--antialias", "off"]) == 0
+    m = manifest(out)["input"]
+    assert (m["resize"], m["pad_position"], m["pad_value"], m["resize_size"]) == (
+        "pad", "top_left", 127.5, None)
+    assert (m["interpolation"], m["antialias"]) == ("bicubic", False)
+    line = np.random.default_rng(0).integers(0, 256, (8, 32, 3), dtype=np.uint8)
+    exp = ReciproCAM(out, backend="onnxruntime").explain(line)
+    assert exp.boxes[0] == pytest.approx((0.0, 0.0, 32.0, 32.0))  # 16x16: the line on top
+    assert exp.upsample(0).shape == (1, 8, 32)
+
+
+def test_graph_file_crop_flags(tiny, tmp_path):
+    out = tmp_path / "crop"
+    assert cli.main([str(tiny), "--out", str(out), "-q", "--format", "onnx", "--resize", "crop",
+                     "--resize-size", "20"]) == 0
+    assert manifest(out)["input"]["resize"] == "shorter_side_crop"
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--resize", "crop"], "--resize-size N goes with --resize crop"),
+    (["--resize", "pad", "--resize-size", "20"], "--resize-size N goes with --resize crop"),
+    (["--pad-value", "3"], "apply only to --resize pad"),
+    (["--resize-size", "10000000"], "resize_size must be an integer in 1..8192"),
+])
+def test_bad_graph_file_preprocessing(capsys, tmp_path, tiny, args, match):
+    assert match in refused(capsys, tmp_path, str(tiny), "--format", "onnx", *args)
+
+
+def test_graph_file_flags_are_refused_for_torch_models(capsys, tmp_path):
+    assert "--resize, --pad-value apply only to .onnx/.xml" in refused(
+        capsys, tmp_path, "resnet18", "--weights", "none", "--resize", "pad", "--pad-value", "1")

@@ -1,0 +1,86 @@
+"""Image sizes read from headers, before decoding: every accepted format, odd layouts."""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+from reciprocam_ir.image_header import ImageError, read_header
+
+
+def header_of(data: bytes):
+    return read_header(lambda offset, n: data[offset : offset + n])
+
+
+RGB = np.random.default_rng(0).integers(0, 256, (21, 34, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("ext, image, params, name", [
+    (".png", RGB, [], "PNG"),
+    (".jpg", RGB, [], "JPEG"),
+    (".jpg", RGB, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], "JPEG"),
+    (".bmp", RGB, [], "BMP"),
+    (".tiff", RGB, [], "TIFF"),
+    (".tiff", RGB.astype(np.float32), [], "TIFF"),
+    (".webp", RGB, [cv2.IMWRITE_WEBP_QUALITY, 80], "WebP"),   # lossy: VP8
+    (".webp", RGB, [cv2.IMWRITE_WEBP_QUALITY, 101], "WebP"),  # lossless: VP8L
+    (".ppm", RGB, [], "PNM"),
+    (".pgm", RGB[..., 0], [], "PNM"),
+    (".pam", RGB, [], "PNM"),
+    (".pfm", RGB.astype(np.float32), [], "PNM"),
+    (".gif", RGB, [], "GIF"),
+    (".ras", RGB, [], "Sun raster"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_header_size_of_every_accepted_format(ext, image, params, name):
+    ok, data = cv2.imencode(ext, image, params)
+    assert ok
+    header = header_of(data.tobytes())
+    assert (header.format, header.width, header.height) == (name, 34, 21)
+
+
+def test_jpeg_frame_header_after_large_metadata_segments():
+    data = cv2.imencode(".jpg", RGB)[1].tobytes()
+    app2 = b"\xff\xe2" + struct.pack(">H", 65000) + bytes(64998)
+    header = header_of(data[:2] + app2 * 3 + data[2:])
+    assert (header.width, header.height) == (34, 21)
+
+
+def test_hand_made_headers():
+    # big-endian TIFF, BigTIFF, OS/2 BMP, WebP VP8X and a GIF frame reaching past its screen
+    mm = b"MM\0*" + struct.pack(">I", 8) + struct.pack(">H", 2) + struct.pack(
+        ">HHIHH", 256, 3, 1, 640, 0) + struct.pack(">HHII", 257, 4, 1, 480)
+    big = b"II+\0" + struct.pack("<HHQ", 8, 0, 16) + struct.pack("<Q", 2) + struct.pack(
+        "<HHQQ", 256, 4, 1, 70000) + struct.pack("<HHQQ", 257, 3, 1, 9)
+    os2 = b"BM" + bytes(12) + struct.pack("<IHH", 12, 77, 55)
+    vp8x = b"RIFF" + bytes(4) + b"WEBPVP8X" + bytes(8) + (1999).to_bytes(3, "little") + (
+        2999).to_bytes(3, "little")
+    gif = b"GIF89a" + struct.pack("<HHBBB", 10, 10, 0, 0, 0) + b"\x21\xf9\x04" + bytes(4) + (
+        b"\0\x2c" + struct.pack("<HHHH", 5, 0, 3000, 2000))
+    sizes = {data: (header_of(data).width, header_of(data).height)
+             for data in (mm, big, os2, vp8x, gif)}
+    assert list(sizes.values()) == [(640, 480), (70000, 9), (77, 55), (2000, 3000),
+                                    (3005, 2000)]
+
+
+@pytest.mark.parametrize("ext", [".hdr", ".avif"])
+def test_formats_opencv_reads_but_the_reader_does_not_are_refused(ext):
+    data = cv2.imencode(ext, RGB.astype(np.float32) if ext == ".hdr" else RGB)[1].tobytes()
+    with pytest.raises(ImageError, match="unsupported format; the reader takes PNG, JPEG"):
+        header_of(data)
+
+
+@pytest.mark.parametrize("data, match", [
+    (b"\x89PNG\r\n\x1a\n\0\0", "truncated PNG header"),
+    (b"\xff\xd8\xff\xd9", "JPEG without a frame header"),
+    (b"P6\n# only a comment\n", "PNM header without width and height"),
+    (b"BM" + bytes(12) + struct.pack("<Iii", 40, -5, 5), "BMP with width -5"),
+    (b"GIF89a" + struct.pack("<HHBBB", 0, 4, 0, 0, 0) + b"\x2c" + bytes(8), "size of 0x4"),
+    (b"hello world", "unknown or unsupported format"),
+])
+def test_broken_headers_are_one_line_refusals(data, match):
+    with pytest.raises(ImageError, match=match) as err:
+        header_of(data)
+    assert "\n" not in str(err.value)

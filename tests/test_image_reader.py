@@ -1,0 +1,260 @@
+"""Reading untrusted image files: bounded memory, EXIF orientation, every pixel depth."""
+
+from __future__ import annotations
+
+import json
+import resource
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import BIN, subprocess_env
+from reciprocam_ir import ReciproCAM
+from reciprocam_ir.image_reader import MAX_ASPECT_RATIO, to_uint8
+from reciprocam_ir.preprocess import ImageError, decode_image, read_image
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def grey_png(width: int, height: int, idat: bytes | None = None) -> bytes:
+    """An 8-bit grey PNG of zeros, built by hand (an ``idat`` of b"" claims the size only)."""
+    if idat is None:
+        stream = zlib.compressobj(9)
+        raw = (width + 1) * height
+        step = 1 << 24
+        idat = b"".join([stream.compress(bytes(min(step, raw - i))) for i in range(0, raw, step)]
+                        + [stream.flush()])
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat)
+            + _chunk(b"IEND", b""))
+
+
+MEASURE = """
+import json, resource, sys
+from reciprocam_ir.preprocess import ImageError, Preprocessing, read_image
+if int(sys.argv[2]):
+    resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    x = Preprocessing(size=(224, 224), resize_size=256)(read_image(sys.argv[1]))
+    result = "ok " + "x".join(map(str, x.shape))
+except ImageError as exc:
+    result = "refused: " + str(exc)
+grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"result": result, "grew_mb": grew}))
+"""
+
+
+def read_in_subprocess(path: Path, address_space: int = 0) -> dict:
+    """Read and preprocess ``path`` in a fresh process; its result and peak-RSS growth (MB)."""
+    proc = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(address_space)],
+                          capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory) -> Path:
+    """A real, decodable 389 KB PNG of 20000×20000 pixels (400 MB once decoded)."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    path.write_bytes(grey_png(20000, 20000))
+    return path
+
+
+def test_decompression_bomb_is_refused_from_its_header(bomb):
+    """It used to be decoded first (0.4-0.9 GB) and refused after."""
+    measured = read_in_subprocess(bomb)
+    assert measured["result"] == ("refused: PNG image of 20000x20000 pixels has more than the "
+                                  "100000000-pixel limit")
+    assert measured["grew_mb"] < 50, measured
+
+
+def test_decode_image_refuses_a_header_claim_before_decoding():
+    claim = grey_png(20000, 20000, idat=b"")
+    assert len(claim) < 100
+    with pytest.raises(ImageError, match="more than the 100000000-pixel limit"):
+        decode_image(claim)
+    with pytest.raises(ImageError, match="more than the 400-pixel limit"):
+        decode_image(grey_png(30, 30), max_pixels=400)
+
+
+def test_long_strip_is_preprocessed_without_resizing_all_of_it(tmp_path):
+    """16×16000 at 256/224 used to be resized whole to 256×256000 before the crop."""
+    path = tmp_path / "strip.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 256, (16, 16000), np.uint8))
+    measured = read_in_subprocess(path)
+    assert measured["result"] == "ok 1x3x224x224"
+    assert measured["grew_mb"] < 50, measured
+
+
+def test_absurd_aspect_ratio_is_refused(tmp_path):
+    cv2.imwrite(str(tmp_path / "line.png"), np.zeros((1, 16000), np.uint8))
+    with pytest.raises(ImageError, match=f"aspect ratio beyond the {MAX_ASPECT_RATIO}:1 limit"):
+        read_image(tmp_path / "line.png")
+
+
+def test_huge_files_are_not_read_whole(tmp_path):
+    """A 2 GB non-image file, and a 2 GB file behind a small PNG's header (sparse files)."""
+    junk, padded = tmp_path / "junk.bin", tmp_path / "padded.png"
+    for path, start in ((junk, b"\0"), (padded, grey_png(8, 8))):
+        with path.open("wb") as f:
+            f.write(start)
+            f.truncate(2**31)
+    measured = read_in_subprocess(junk, address_space=2**31)
+    assert measured["result"].startswith("refused: not a readable image (unknown or unsupported")
+    assert measured["grew_mb"] < 50
+    measured = read_in_subprocess(padded, address_space=2**31)
+    assert measured["result"].startswith("refused: file of 2147483648 bytes is larger than a "
+                                         "8x8 PNG image can be")
+    assert measured["grew_mb"] < 50
+
+
+def _jpeg_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG whose EXIF (written here by hand, little-endian TIFF) holds Orientation."""
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    tiff = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack(
+        "<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    app1 = b"Exif\0\0" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+UPRIGHT = {  # EXIF 2.3: where the stored 0th row and column belong on display
+    1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1),
+}
+
+
+def _quadrants(height: int, width: int) -> np.ndarray:
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[: height // 2, : width // 2] = (255, 0, 0)
+    rgb[: height // 2, width // 2 :] = (0, 255, 0)
+    rgb[height // 2 :, : width // 2] = (0, 0, 255)
+    rgb[height // 2 :, width // 2 :] = 255
+    return rgb
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    stored = _quadrants(300, 451)
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(_jpeg_with_orientation(stored, orientation))
+    rgb = read_image(path)
+    expected = UPRIGHT[orientation](stored)
+    assert rgb.shape == expected.shape
+    assert np.abs(rgb.astype(float) - expected).mean() < 4
+
+
+def test_exif_rotated_photo_is_explained_upright_and_strip_refused_under_3gb(
+        resnet18_dir, tmp_path):
+    """Through the CLI, under a 3 GB address-space limit: the 1×16000 strip is one line of
+    error (it was a cv2.error traceback) and the phone photo next to it is still explained,
+    its overlay upright (451×300, not 300×451)."""
+    cv2.imwrite(str(tmp_path / "strip.png"), np.zeros((1, 16000), np.uint8))
+    (tmp_path / "phone.jpg").write_bytes(_jpeg_with_orientation(_quadrants(300, 451), 6))
+    out = tmp_path / "out"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+
+    proc = subprocess.run([str(BIN / "reciprocam"), "explain", str(resnet18_dir),
+                           str(tmp_path / "strip.png"), str(tmp_path / "phone.jpg"),
+                           "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=subprocess_env(),
+                          preexec_fn=limit)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr
+    assert "strip.png" in errors[0] and "aspect ratio" in errors[0]
+    assert "Traceback" not in proc.stderr
+    (overlay,) = out.glob("phone_*.png")
+    assert cv2.imread(str(overlay)).shape[:2] == (451, 300)
+    exp = ReciproCAM(resnet18_dir).explain(tmp_path / "phone.jpg")
+    assert exp.images[0].shape[:2] == (451, 300)
+
+
+@pytest.fixture()
+def rgb():
+    return np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+
+
+def test_reads_colour_grey_rgba_and_16_bit(tmp_path, rgb):
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(tmp_path / "c.png"), bgr)
+    np.testing.assert_array_equal(read_image(tmp_path / "c.png"), rgb)
+    grey = rgb[..., 0]
+    cv2.imwrite(str(tmp_path / "g.png"), grey)
+    np.testing.assert_array_equal(read_image(tmp_path / "g.png"), np.dstack([grey] * 3))
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA))
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgb)
+    cv2.imwrite(str(tmp_path / "w.png"), bgr.astype(np.uint16) * 257)
+    np.testing.assert_array_equal(read_image(tmp_path / "w.png"), rgb)
+    (tmp_path / "png_named.jpg").write_bytes((tmp_path / "c.png").read_bytes())
+    np.testing.assert_array_equal(read_image(tmp_path / "png_named.jpg"), rgb)
+    data = (tmp_path / "c.png").read_bytes()
+    np.testing.assert_array_equal(decode_image(data), rgb)
+    np.testing.assert_array_equal(decode_image(np.frombuffer(data, np.uint8)), rgb)
+
+
+@pytest.mark.parametrize("dtype, values, expected", [
+    (np.int32, [0, 100, 200], [0, 100, 200]),            # fits 0..255: kept (was 0, 255, 255)
+    (np.float32, [0.0, 100.0, 200.0], [0, 100, 200]),    # floats in 0..255 (was all 255)
+    (np.float32, [0.0, 0.5, 1.0], [0, 128, 255]),        # floats in [0, 1]: x 255
+    (np.int32, [0, 1000, 65535], [0, 4, 255]),           # 16-bit data in 32 bits
+    (np.int32, [-100, 0, 100], [0, 128, 255]),           # anything else: its own range
+    (np.float32, [-1.0, 0.0, 3.0], [0, 64, 255]),
+    (np.int16, [-5, 0, 5], [0, 128, 255]),
+])
+def test_high_bit_depth_tiffs_are_scaled_not_saturated(tmp_path, dtype, values, expected):
+    image = np.repeat(np.asarray(values, dtype)[None, :], 4, axis=0)
+    cv2.imwrite(str(tmp_path / "deep.tiff"), image)
+    rgb = read_image(tmp_path / "deep.tiff")
+    np.testing.assert_array_equal(rgb[0, :, 0], expected)
+
+
+def test_float_tiff_with_nan_is_refused(tmp_path):
+    cv2.imwrite(str(tmp_path / "nan.tiff"), np.array([[0.0, np.nan]], np.float32))
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        read_image(tmp_path / "nan.tiff")
+    assert to_uint8(np.full((2, 2), 7.0, np.float64)).tolist() == [[7, 7], [7, 7]]
+
+
+def test_unreadable_files(tmp_path, rgb):
+    with pytest.raises(ImageError, match="no such file"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageError, match="empty file"):
+        read_image(tmp_path / "empty.jpg")
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(ImageError, match="not a readable image"):
+        read_image(tmp_path / "text.png")
+    with pytest.raises(ImageError, match="not a file"):
+        read_image(tmp_path)
+    cv2.imwrite(str(tmp_path / "big.png"), rgb)
+    with pytest.raises(ImageError, match="pixel limit"):
+        read_image(tmp_path / "big.png", max_pixels=100)
+    data = cv2.imencode(".png", rgb)[1].tobytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="not a readable image"):
+        read_image(tmp_path / "cut.png")
+
+
+def test_header_with_absurd_size_is_refused_not_raised(tmp_path, rgb):
+    """Found by the fuzz test: OpenCV raises (rather than returns None) on such headers."""
+    data = bytearray(cv2.imencode(".bmp", rgb)[1].tobytes())
+    data[18:22] = (2**24).to_bytes(4, "little")  # BMP width
+    (tmp_path / "wide.bmp").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="pixel limit"):
+        read_image(tmp_path / "wide.bmp")
+    data[18:22] = (2**12).to_bytes(4, "little")  # a width the data does not hold
+    (tmp_path / "short.bmp").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="not a readable image"):
+        read_image(tmp_path / "short.bmp")
