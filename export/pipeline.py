@@ -47,21 +47,33 @@ def prepare(
 
 
 def torch_reference(loaded: LoadedModel, split: Split) -> Reference:
-    """The model, ``f`` and ``g`` in torch, one image (and one masked map) at a time."""
+    """The model in torch, one image at a time, with its map at the cut (read by a hook on the
+    cut's module, so ``f`` is checked against the model itself), and ``g`` one masked map at a
+    time."""
 
     def run(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: module(torch.from_numpy(x)).numpy()
 
     images = verification_images((1, 3, *loaded.preprocessing.size))
+    maps: list[torch.Tensor] = []
+    hook = loaded.model.get_submodule(split.cut.name).register_forward_hook(
+        lambda module, args, output: maps.append(output.detach().clone()))
     try:
         with torch.no_grad():
             scores = one_at_a_time(run(loaded.model), images)
-            feature = one_at_a_time(run(split.f), images)
+            if len(maps) != len(images):
+                raise ExportError(f"{loaded.name}: layer '{split.cut.name}' ran {len(maps)} "
+                                  f"times for {len(images)} images; choose another --layer")
+            feature = torch.cat(maps).numpy()
             masked = first_masked_maps(feature[:1])
             masked_scores = one_at_a_time(run(split.g), masked)
+    except ExportError:
+        raise
     except Exception as exc:  # the model's own errors on the second image
         raise ExportError(f"{loaded.name}: the model fails on the check input "
                           f"({first_line(exc)})") from None
+    finally:
+        hook.remove()
     check_input_dependence(scores, loaded.name)
     return Reference(images, scores, masked, masked_scores, feature)
 
