@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from reciprocam_ir.preprocess import INTERPOLATIONS, PAD_POSITIONS
 
 from .errors import ExportError
-from .file_cut import is_graph_file
-from .staging import FORMATS
+from .input_size import parse_input_size
 
 
 def parser() -> argparse.ArgumentParser:
+    from .staging import FORMATS  # numpy, OpenCV: imported once Ctrl-C is handled
+
     p = argparse.ArgumentParser(
         prog="reciprocam-export",
         description="Cut a PyTorch classifier, or an ONNX / OpenVINO IR classifier file, at a "
@@ -28,9 +32,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None,
                    help="module path to cut after, or for a graph file a tensor (ONNX) or "
                         "node (IR) name (default: last valid spatial cut)")
-    p.add_argument("--input-size", type=int, default=None,
-                   help="square input size in pixels (graph files: only for a dynamic H, W; "
-                        "default 224)")
+    p.add_argument("--input-size", type=parse_input_size, default=None, metavar="N|HxW",
+                   help="input size in pixels, N (square) or HxW such as 48x192 (graph files: "
+                        "only for a dynamic H, W; default 224)")
     p.add_argument("--format", choices=FORMATS, default="both")
     p.add_argument("--out", default=None, help="artifact folder (default: models/<name>)")
     p.add_argument("--explain-top-k", type=int, default=1, metavar="K",
@@ -77,7 +81,7 @@ def print_cuts(cuts: list[tuple[str, tuple[int, ...], tuple[str, ...]]], default
         print(f"{name:<{width}} {' x '.join(map(str, shape)):<20} {', '.join(aliases)}{mark}")
 
 
-def list_layers(model: str, weights: str | None, size: int | None) -> None:
+def list_layers(model: str, weights: str | None, size: tuple[int, int] | None) -> None:
     from .pipeline import prepare
 
     _, graph, _ = prepare(model, weights if weights else "none", size)
@@ -119,35 +123,76 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
                              explain_top_k=args.explain_top_k, **options)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C while heavy libraries import, then raise it as KeyboardInterrupt.
 
+    A SIGINT inside a native library's initialisation (torch, OpenVINO) can abort the
+    process instead of raising; held here, it becomes the usual one-line "interrupted".
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def import_libraries(model: str) -> None:
+    """Import what exporting ``model`` needs up front: torch or onnx, OpenVINO, numpy."""
+    from .file_cut import is_graph_file
+
+    if is_graph_file(model):
+        from . import graph_export  # noqa: F401
+    else:
+        from . import pipeline  # noqa: F401
+
+
+def stderr_log(quiet: bool) -> Callable[[str], None]:
     def log(message: str) -> None:
-        if not args.quiet:
+        if not quiet:
             print(message, file=sys.stderr, flush=True)
 
-    try:
-        if is_graph_file(args.model):
-            out = export_file(args, log)
-            if out is None:
-                return 0
-        elif args.list_layers:
-            list_layers(args.model, args.weights, args.input_size)
-            return 0
-        else:
-            check_torch_args(args)
-            from .pipeline import export_artifact
+    return log
 
-            out = export_artifact(args.model, args.weights, args.layer, args.input_size,
-                                  args.format, args.out, log, args.explain_top_k)
+
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
+    """Export (or list the layers of) ``args.model``; the artifact's path, None for a list."""
+    from .file_cut import is_graph_file
+
+    if is_graph_file(args.model):
+        return export_file(args, log)
+    if args.list_layers:
+        list_layers(args.model, args.weights, args.input_size)
+        return None
+    check_torch_args(args)
+    from .pipeline import export_artifact
+
+    return export_artifact(args.model, args.weights, args.layer, args.input_size, args.format,
+                           args.out, log, args.explain_top_k)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        with interrupts_deferred():
+            args = parser().parse_args(argv)
+            import_libraries(args.model)
+        log = stderr_log(args.quiet)
+        out = run(args, log)
     except ExportError as exc:
         print(f"reciprocam-export: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("reciprocam-export: interrupted; nothing written", file=sys.stderr)
         return 130
-    log(f"wrote {out}")
-    print(out)
+    if out is not None:
+        log(f"wrote {out}")
+        print(out)
     return 0
 
 

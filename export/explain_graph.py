@@ -29,7 +29,7 @@ from reciprocam_ir.messages import first_line
 from .errors import ExportError
 from .graph_ops import GraphOps, OnnxOps, OpenVINOOps, Value
 from .verify import TOLERANCE as SCORE_TOLERANCE
-from .verify import verification_input
+from .verify import verification_images
 
 Tail = Callable[[Value], Value]
 """Splices the artifact's tail graph (``g`` or ``g_pooled``) onto a value; returns its scores."""
@@ -287,7 +287,7 @@ def add_explain_graphs(folder: Path, manifest: dict[str, Any], top_k: int,
     manifest = write_manifest(folder, {
         **manifest, "graphs": {**graphs, "explain": explain},
         "explain": {"top_k": top_k, "mask": "onehot", "mask_sigma": None, "scores": "logits"}})
-    x = verification_input((2, *manifest["input"]["shape"][1:]))
+    x = verification_images((2, *manifest["input"]["shape"][1:]))
     errors = {BACKEND_OF[fmt]: _explain_error(folder, BACKEND_OF[fmt], x, top_k)
               for fmt in explain}
     log("check: explain graph max |map difference| = "

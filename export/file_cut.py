@@ -2,7 +2,8 @@
 
 A cut of a graph file is a 4-D float tensor (N, C, h, w), h, w > 1, through which every
 path from the input to the output flows (the rule of the PyTorch path); the last is
-the default.
+the default. A tensor the graph shows to be laid out otherwise (channels last, see
+:mod:`.layouts`) is not a cut.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ExportError
+from .input_size import InputSize, as_hw, show
 
 DEFAULT_SIZE = 224
 GRAPH_SUFFIXES = (".onnx", ".xml")
@@ -45,11 +47,11 @@ class ImageInput:
 
 
 def image_input(source: str, names: Sequence[str], dims: Sequence[int | None] | None,
-                is_float: bool, size: int | None) -> ImageInput:
+                is_float: bool, size: InputSize | None) -> ImageInput:
     """Check the graph has one float NCHW/NHWC 3-channel input; fix its size.
 
-    ``dims`` holds None for dynamic axes. A dynamic height/width takes ``size`` (default
-    224); a static one must equal ``size`` when that is given.
+    ``dims`` holds None for dynamic axes. ``size`` is N or (height, width): a dynamic height
+    or width takes it (default 224); a static one must equal it when it is given.
     """
     if len(names) != 1:
         raise ExportError(f"{source}: graph has {len(names)} inputs ({', '.join(names)}); "
@@ -63,34 +65,49 @@ def image_input(source: str, names: Sequence[str], dims: Sequence[int | None] | 
         raise ExportError(f"{source}: input '{name}' is not float32; expected a float image")
     layout = "NCHW" if dims[1] == 3 else "NHWC"
     spatial = dims[2:4] if layout == "NCHW" else dims[1:3]
-    if size is not None and size < 8:
-        raise ExportError(f"--input-size {size} is too small (at least 8)")
+    try:
+        wanted = as_hw(size)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    if wanted is not None and min(wanted) < 8:
+        raise ExportError(f"--input-size {show(wanted)} is too small (at least 8 on each side)")
     hw = []
-    for d in spatial:
+    for axis, d in enumerate(spatial):
         if d is None:
-            hw.append(size or DEFAULT_SIZE)
-        elif size is not None and d != size:
+            hw.append(wanted[axis] if wanted else DEFAULT_SIZE)
+        elif wanted is not None and d != wanted[axis]:
             raise ExportError(f"{source}: input '{name}' is fixed at {shown}; "
-                              f"--input-size {size} does not match it")
+                              f"--input-size {show(wanted)} does not match it")
         else:
             hw.append(d)
     return ImageInput(name, layout, (hw[0], hw[1]))
 
 
 def find_cut(source: str, cuts: Sequence[CutPoint], layer: str | None,
-             known: set[str]) -> CutPoint:
-    """The cut named ``layer`` (name or alias), or the last spatial cut when ``layer`` is None."""
+             known: set[str], misplaced: Sequence[tuple[CutPoint, str]] = ()) -> CutPoint:
+    """The cut named ``layer`` (name or alias), or the last spatial cut when ``layer`` is None.
+
+    ``misplaced`` holds the tensors that would be cuts but for their layout, with the reason.
+    """
     if layer is None:
-        if not cuts:
-            raise ExportError(f"{source}: no valid cut with a spatial feature map (h, w > 1)")
-        return cuts[-1]
+        if cuts:
+            return cuts[-1]
+        if misplaced:
+            point, reason = misplaced[-1]
+            raise ExportError(f"{source}: no valid NCHW cut; '{point.name}' would be one but "
+                              f"{reason}")
+        raise ExportError(f"{source}: no valid cut with a spatial feature map (h, w > 1)")
     for cut in cuts:
         if layer == cut.name or layer in cut.aliases:
             return cut
+    valid = ", ".join(c.name for c in cuts[-3:]) or "none"
+    for point, reason in misplaced:
+        if layer == point.name or layer in point.aliases:
+            raise ExportError(f"{source}: layer '{layer}' is not a valid cut: {reason}; "
+                              f"valid cuts include: {valid}")
     if layer not in known:
         close = difflib.get_close_matches(layer, sorted(known), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ExportError(f"{source}: unknown layer '{layer}'{hint} (see --list-layers)")
-    valid = ", ".join(c.name for c in cuts[-3:]) or "none"
     raise ExportError(f"{source}: layer '{layer}' is not a valid cut (not a 4-D float map with "
                       f"h, w > 1 that all later layers read through); valid cuts include: {valid}")

@@ -6,6 +6,9 @@ apart from reads of the batch size (``x.size(0)``), which are rebound to X.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -155,6 +158,21 @@ def _is_gap(gm: fx.GraphModule, node: fx.Node, in_shape: tuple[int, ...]) -> boo
     return False
 
 
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor) -> None:
+    """Record every node's shape on ``example``; a model that cannot take it is a user error."""
+    try:  # ShapeProp prints the model's traceback before raising: keep it off the console
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(gm).propagate(example)
+    except Exception as exc:  # the model's own errors: sizes, channels, asserts
+        cause = exc.__cause__ or exc  # ShapeProp wraps the model's error in its own
+        reason = re.sub(r"Proxy\([^)]*\)", "another size", first_line(cause))
+        hint = ("only RGB image classifiers (3 input channels) can be explained"
+                if re.search(r"to have \d+ channels", reason) else "try another --input-size")
+        raise ExportError(f"{type(model).__name__} cannot run on a "
+                          f"{'x'.join(map(str, example.shape))} input ({reason}); {hint}"
+                          ) from None
+
+
 class CutGraph:
     """A model traced once, with its valid cut points and the means to split it."""
 
@@ -176,8 +194,7 @@ class CutGraph:
         self.input = placeholders[0]
         outputs = dict(tracer.module_outputs)
         _drop_repeated_activations(self.gm, outputs)
-        with torch.no_grad():
-            ShapeProp(self.gm).propagate(example)
+        _propagate_shapes(self.gm, model, example)
         self.output = next(n for n in graph.nodes if n.op == "output")
         result = self.output.args[0]
         if not isinstance(result, fx.Node) or _shape(result) is None or len(_shape(result)) != 2:

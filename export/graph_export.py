@@ -22,19 +22,26 @@ from reciprocam_ir.artifact import (
     sha256_file,
     write_manifest,
 )
-from reciprocam_ir.backends import create_backend
-from reciprocam_ir.masking import masked_batch
-from reciprocam_ir.messages import first_line
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .errors import ExportError
 from .explain_graph import add_explain_graphs
 from .file_cut import is_graph_file
-from .graph_files import onnx_to_ir
+from .graph_files import declare_output_shape, onnx_to_ir
+from .input_size import InputSize
 from .staging import FORMATS, check_destination, staged
-from .verify import check_graphs, judge, verification_input
+from .verify import (
+    Reference,
+    check_graphs,
+    check_input_dependence,
+    first_masked_maps,
+    judge,
+    one_at_a_time,
+    verification_images,
+)
 
 if TYPE_CHECKING:
+    from .file_cut import CutPoint
     from .ir_cut import IrGraph
     from .onnx_cut import OnnxGraph
 
@@ -42,7 +49,7 @@ DEFAULT_SCALE = 1.0 / 255.0
 DEFAULT_COLOR = "RGB"
 
 
-def open_graph(path: str | Path, size: int | None = None) -> OnnxGraph | IrGraph:
+def open_graph(path: str | Path, size: InputSize | None = None) -> OnnxGraph | IrGraph:
     """The cutter for a ``.onnx`` or ``.xml`` file (imports only what that one needs)."""
     if str(path).lower().endswith(".onnx"):
         from .onnx_cut import OnnxGraph
@@ -55,29 +62,21 @@ def open_graph(path: str | Path, size: int | None = None) -> OnnxGraph | IrGraph
     raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
 
 
-def _check(backend: str, files: dict[str, Path], x: np.ndarray, reference: np.ndarray,
-           source: str) -> float:
-    """Max |g(f(x)) − original(x)| on ``backend`` in f32, at batch 1 and batch 2.
+def graph_reference(graph: OnnxGraph | IrGraph, images: np.ndarray, cut: CutPoint,
+                    keep_softmax: bool) -> Reference:
+    """The original graph's scores and map at the cut, one image at a time, by its own runtime.
 
-    The masked-map reference for :func:`check_graphs` is ``g`` run one map at a time,
-    so the batched call checks that ``g``'s batch axis is really free.
+    ``g`` on masked maps has no reference but itself: the check runs it one map at a time.
     """
-    try:
-        engine = create_backend(backend, "CPU", "f32")
-        f, g = engine.compile(files["f"]), engine.compile(files["g"])
-        masked = masked_batch(f(x)[0], 0, 3)
-        masked_reference = np.concatenate([g(m[None]) for m in masked])
-        batch2 = float(np.abs(g(f(np.concatenate([x, x]))) - reference).max())
-        return max(batch2, check_graphs(backend, files, x, reference, masked_reference))
-    except Exception as exc:  # ORT, OpenVINO and backend errors: a graph that cannot run
-        raise ExportError(f"{source}: the cut graphs do not run on {backend} "
-                          f"({first_line(exc)})") from None
+    scores = one_at_a_time(lambda x: graph.reference(x, keep_softmax), images)
+    feature = one_at_a_time(lambda x: graph.feature(x, cut), images)
+    return Reference(images, scores, first_masked_maps(feature[:1]), feature=feature)
 
 
 def export_graph_file(
     path: str | Path,
     layer: str | None = None,
-    size: int | None = None,
+    size: InputSize | None = None,
     fmt: str = "both",
     out: str | Path | None = None,
     log: Callable[[str], None] = lambda message: None,
@@ -94,12 +93,12 @@ def export_graph_file(
     """Cut the ONNX/IR classifier at ``path`` and write its artifact folder; return its path.
 
     ``keep_softmax`` keeps a trailing Softmax in ``g`` (scores are then probabilities);
-    by default it is dropped and ``g`` outputs the logits. ``resize``: ``direct`` (straight
-    to the input size; the default), ``crop`` (shorter side to ``resize_size``, then the
-    centre; the default when ``resize_size`` is given) or ``pad``; ``resampling``: the
-    other :class:`Preprocessing` fields (``interpolation``, ``antialias``, ``pad_position``,
-    ``pad_value``). The artifact also holds the explain graph of the ``explain_top_k`` best
-    classes.
+    by default it is dropped and ``g`` outputs the logits. ``size`` (N or (height, width))
+    fixes a dynamic input size. ``resize``: ``direct`` (straight to the input size; the
+    default), ``crop`` (shorter side to ``resize_size``, then the centre; the default when
+    ``resize_size`` is given) or ``pad``; ``resampling``: the other :class:`Preprocessing`
+    fields (``interpolation``, ``antialias``, ``pad_position``, ``pad_value``). The artifact
+    also holds the explain graph of the ``explain_top_k`` best classes.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -127,15 +126,19 @@ def export_graph_file(
     out = Path(out) if out is not None else Path("models") / Path(source).stem
     check_destination(out)
     log(f"cutting at '{cut.name}' (feature {'x'.join(map(str, cut.shape))})")
-    x = verification_input(graph.input.shape())
-    reference = graph.reference(x, keep_softmax)
+    ref = graph_reference(graph, verification_images(graph.input.shape()), cut, keep_softmax)
+    check_input_dependence(ref.scores, source)
+    num_classes = int(ref.scores.shape[1])
     softmax_removed = graph.softmax_input is not None and not keep_softmax
 
     with staged(out) as staging:
         files = graph.write(cut, staging, keep_softmax)
         errors = {}
         if kind == "onnx":
-            errors["onnxruntime"] = _check("onnxruntime", files, x, reference, source)
+            declared = {"f": cut.shape, "g": (num_classes,), "g_pooled": (num_classes,)}
+            for role, onnx_path in files.items():
+                declare_output_shape(onnx_path, declared[role])
+            errors["onnxruntime"] = check_graphs("onnxruntime", files, ref, source)
             if fmt in ("ir", "both"):
                 ir_files = {}
                 for role, onnx_path in files.items():
@@ -146,14 +149,17 @@ def export_graph_file(
                 # INT8 kernels differ between runtimes and conversion paths
                 from .ir_cut import IrGraph
 
-                ov_reference = IrGraph(path, size, convert=True).reference(x, keep_softmax)
-                errors["openvino"] = _check("openvino", ir_files, x, ov_reference, source)
+                ov_graph = IrGraph(path, size, convert=True)
+                ov_scores = one_at_a_time(lambda x: ov_graph.reference(x, keep_softmax),
+                                          ref.images)
+                errors["openvino"] = check_graphs(
+                    "openvino", ir_files, Reference(ref.images, ov_scores, ref.masked), source)
                 if fmt == "ir":
                     for onnx_path in files.values():
                         onnx_path.unlink()
         else:
-            errors["openvino"] = _check("openvino", files, x, reference, source)
-        check = judge(errors, reference, f"{source}: the cut graphs", log)
+            errors["openvino"] = check_graphs("openvino", files, ref, source)
+        check = judge(errors, ref, source, log, cut.name)
         graphs = {role: {**({"onnx": f"{role}.onnx"} if fmt != "ir" else {}),
                          **({"ir": f"{role}.xml"} if fmt != "onnx" else {})} for role in files}
         pooled = "g_pooled" in files
@@ -170,15 +176,14 @@ def export_graph_file(
             "input": {"name": INPUT_NAME, "source_name": graph.input.name,
                       **preprocessing.to_dict()},
             "feature": {"name": FEATURE_NAME, "shape": [c, h, w]},
-            "output": {"name": OUTPUT_NAME, "num_classes": int(reference.shape[1]),
+            "output": {"name": OUTPUT_NAME, "num_classes": num_classes,
                        "logits": not (graph.softmax_input is not None and keep_softmax),
                        "softmax_removed": softmax_removed},
             "labels": None,
             "g_starts_with_gap": pooled,
             "pooled": {"name": POOLED_NAME, "shape": [c]} if pooled else None,
             "graphs": graphs,
-            "check": {"input": "seeded standard normal (numpy default_rng(0)), batch 1 and 2",
-                      "reference": "the original graph run by the same runtime"
+            "check": {"reference": "the original graph run by the same runtime"
                       + (", pre-Softmax" if softmax_removed else ""),
                       **check},
         }

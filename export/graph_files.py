@@ -7,6 +7,7 @@ exporter can use :func:`onnx_to_ir` without it.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 OPSET = 17
+BATCH = "batch"
 
 
 def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str,
@@ -31,7 +33,7 @@ def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name:
         torch.onnx.export(
             module, (example,), str(path), dynamo=False, opset_version=OPSET,
             input_names=[input_name], output_names=[output_name],
-            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            dynamic_axes={input_name: {0: BATCH}, output_name: {0: BATCH}},
         )
 
 
@@ -44,3 +46,21 @@ def onnx_to_ir(onnx_path: Path, xml_path: Path, source: str) -> None:
     except Exception as exc:  # OpenVINO's frontends raise several kinds
         raise ExportError(f"{source}: OpenVINO cannot convert {onnx_path.name} "
                           f"({first_line(exc)}); try --format onnx") from None
+
+
+def declare_output_shape(path: Path, dims: Sequence[int]) -> None:
+    """Write an ONNX graph's output shape as (batch, *dims): the batch symbolic, the rest static.
+
+    Exporters leave some sizes symbolic (a Flatten after a reshape: SqueezeNet's class
+    count); whatever reads the declared shape (ONNX Runtime's fused explainer, IR
+    conversion, the user's own tools) then knows less than the graph computes.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    shape = model.graph.output[0].type.tensor_type.shape
+    del shape.dim[:]
+    shape.dim.add().dim_param = BATCH
+    for d in dims:
+        shape.dim.add().dim_value = int(d)
+    onnx.save(model, str(path))

@@ -17,6 +17,8 @@ from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
 from .file_cut import CutPoint, ImageInput, find_cut, image_input
+from .input_size import InputSize
+from .layouts import NCHW, REDUCTIONS, Op, infer_layouts, layout_problem, transposed
 
 F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
@@ -28,7 +30,8 @@ def _key(output: ov.Output) -> tuple[int, int]:
 class IrGraph:
     """An OpenVINO IR classifier file: its image input, valid cuts, and ``f``/``g``."""
 
-    def __init__(self, path: str | Path, size: int | None = None, convert: bool = False) -> None:
+    def __init__(self, path: str | Path, size: InputSize | None = None,
+                 convert: bool = False) -> None:
         """Read ``path`` (IR, or with ``convert`` any file ``ov.convert_model`` reads)."""
         self.path = Path(path)
         self.source = str(path)
@@ -76,14 +79,25 @@ class IrGraph:
         if out_rank.is_static and out_rank.get_length() != 2:
             raise ExportError(f"{self.source}: output has rank {out_rank.get_length()}; "
                               "expected one 2-D tensor of class scores (batch, classes)")
+        four_d = [_key(out) for node in ordered for out in node.outputs()
+                  if out.get_partial_shape().rank.is_static
+                  and out.get_partial_shape().rank.get_length() == 4]
+        layouts = infer_layouts([_op(node) for node in ordered], four_d,
+                                {_key(param.output(0)): self.input.layout})
         self.known: set[str] = set()
         self.cuts: list[CutPoint] = []
-        self._outputs: dict[str, tuple[str, int]] = {}
-        for node in ordered:
+        self.misplaced: list[tuple[CutPoint, str]] = []
+        self._outputs: dict[str, tuple[int, int]] = {}
+        seen_names: dict[str, int] = {}
+        for position, node in enumerate(ordered):
             name = node.get_friendly_name()
             self.known.add(name)
             for out in node.outputs():
                 self.known.update(out.get_names())
+            seen_names[name] = seen_names.get(name, 0) + 1
+            if seen_names[name] > 1:  # friendly names need not be unique
+                name = f"{name}#{seen_names[name]}"
+                self.known.add(name)
             if node.get_instance_id() not in reads_input or node.get_type_name() in (
                     "Result", "Parameter"):
                 continue
@@ -96,8 +110,13 @@ class IrGraph:
                 if min(h, w) < 2 or not self._all_paths_through(out, result):
                     continue
                 cut_name = name if out.get_index() == 0 else f"{name}:{out.get_index()}"
-                self._outputs[cut_name] = (name, out.get_index())
-                self.cuts.append(CutPoint(cut_name, (c, h, w), tuple(sorted(out.get_names()))))
+                point = CutPoint(cut_name, (c, h, w), tuple(sorted(out.get_names())))
+                problem = layout_problem(layouts.get(_key(out)))
+                if problem is not None:
+                    self.misplaced.append((point, problem))
+                    continue
+                self._outputs[cut_name] = (position, out.get_index())
+                self.cuts.append(point)
         last = self.result_input.get_node()
         self.softmax_input = last.input_value(0) if last.get_type_name() == "Softmax" else None
 
@@ -119,13 +138,22 @@ class IrGraph:
 
     def find(self, layer: str | None) -> CutPoint:
         """The named cut (node or tensor name), or the default (last spatial) cut."""
-        return find_cut(self.source, self.cuts, layer, self.known)
+        return find_cut(self.source, self.cuts, layer, self.known, self.misplaced)
 
     def _copy(self, cut: CutPoint) -> tuple[ov.Model, ov.Output, ov.Output]:
-        """A fresh copy of the model, the cut output in it, and its scores output."""
+        """A fresh copy of the model, the cut output in it, and its scores output.
+
+        The cut node is found by its position in the (deterministic) topological order, not by
+        its friendly name, which OpenVINO does not keep unique.
+        """
         model = self.model.clone()
-        node_name, index = self._outputs[cut.name]
-        node = next(n for n in model.get_ordered_ops() if n.get_friendly_name() == node_name)
+        position, index = self._outputs[cut.name]
+        original = self.model.get_ordered_ops()[position]
+        node = model.get_ordered_ops()[position]
+        if (node.get_type_name(), node.get_friendly_name()) != (
+                original.get_type_name(), original.get_friendly_name()):
+            raise ExportError(f"{self.source}: cannot find the cut '{cut.name}' in a copy of "
+                              "the graph")
         return model, node.output(index), model.get_results()[0].input_value(0)
 
     def _scores(self, value: ov.Output, keep_softmax: bool) -> ov.Output:
@@ -146,17 +174,42 @@ class IrGraph:
                               f"({first_line(exc)})") from None
         return np.asarray(out, np.float32)
 
-    def pooled_start(self, feature: ov.Output) -> ov.Output | None:
-        """The global average pooling output that alone reads ``feature``, if ``g`` starts so."""
-        users = [t.get_node() for t in feature.get_target_inputs()]
-        if len(users) != 1 or users[0].get_type_name() != "ReduceMean":
+    def feature(self, x: np.ndarray, cut: CutPoint) -> np.ndarray:
+        """The original graph's output at ``cut`` on ``x`` with OpenVINO in f32."""
+        model, feature, _ = self._copy(cut)
+        try:
+            compiled = self.core.compile_model(
+                ov.Model([feature], model.get_parameters(), "feature"), "CPU", F32_CONFIG)
+            return np.asarray(compiled({0: x})[0], np.float32)
+        except RuntimeError as exc:
+            raise ExportError(f"{self.source}: OpenVINO cannot run the graph "
+                              f"({first_line(exc)})") from None
+
+    def pooled_start(self, feature: ov.Output) -> tuple[ov.Output, list[int]] | None:
+        """The global average pool that alone reads ``feature``, if ``g`` starts so.
+
+        Returns its output and the shape a (B, C) vector takes to stand for it; the pool may
+        come after Transposes (a channels-last head).
+        """
+        value, layout = feature, NCHW
+        while True:
+            users = [t.get_node() for t in value.get_target_inputs()]
+            if len(users) != 1:
+                return None
+            node = users[0]
+            op = _op(node)
+            if op.kind != "Transpose" or op.perm is None or len(op.perm) != 4:
+                break
+            value, layout = node.output(0), transposed(layout, op.perm)
+        if op.kind != "ReduceMean" or op.axes != tuple(sorted(
+                (layout.index("H"), layout.index("W")))):
             return None
-        node = users[0]
-        axes = node.input_value(1).get_node()
-        if axes.get_type_name() != "Constant" or not node.get_attributes().get("keep_dims"):
-            return None
-        values = sorted(int(a) % 4 for a in np.asarray(axes.get_data()).ravel())
-        return node.output(0) if values == [2, 3] else None
+        channels = feature.get_partial_shape()[1].get_length()
+        if node.get_attributes().get("keep_dims"):
+            return node.output(0), [-1 if a == "N" else channels if a == "C" else 1
+                                    for a in layout]
+        return (node.output(0), [-1, channels]) if layout.index("N") < layout.index("C") \
+            else None
 
     def write(self, cut: CutPoint, folder: Path, keep_softmax: bool) -> dict[str, Path]:
         """Write ``f.xml``, ``g.xml`` (and ``g_pooled.xml`` after a GAP) into ``folder``."""
@@ -177,10 +230,10 @@ class IrGraph:
         pooled = self.pooled_start(feature)
         if pooled is not None:
             vector = ops.parameter([-1, c], ov.Type.f32, name=POOLED_NAME)
-            nc11 = ops.reshape(vector, ops.constant(np.array([-1, c, 1, 1], np.int64)), False)
-            for target in list(pooled.get_target_inputs()):
-                target.replace_source_output(nc11.output(0))
-            _rebind_batch_reads(scores, nc11.output(0))
+            shaped = ops.reshape(vector, ops.constant(np.array(pooled[1], np.int64)), False)
+            for target in list(pooled[0].get_target_inputs()):
+                target.replace_source_output(shaped.output(0))
+            _rebind_batch_reads(scores, shaped.output(0))
             models["g_pooled"] = ov.Model([self._scores(scores, keep_softmax)], [vector],
                                           "g_pooled")
         files = {}
@@ -200,6 +253,21 @@ class IrGraph:
 def _constant_values(value: ov.Output) -> np.ndarray | None:
     node = value.get_node()
     return np.asarray(node.get_data()) if node.get_type_name() == "Constant" else None
+
+
+def _op(node: ov.Node) -> Op:
+    """``node`` as the layout rules see it: its Transpose perm or reduction axes."""
+    kind = node.get_type_name()
+    inputs = tuple(_key(v) for v in node.input_values())
+    outputs = tuple(_key(o) for o in node.outputs())
+    extra = _constant_values(node.input_value(1)) \
+        if kind in ("Transpose", *REDUCTIONS) and node.get_input_size() > 1 else None
+    if extra is None:
+        return Op(kind, inputs, outputs)
+    values = tuple(int(v) for v in extra.ravel())
+    if kind == "Transpose":
+        return Op(kind, inputs, outputs, perm=values)
+    return Op(kind, inputs, outputs, axes=tuple(sorted(v % 4 for v in values)))
 
 
 def _reads_batch_only(node: ov.Node) -> bool:

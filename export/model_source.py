@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from reciprocam_ir.messages import first_line
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .errors import ExportError
+from .input_size import InputSize, as_hw, show
 
 DEFAULT_SIZE = 224
 RESIZE_RATIO = 256 / 224
@@ -78,7 +80,21 @@ def _torchvision_preprocessing(weights: Any, size: int | None) -> Preprocessing:
                          interpolation=t.interpolation.value, antialias=bool(t.antialias))
 
 
-def load_torchvision(name: str, weights: str | None, size: int | None) -> LoadedModel:
+def at_input_size(preprocessing: Preprocessing, size: tuple[int, int] | None) -> Preprocessing:
+    """The recipe at another input size: ``resize_size`` scales with the shorter crop side.
+
+    torchvision's 256/224 at 48x192 resizes the shorter side to round(48 * 256 / 224) = 55.
+    """
+    if size is None or size == preprocessing.size:
+        return preprocessing
+    resize_size = preprocessing.resize_size
+    if resize_size is not None:
+        resize_size = int(round(min(size) * resize_size / min(preprocessing.size)))
+    return dataclasses.replace(preprocessing, size=size, resize_size=resize_size)
+
+
+def load_torchvision(name: str, weights: str | None, size: tuple[int, int] | None
+                     ) -> LoadedModel:
     names = classification_models()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
@@ -104,10 +120,11 @@ def load_torchvision(name: str, weights: str | None, size: int | None) -> Loaded
             source = str(Path(choice).resolve())
     labels = list(default.meta.get("categories") or []) or None
     return LoadedModel(model, name, {"model": name, "weights": source},
-                       _torchvision_preprocessing(default, size), labels)
+                       at_input_size(_torchvision_preprocessing(default, None), size), labels)
 
 
-def load_callable(spec: str, weights: str | None, size: int | None) -> LoadedModel:
+def load_callable(spec: str, weights: str | None, size: tuple[int, int] | None
+                  ) -> LoadedModel:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ExportError(f"model '{spec}': expected 'package.module:callable'")
@@ -131,19 +148,19 @@ def load_callable(spec: str, weights: str | None, size: int | None) -> LoadedMod
 
 
 def from_module(model: nn.Module, name: str, spec: str, weights: str | None,
-                size: int | None) -> LoadedModel:
+                size: tuple[int, int] | None) -> LoadedModel:
     """A model object: its own weights (or ``weights``), preprocessing and labels."""
     source = "callable"
     if weights is not None and weights.lower() not in ("none", "default"):
         apply_weights(model, weights)
         source = str(Path(weights).resolve())
-    spec_in = dict(getattr(model, "reciprocam_input", {}))
-    size = size or int(spec_in.pop("size", DEFAULT_SIZE))
-    spec_in.pop("size", None)
-    if spec_in.get("resize", "shorter_side_crop") == "shorter_side_crop":
-        spec_in.setdefault("resize_size", int(round(size * RESIZE_RATIO)))
     try:
-        preprocessing = Preprocessing(size=(size, size), **spec_in)
+        spec_in = dict(getattr(model, "reciprocam_input", {}))
+        own = as_hw(spec_in.pop("size", DEFAULT_SIZE))
+        size = size or own
+        if spec_in.get("resize", "shorter_side_crop") == "shorter_side_crop":
+            spec_in.setdefault("resize_size", int(round(min(size) * RESIZE_RATIO)))
+        preprocessing = Preprocessing(size=size, **spec_in)
     except (TypeError, ValueError) as exc:
         raise ExportError(f"model '{spec}': invalid reciprocam_input: {exc}") from None
     labels = getattr(model, "reciprocam_labels", None)
@@ -152,15 +169,20 @@ def from_module(model: nn.Module, name: str, spec: str, weights: str | None,
 
 
 def load_model(spec: str | nn.Module, weights: str | None = None,
-               size: int | None = None) -> LoadedModel:
+               size: InputSize | None = None) -> LoadedModel:
     """Load ``spec`` (a name, an import path, or a model object) in eval mode.
 
-    A callable may describe its own preprocessing with a ``reciprocam_input`` dict
-    (``size``, ``resize``, ``resize_size``, ``scale``, ``mean``, ``std``, ``color``) and its
-    class names with ``reciprocam_labels``; otherwise ImageNet's recipe is assumed.
+    ``size`` is N or (height, width). A callable may describe its own preprocessing with a
+    ``reciprocam_input`` dict (``size`` N or (H, W), ``resize``, ``resize_size``, ``scale``,
+    ``mean``, ``std``, ``color``) and its class names with ``reciprocam_labels``; otherwise
+    ImageNet's recipe is assumed.
     """
-    if size is not None and size < 32:
-        raise ExportError(f"--input-size {size} is too small (at least 32)")
+    try:
+        size = as_hw(size)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    if size is not None and min(size) < 32:
+        raise ExportError(f"--input-size {show(size)} is too small (at least 32 on each side)")
     if isinstance(spec, nn.Module):
         loaded = from_module(spec, type(spec).__name__.lower(), type(spec).__qualname__,
                              weights, size)

@@ -14,9 +14,11 @@ from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
 from .file_cut import CutPoint, ImageInput, find_cut, image_input
+from .graph_files import BATCH
+from .input_size import InputSize
+from .layouts import NCHW, REDUCTIONS, Op, infer_layouts, layout_problem, transposed
 
 FLOAT_TYPES = (TensorProto.FLOAT,)
-BATCH = "batch"
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
@@ -51,7 +53,7 @@ def _set_batch(value: onnx.ValueInfoProto) -> None:
 class OnnxGraph:
     """An ONNX classifier file: its image input, valid cuts, and ``f``/``g`` extraction."""
 
-    def __init__(self, path: str | Path, size: int | None = None) -> None:
+    def __init__(self, path: str | Path, size: InputSize | None = None) -> None:
         self.path = Path(path)
         self.source = str(path)
         if not self.path.is_file():
@@ -100,15 +102,22 @@ class OnnxGraph:
         self.batch_reads = {n.output[0] for n in graph.node if self._reads_batch_only(n)}
         self.known = set(self.producer) | {n.name for n in graph.node if n.name}
         shapes = self._feature_shapes(values, reads_input)
+        layouts = infer_layouts([self._op(n) for n in graph.node], [*shapes, self.input.name],
+                                {self.input.name: self.input.layout})
         self.cuts: list[CutPoint] = []
+        self.misplaced: list[tuple[CutPoint, str]] = []
         for node in graph.node:
             for out in node.output:
                 dims = shapes.get(out)
-                if dims is None or min(dims[2:]) < 2:
+                if dims is None or min(dims[2:]) < 2 or not self._all_paths_through(out):
                     continue
-                if self._all_paths_through(out):
-                    aliases = (node.name,) if node.name and len(node.output) == 1 else ()
-                    self.cuts.append(CutPoint(out, (dims[1], dims[2], dims[3]), aliases))
+                aliases = (node.name,) if node.name and len(node.output) == 1 else ()
+                point = CutPoint(out, (dims[1], dims[2], dims[3]), aliases)
+                problem = layout_problem(layouts.get(out))
+                if problem is None:
+                    self.cuts.append(point)
+                else:
+                    self.misplaced.append((point, problem))
         softmax = self.producer.get(self.output)
         self.softmax_input = softmax.input[0] if softmax is not None and \
             softmax.op_type == "Softmax" else None
@@ -150,6 +159,22 @@ class OnnxGraph:
             shapes.update((n, a.shape) for n, a in zip(unsure, measured, strict=True)
                           if a.dtype == np.float32 and a.ndim == 4)
         return shapes
+
+    def _op(self, node: onnx.NodeProto) -> Op:
+        """``node`` as the layout rules see it: its Transpose perm or reduction axes."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        perm = tuple(attrs["perm"]) if node.op_type == "Transpose" and "perm" in attrs else None
+        return Op(node.op_type, tuple(node.input), tuple(node.output), perm,
+                  self._reduce_axes(node) if node.op_type in REDUCTIONS else None)
+
+    def _reduce_axes(self, node: onnx.NodeProto) -> tuple[int, ...] | None:
+        """The axes (of a 4-D input, non-negative) a reduction reduces, when constant."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            const = self._constant(node.input[1])
+            axes = None if const is None else const.ravel().tolist()
+        return None if axes is None else tuple(sorted(int(a) % 4 for a in axes))
 
     def _constant(self, name: str) -> np.ndarray | None:
         init = next((i for i in self.model.graph.initializer if i.name == name), None)
@@ -212,7 +237,7 @@ class OnnxGraph:
 
     def find(self, layer: str | None) -> CutPoint:
         """The named cut (tensor or node name), or the default (last spatial) cut."""
-        return find_cut(self.source, self.cuts, layer, self.known)
+        return find_cut(self.source, self.cuts, layer, self.known, self.misplaced)
 
     def scores_tensor(self, keep_softmax: bool) -> str:
         """The tensor ``g`` ends at: the Softmax's input unless it is kept."""
@@ -238,28 +263,48 @@ class OnnxGraph:
                               "tensor of class scores (batch, classes)")
         return np.asarray(out, np.float32)
 
-    def pooled_start(self, cut: CutPoint) -> str | None:
-        """The output of the global average pooling that alone reads ``cut``, if ``g`` starts so."""
-        users = [n for n in self.model.graph.node if cut.name in n.input]
-        if len(users) != 1:
+    def feature(self, x: np.ndarray, cut: CutPoint) -> np.ndarray:
+        """The original graph's tensor at ``cut`` on ``x`` with ONNX Runtime."""
+        import onnxruntime as ort
+
+        model = copy.deepcopy(self.model)
+        model.graph.output.append(helper.make_empty_tensor_value_info(cut.name))
+        try:
+            session = ort.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+            return np.asarray(session.run([cut.name], {self.input.name: x})[0], np.float32)
+        except Exception as exc:
+            raise ExportError(f"{self.source}: ONNX Runtime cannot run the graph "
+                              f"({first_line(exc)})") from None
+
+    def pooled_start(self, cut: CutPoint) -> tuple[str, list[int]] | None:
+        """The global average pool that alone reads ``cut``, if ``g`` starts so.
+
+        Returns its output and the shape a (B, C) vector takes to stand for it. The pool may
+        come after Transposes (a channels-last head: ``ReduceMean`` over axes 1, 2).
+        """
+        name, layout = cut.name, NCHW
+        while True:
+            users = [n for n in self.model.graph.node if name in n.input]
+            if len(users) != 1:
+                return None
+            node = users[0]
+            op = self._op(node)
+            if node.op_type != "Transpose" or op.perm is None or len(op.perm) != 4:
+                break
+            name, layout = node.output[0], transposed(layout, op.perm)
+        channels = cut.shape[0]
+        kept = [-1 if a == "N" else channels if a == "C" else 1 for a in layout]
+        if node.op_type == "GlobalAveragePool" and layout == NCHW:
+            return node.output[0], kept
+        if node.op_type != "ReduceMean" or op.axes != tuple(sorted(
+                (layout.index("H"), layout.index("W")))):
             return None
-        node = users[0]
-        if node.op_type == "GlobalAveragePool":
-            return node.output[0]
-        if node.op_type == "ReduceMean":
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            axes = attrs.get("axes")
-            if axes is None and len(node.input) > 1:
-                const = self.producer.get(node.input[1])
-                init = {i.name: i for i in self.model.graph.initializer}.get(node.input[1])
-                if init is not None:
-                    axes = onnx.numpy_helper.to_array(init).tolist()
-                elif const is not None and const.op_type == "Constant":
-                    axes = onnx.numpy_helper.to_array(const.attribute[0].t).tolist()
-            if axes is not None and sorted(a % 4 for a in axes) == [2, 3] \
-                    and attrs.get("keepdims", 1) == 1:
-                return node.output[0]
-        return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("keepdims", 1) == 1:
+            return node.output[0], kept
+        return (node.output[0], [-1, channels]) if layout.index("N") < layout.index("C") \
+            else None
 
     def _rebound(self, start: str, end: str) -> onnx.ModelProto:
         """The model with the batch-size reads between ``start`` and ``end`` reading ``start``.
@@ -282,7 +327,7 @@ class OnnxGraph:
                  "g": ([cut.name], [scores], FEATURE_NAME, OUTPUT_NAME)}
         pooled = self.pooled_start(cut)
         if pooled is not None:
-            parts["g_pooled"] = ([pooled], [scores], POOLED_NAME, OUTPUT_NAME)
+            parts["g_pooled"] = ([pooled[0]], [scores], POOLED_NAME, OUTPUT_NAME)
         files = {}
         for role, (ins, outs, in_name, out_name) in parts.items():
             try:
@@ -296,7 +341,7 @@ class OnnxGraph:
             _rename(graph, ins[0], in_name)
             _rename(graph, outs[0], out_name)
             if role == "g_pooled":
-                _pooled_input(graph, cut.shape[0])
+                _pooled_input(graph, cut.shape[0], pooled[1])
             for value in (graph.input[0], graph.output[0]):
                 _set_batch(value)
             graph.name = role
@@ -305,15 +350,15 @@ class OnnxGraph:
         return files
 
 
-def _pooled_input(graph: onnx.GraphProto, channels: int) -> None:
-    """Make the (N, C, 1, 1) pooled input a (N, C) vector input, reshaped back inside."""
-    inner = f"{POOLED_NAME}_nc11"
+def _pooled_input(graph: onnx.GraphProto, channels: int, shape: list[int]) -> None:
+    """Make the pooled input a (N, C) vector input, reshaped inside to ``shape`` (the pool's
+    own output shape, such as (-1, C, 1, 1))."""
+    inner = f"{POOLED_NAME}_pool"
     _rename(graph, POOLED_NAME, inner)
     graph.input.remove(next(v for v in graph.input if v.name == inner))
     graph.input.insert(0, helper.make_tensor_value_info(POOLED_NAME, TensorProto.FLOAT,
                                                         [BATCH, channels]))
-    shape = f"{POOLED_NAME}_shape"
-    graph.initializer.append(onnx.numpy_helper.from_array(
-        np.array([-1, channels, 1, 1], np.int64), shape))
-    graph.node.insert(0, helper.make_node("Reshape", [POOLED_NAME, shape], [inner],
-                                          name="pooled_to_nc11"))
+    target = f"{POOLED_NAME}_shape"
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array(shape, np.int64), target))
+    graph.node.insert(0, helper.make_node("Reshape", [POOLED_NAME, target], [inner],
+                                          name="pooled_to_pool_shape"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,31 +18,72 @@ from reciprocam_ir.artifact import (
     POOLED_NAME,
     write_manifest,
 )
-from reciprocam_ir.masking import masked_batch
+from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
 from .explain_graph import add_explain_graphs
-from .graph_cut import CutGraph
-from .graph_files import onnx_to_ir, write_onnx
+from .graph_cut import CutGraph, Split
+from .graph_files import declare_output_shape, onnx_to_ir, write_onnx
+from .input_size import InputSize
 from .model_source import LoadedModel, load_model
 from .staging import FORMATS, check_destination, staged
-from .verify import check_graphs, judge, verification_input
+from .verify import (
+    Reference,
+    check_graphs,
+    check_input_dependence,
+    first_masked_maps,
+    judge,
+    one_at_a_time,
+    verification_images,
+)
 
 
 def prepare(
-    spec: str | nn.Module, weights: str | None, size: int | None
+    spec: str | nn.Module, weights: str | None, size: InputSize | None
 ) -> tuple[LoadedModel, CutGraph, torch.Tensor]:
-    """Load and trace the model on the fixed verification input."""
+    """Load and trace the model on the first verification image."""
     loaded = load_model(spec, weights, size)
-    example = torch.from_numpy(verification_input((1, 3, *loaded.preprocessing.size)))
+    example = torch.from_numpy(verification_images((1, 3, *loaded.preprocessing.size))[:1])
     return loaded, CutGraph(loaded.model, example), example
+
+
+def torch_reference(loaded: LoadedModel, split: Split) -> Reference:
+    """The model in torch, one image at a time, with its map at the cut (read by a hook on the
+    cut's module, so ``f`` is checked against the model itself), and ``g`` one masked map at a
+    time."""
+
+    def run(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda x: module(torch.from_numpy(x)).numpy()
+
+    images = verification_images((1, 3, *loaded.preprocessing.size))
+    maps: list[torch.Tensor] = []
+    hook = loaded.model.get_submodule(split.cut.name).register_forward_hook(
+        lambda module, args, output: maps.append(output.detach().clone()))
+    try:
+        with torch.no_grad():
+            scores = one_at_a_time(run(loaded.model), images)
+            if len(maps) != len(images):
+                raise ExportError(f"{loaded.name}: layer '{split.cut.name}' ran {len(maps)} "
+                                  f"times for {len(images)} images; choose another --layer")
+            feature = torch.cat(maps).numpy()
+            masked = first_masked_maps(feature[:1])
+            masked_scores = one_at_a_time(run(split.g), masked)
+    except ExportError:
+        raise
+    except Exception as exc:  # the model's own errors on the second image
+        raise ExportError(f"{loaded.name}: the model fails on the check input "
+                          f"({first_line(exc)})") from None
+    finally:
+        hook.remove()
+    check_input_dependence(scores, loaded.name)
+    return Reference(images, scores, masked, masked_scores, feature)
 
 
 def export_artifact(
     spec: str | nn.Module,
     weights: str | None = None,
     layer: str | None = None,
-    size: int | None = None,
+    size: InputSize | None = None,
     fmt: str = "both",
     out: str | Path | None = None,
     log: Callable[[str], None] = lambda message: None,
@@ -49,7 +91,8 @@ def export_artifact(
 ) -> Path:
     """Write the artifact folder for ``spec`` cut at ``layer`` and return its path.
 
-    The artifact also holds the explain graph of the ``explain_top_k`` best classes.
+    ``size`` is the input size, N or (height, width) (default: the model's own). The artifact
+    also holds the explain graph of the ``explain_top_k`` best classes.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -61,12 +104,12 @@ def export_artifact(
     check_destination(out)
     log(f"cutting at '{cut.name}' (feature {'x'.join(map(str, cut.shape))})")
 
+    ref = torch_reference(loaded, split)
     with torch.no_grad():
-        reference = loaded.model(example).numpy()
         feature = split.f(example)
-        masked = torch.from_numpy(masked_batch(feature[0].numpy(), 0, 3))
-        masked_reference = split.g(masked).numpy()
         pooled_example = feature.mean(dim=(2, 3))
+    c, h, w = cut.shape
+    declared = {"f": (c, h, w), "g": (graph.num_classes,), "g_pooled": (graph.num_classes,)}
 
     with staged(out) as staging:
         modules = {"f": (split.f, example, INPUT_NAME, FEATURE_NAME),
@@ -78,25 +121,23 @@ def export_artifact(
             log(f"writing {role}.onnx")
             onnx_files[role] = staging / f"{role}.onnx"
             write_onnx(module, inp, onnx_files[role], in_name, out_name)
-        errors = {"onnxruntime": check_graphs("onnxruntime", onnx_files, example.numpy(),
-                                              reference, masked_reference)}
+            declare_output_shape(onnx_files[role], declared[role])
+        errors = {"onnxruntime": check_graphs("onnxruntime", onnx_files, ref, loaded.name)}
         ir_files = {}
         if fmt in ("ir", "both"):
             for role, path in onnx_files.items():
                 log(f"writing {role}.xml")
                 ir_files[role] = staging / f"{role}.xml"
                 onnx_to_ir(path, ir_files[role], loaded.source["model"])
-            errors["openvino"] = check_graphs("openvino", ir_files, example.numpy(), reference,
-                                              masked_reference)
+            errors["openvino"] = check_graphs("openvino", ir_files, ref, loaded.name)
         if fmt == "ir":
             for path in onnx_files.values():
                 path.unlink()
-        check = judge(errors, reference, "exported graphs", log)
+        check = judge(errors, ref, loaded.name, log, cut.name)
         graphs = {role: {**({"onnx": f"{role}.onnx"} if fmt != "ir" else {}),
                          **({"ir": f"{role}.xml"} if ir_files else {})} for role in modules}
         labels = loaded.labels if loaded.labels and len(loaded.labels) == graph.num_classes \
             else None
-        c, h, w = cut.shape
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": loaded.name,
@@ -111,7 +152,7 @@ def export_artifact(
             "pooled": {"name": POOLED_NAME, "shape": [c]} if split.g_pooled is not None
             else None,
             "graphs": graphs,
-            "check": {"input": "seeded standard normal (numpy default_rng(0))", **check},
+            "check": check,
         }
         add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
     return out

@@ -6,6 +6,7 @@ through :func:`write_manifest` and the runtime reads through :class:`Artifact`.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -240,7 +241,10 @@ class Artifact:
         folder = Path(folder)
         path = folder / MANIFEST_NAME
         if not folder.is_dir():
-            raise ArtifactError(f"{folder}: not an artifact folder (no such directory)")
+            left = sorted(folder.parent.glob(f".{glob.escape(folder.name)}.old-*"))
+            hint = (f"; an interrupted export left it as '{left[0].name}' beside it: run the "
+                    "export again to put it back") if left else ""
+            raise ArtifactError(f"{folder}: not an artifact folder (no such directory{hint})")
         if not path.is_file():
             raise ArtifactError(f"{folder}: not an artifact folder (no {MANIFEST_NAME})")
         try:

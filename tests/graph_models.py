@@ -15,10 +15,14 @@ TINY_CUTS = ["c1", "r1", "a", "r2", "pool"]
 
 
 def tiny_classifier(path: Path, layout: str = "NCHW", softmax: bool = False,
-                    second_input: bool = False, seed: int = 0) -> Path:
+                    second_input: bool = False, seed: int = 0, dynamic_size: bool = False,
+                    batch_coupled: bool = False, constant: bool = False) -> Path:
     """conv-relu, residual conv block, max-pool (8x8x8), GAP, linear; written with onnx.helper.
 
     The NHWC variant takes (N, H, W, 3) and transposes first; its weights equal the NCHW's.
+    ``dynamic_size``: H and W are symbolic. ``batch_coupled``: the input is first divided by
+    its largest magnitude over the whole batch. ``constant``: the linear layer's weights are
+    zero, so the scores are its bias whatever the image.
     """
     rng = np.random.default_rng(seed)
 
@@ -28,14 +32,22 @@ def tiny_classifier(path: Path, layout: str = "NCHW", softmax: bool = False,
 
     inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 8, 8, 3, 3), init("b2", 8),
              init("wfc", CLASSES, 8), init("bfc", CLASSES)]
+    if constant:
+        inits[4] = numpy_helper.from_array(np.zeros((CLASSES, 8), np.float32), "wfc")
+    h, w = ("H", "W") if dynamic_size else (SIZE, SIZE)
     nodes = []
+    first = "image"
+    if batch_coupled:
+        nodes += [helper.make_node("Abs", ["image"], ["magnitude"]),
+                  helper.make_node("ReduceMax", ["magnitude"], ["batch_max"], keepdims=1),
+                  helper.make_node("Div", ["image", "batch_max"], ["scaled"])]
+        first = "scaled"
     if layout == "NHWC":
-        shape_in = ["N", SIZE, SIZE, 3]
-        nodes.append(helper.make_node("Transpose", ["image"], ["x"], perm=[0, 3, 1, 2]))
+        shape_in = ["N", h, w, 3]
+        nodes.append(helper.make_node("Transpose", [first], ["x"], perm=[0, 3, 1, 2]))
         first = "x"
     else:
-        shape_in = ["N", 3, SIZE, SIZE]
-        first = "image"
+        shape_in = ["N", 3, h, w]
     out = "logits" if softmax or second_input else "scores"
     nodes += [
         helper.make_node("Conv", [first, "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
@@ -162,4 +174,83 @@ def wide_classifier(path: Path, size: int = 64, channels: int = 4) -> Path:
                                                       ["N", 3, size, size])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", CLASSES])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def channels_last_classifier(path: Path, seed: int = 0) -> Path:
+    """A tf2onnx/Keras-style graph: NHWC input → Transpose → conv-relu ×2 (16 x 8 x 8) →
+    Transpose back to NHWC → ReduceMean over axes 1, 2 → MatMul + Add.
+
+    Its last 4-D tensor is channels-last (N, 8, 8, 16); the NCHW map is the second ReLU's.
+    """
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
+
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 16, 8, 3, 3), init("b2", 16),
+             init("dense", 16, CLASSES), init("dense_bias", CLASSES)]
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2], name="to_nchw"),
+        helper.make_node("Conv", ["nchw", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1],
+                         strides=[2, 2], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Transpose", ["r2"], ["nhwc"], perm=[0, 2, 3, 1], name="to_nhwc"),
+        helper.make_node("ReduceMean", ["nhwc"], ["pooled"], axes=[1, 2], keepdims=0,
+                         name="global_average_pooling2d"),
+        helper.make_node("MatMul", ["pooled", "dense"], ["mm"], name="dense/MatMul"),
+        helper.make_node("Add", ["mm", "dense_bias"], ["scores"], name="dense/BiasAdd"),
+    ]
+    graph = helper.make_graph(
+        nodes, "keras_style",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", CLASSES])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="onnx.helper")
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def native_ir_channels_last(path: Path) -> Path:
+    """An IR built with OpenVINO's opset API whose head is channels-last: conv-relu (6 x 8 x 8)
+    → Transpose to N x h x w x C → ReduceMean over axes 1, 2 → MatMul."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(5)
+    image = ops.parameter([-1, 3, SIZE, SIZE], ov.Type.f32, name="pixels")
+    w1 = ops.constant(rng.standard_normal((6, 3, 3, 3)).astype(np.float32) / 5)
+    conv = ops.convolution(image, w1, [2, 2], [1, 1], [1, 1], [1, 1], name="conv")
+    relu = ops.relu(conv, name="relu")
+    nhwc = ops.transpose(relu, ops.constant(np.array([0, 2, 3, 1], np.int64)), name="to_nhwc")
+    act = ops.clamp(nhwc, 0.0, 6.0, name="relu6_nhwc")
+    gap = ops.reduce_mean(act, ops.constant(np.array([1, 2], np.int64)), False, name="gap")
+    fc = ops.matmul(gap, ops.constant(rng.standard_normal((6, CLASSES)).astype(np.float32)),
+                    False, False, name="fc")
+    ov.save_model(ov.Model([fc], [image], "native_nhwc"), str(path), compress_to_fp16=False)
+    return path
+
+
+def native_ir_repeated_names(path: Path) -> Path:
+    """An IR whose two conv-relu blocks carry the same friendly names ("conv", "act"):
+    OpenVINO does not keep names unique. The second block halves the map (8 x 8 → 4 x 4)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(6)
+    image = ops.parameter([-1, 3, SIZE, SIZE], ov.Type.f32, name="pixels")
+    x = image
+    for channels_in in (3, 6):
+        w = ops.constant(rng.standard_normal((6, channels_in, 3, 3)).astype(np.float32) / 4)
+        x = ops.relu(ops.convolution(x, w, [2, 2], [1, 1], [1, 1], [1, 1], name="conv"),
+                     name="act")
+    gap = ops.reduce_mean(x, ops.constant(np.array([2, 3], np.int64)), True, name="gap")
+    flat = ops.reshape(gap, ops.constant(np.array([-1, 6], np.int64)), False, name="flat")
+    fc = ops.matmul(flat, ops.constant(rng.standard_normal((6, CLASSES)).astype(np.float32)),
+                    False, False, name="fc")
+    ov.save_model(ov.Model([fc], [image], "repeated"), str(path), compress_to_fp16=False)
     return path

@@ -125,9 +125,49 @@ def test_pretrained_lite0_artifact(lite0_dir, photos):
     assert probs.max() > 0.7
 
 
-def test_reexport_replaces_an_artifact(tmp_path):
+def test_reexport_replaces_an_artifact_and_keeps_other_files(tmp_path):
     out = tmp_path / "again"
     export_artifact("toy_models:tiny_gap", fmt="onnx", out=out)
+    (out / "labels.txt").write_text("cat\ndog\n")
+    (out / "my_results").mkdir()
+    (out / "my_results" / "run1.npz").write_bytes(b"results")
     export_artifact("toy_models:tiny_gap", fmt="ir", out=out)
     assert not (out / "f.onnx").exists() and (out / "f.xml").exists()
+    assert (out / "labels.txt").read_text() == "cat\ndog\n"
+    assert (out / "my_results" / "run1.npz").read_bytes() == b"results"
     assert [p.name for p in tmp_path.iterdir()] == ["again"]
+    Artifact.load(out)
+
+
+def test_squeezenet_like_head_declares_its_classes_and_fuses(tmp_path, image):
+    """A conv → ReLU → GAP → flatten head (SqueezeNet's): the exporter writes the class count
+    into the graphs, and ONNX Runtime fuses f with the pooled tail (a symbolic count too)."""
+    import onnx
+    import openvino as ov
+
+    from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    out = export_artifact("toy_models:conv_head", fmt="both", out=tmp_path / "head")
+    m = Artifact.load(out).manifest
+    assert m["target_layer"] == "classifier.1" and m["g_starts_with_gap"]
+    shape = tuple(m["feature"]["shape"])
+    for role, dims in (("f", ["batch", *shape]), ("g", ["batch", 6]), ("g_pooled", ["batch", 6])):
+        declared = onnx.load(str(out / f"{role}.onnx")).graph.output[0].type.tensor_type.shape
+        assert [d.dim_param or d.dim_value for d in declared.dim] == dims, role
+    assert ov.Core().read_model(str(out / "g_pooled.xml")).output(0).get_partial_shape()[1] == 6
+
+    symbolic = onnx.load(str(out / "g_pooled.onnx"))
+    dim = symbolic.graph.output[0].type.tensor_type.shape.dim[1]
+    dim.Clear()
+    dim.dim_param = "classes"  # as torch.onnx writes it for this head
+    onnx.save(symbolic, str(tmp_path / "g_pooled_symbolic.onnx"))
+    x = ReciproCAM(out, backend="onnxruntime").preprocessing(image)
+    scores = run_onnx(out / "g.onnx", run_onnx(out / "f.onnx", x))
+    n = shape[1] * shape[2]
+    for tail in (out / "g_pooled.onnx", tmp_path / "g_pooled_symbolic.onnx"):
+        fused = OnnxRuntimeBackend().compile_pooled_explainer(out / "f.onnx", tail, shape)
+        assert fused is not None, tail.name
+        rows = fused(x)
+        assert rows.shape == (1, n + 1, 6)
+        np.testing.assert_allclose(rows[0, 0], scores[0], rtol=1e-5, atol=1e-6)

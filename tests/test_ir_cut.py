@@ -13,7 +13,10 @@ from export.ir_cut import IrGraph
 from graph_models import (
     CLASSES,
     SIZE,
+    channels_last_classifier,
     native_ir,
+    native_ir_channels_last,
+    native_ir_repeated_names,
     quantize,
     resnet18_onnx,
     tiny_classifier,
@@ -34,7 +37,19 @@ def files(tmp_path_factory):
         "softmax": to_ir(tiny_classifier(d / "tiny_softmax.onnx", softmax=True)),
         "two": to_ir(tiny_classifier(d / "two_inputs.onnx", second_input=True)),
         "native": native_ir(d / "native.xml"),
+        "keras": to_ir(channels_last_classifier(d / "keras_style.onnx")),
+        "keras_onnx": d / "keras_style.onnx",
+        "native_nhwc": native_ir_channels_last(d / "native_nhwc.xml"),
+        "repeated": native_ir_repeated_names(d / "repeated.xml"),
+        "dynamic": to_ir(tiny_classifier(d / "dynamic.onnx", dynamic_size=True)),
+        "dynamic_onnx": d / "dynamic.onnx",
+        "coupled": to_ir(tiny_classifier(d / "coupled.onnx", batch_coupled=True)),
     }
+
+
+def run_ir(path, x: np.ndarray) -> np.ndarray:
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return compiled({0: x})[0]
 
 
 def test_cuts_by_node_and_tensor_name(files):
@@ -110,8 +125,59 @@ def test_nhwc_ir_matches_nchw(files, tmp_path, image):
     np.testing.assert_allclose(exp.saliency, ref.saliency, atol=1e-5)
 
 
+def test_channels_last_tail_of_a_converted_graph(files, tmp_path, image):
+    """The tf2onnx/Keras-style graph as IR: cut at the NCHW map, as its ONNX twin is."""
+    out = export_graph_file(files["keras"], out=tmp_path / "keras")
+    m = manifest(out)
+    assert m["target_layer"] == "relu2" and m["feature"]["shape"] == [16, 8, 8]
+    assert m["g_starts_with_gap"]  # ReduceMean over H, W without keep_dims is a GAP too
+    twin = export_graph_file(files["keras_onnx"], fmt="onnx", out=tmp_path / "twin")
+    ref = ReciproCAM(twin, backend="onnxruntime").explain(image, top_k=3)
+    exp = ReciproCAM(out, backend="openvino", precision="f32").explain(image, top_k=3)
+    np.testing.assert_array_equal(exp.targets, ref.targets)
+    np.testing.assert_allclose(exp.saliency, ref.saliency, atol=1e-5)
+
+
+def test_native_channels_last_head_is_not_a_cut(files, tmp_path, image):
+    """An IR head that transposes to N x h x w x C before pooling: the NCHW map is the cut."""
+    graph = IrGraph(files["native_nhwc"])
+    assert [c.name for c in graph.cuts] == ["conv", "relu"]
+    out = export_graph_file(files["native_nhwc"], out=tmp_path / "nhwc")
+    assert manifest(out)["feature"]["shape"] == [6, 8, 8]
+    exp = ReciproCAM(out, backend="openvino", precision="f32").explain(image)
+    assert exp.saliency.shape == (1, 1, 8, 8)
+
+
+def test_repeated_friendly_names_cut_the_right_node(files, tmp_path, image):
+    """OpenVINO does not keep friendly names unique: the cut is found by identity."""
+    graph = IrGraph(files["repeated"])
+    assert [c.name for c in graph.cuts] == ["conv", "act", "conv#2", "act#2"]
+    out = export_graph_file(files["repeated"], out=tmp_path / "second")
+    m = manifest(out)
+    assert m["target_layer"] == "act#2" and m["feature"]["shape"] == [6, 4, 4]
+    x = ReciproCAM(out, backend="openvino").preprocessing(image)
+    assert run_ir(out / "f.xml", x).shape == (1, 6, 4, 4)
+    first = export_graph_file(files["repeated"], layer="act", out=tmp_path / "first")
+    assert run_ir(first / "f.xml", x).shape == (1, 6, 8, 8)
+
+
+def test_dynamic_size_ir_at_48x192(files, tmp_path, image):
+    out = export_graph_file(files["dynamic"], size=(48, 192), out=tmp_path / "wide")
+    m = manifest(out)
+    assert m["input"]["shape"] == [1, 3, 48, 192] and m["feature"]["shape"] == [8, 24, 96]
+    twin = export_graph_file(files["dynamic_onnx"], size=(48, 192), fmt="onnx",
+                             out=tmp_path / "twin")
+    exp = ReciproCAM(out, backend="openvino", precision="f32").explain(image, top_k=2)
+    ref = ReciproCAM(twin, backend="onnxruntime").explain(image, top_k=2)
+    assert exp.saliency.shape == (1, 2, 24, 96)
+    np.testing.assert_array_equal(exp.targets, ref.targets)
+    np.testing.assert_allclose(exp.saliency, ref.saliency, atol=1e-3)
+
+
 @pytest.mark.parametrize("key, extra, match", [
     ("two", (), "2 inputs"),
+    ("native_nhwc", ("--layer", "to_nhwc"), "laid out NHWC (channels last)"),
+    ("coupled", (), "scores change with the other images of its batch"),
     ("tiny", ("--layer", "conv2"), "layer 'conv2' is not a valid cut"),
     ("tiny", ("--layer", "c2"), "layer 'c2' is not a valid cut"),
     ("tiny", ("--layer", "nope"), "unknown layer 'nope'"),

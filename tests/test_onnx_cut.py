@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import helper, numpy_helper
 
 from conftest import TORCH_BLOCK
 from conftest import export_refused as refused
@@ -20,6 +22,7 @@ from graph_models import (
     CLASSES,
     SIZE,
     TINY_CUTS,
+    channels_last_classifier,
     quantize,
     resnet18_onnx,
     tiny_classifier,
@@ -41,7 +44,37 @@ def files(tmp_path_factory):
         "softmax": tiny_classifier(d / "tiny_softmax.onnx", softmax=True),
         "two": tiny_classifier(d / "two_inputs.onnx", second_input=True),
         "vector": vector_classifier(d / "vector.onnx"),
+        "keras": channels_last_classifier(d / "keras_style.onnx"),
+        "dynamic": tiny_classifier(d / "dynamic.onnx", dynamic_size=True),
+        "coupled": tiny_classifier(d / "coupled.onnx", batch_coupled=True),
+        "constant": tiny_classifier(d / "constant.onnx", constant=True),
     }
+
+
+def tensor_of(path, name: str, x: np.ndarray) -> np.ndarray:
+    """Tensor ``name`` of the ONNX graph at ``path`` on ``x``, by ONNX Runtime."""
+    model = onnx.load(str(path))
+    model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([name], {model.graph.input[0].name: x})[0]
+
+
+def weights_of(path, name: str) -> np.ndarray:
+    return next(numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+                if i.name == name)
+
+
+def linear_head_maps(feature: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                     targets: np.ndarray) -> np.ndarray:
+    """ReciproCAM maps (K, h, w) by hand for a GAP + linear head: y_n = W^T F[:, n] / N + b.
+
+    ``feature`` (1, C, h, w), ``weight`` (C, classes).
+    """
+    c, h, w = feature.shape[1:]
+    scores = feature[0].reshape(c, h * w).T / (h * w) @ weight + bias
+    maps = scores[:, targets].T
+    lo, hi = maps.min(axis=1, keepdims=True), maps.max(axis=1, keepdims=True)
+    return ((maps - lo) / (hi - lo)).reshape(len(targets), h, w)
 
 
 def test_cuts_of_a_helper_built_graph(files):
@@ -76,6 +109,58 @@ def test_g_has_a_free_batch_axis(files, tmp_path):
     g = ort.InferenceSession(str(out / "g.onnx"))
     assert g.get_inputs()[0].shape[0] == "batch" and g.get_inputs()[0].name == "feature"
     assert g.run(None, {"feature": np.zeros((7, 8, 16, 16), np.float32)})[0].shape == (7, 5)
+
+
+def test_graphs_declare_static_output_shapes(files, tmp_path):
+    """Only the batch is symbolic in what the graphs declare (the class count is written)."""
+    out = export_graph_file(files["tiny"], fmt="onnx", out=tmp_path / "declared")
+    for role, dims in (("f", ["batch", 8, 8, 8]), ("g", ["batch", CLASSES]),
+                       ("g_pooled", ["batch", CLASSES])):
+        shape = onnx.load(str(out / f"{role}.onnx")).graph.output[0].type.tensor_type.shape
+        assert [d.dim_param or d.dim_value for d in shape.dim] == dims, role
+
+
+def test_channels_last_tail_is_cut_at_its_nchw_map(files, tmp_path, image, capsys):
+    """tf2onnx/Keras style: the last 4-D tensor is N x h x w x C; the cut is the NCHW map."""
+    graph = OnnxGraph(files["keras"])
+    assert "nhwc" not in [c.name for c in graph.cuts]
+    assert graph.find(None).name == "r2" and graph.find(None).shape == (16, 8, 8)
+    assert cli.main([str(files["keras"]), "--list-layers"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert rows[-1].split()[0] == "r2" and rows[-1].endswith("(default)")
+    assert "nhwc" not in [row.split()[0] for row in rows]
+
+    out = export_graph_file(files["keras"], out=tmp_path / "keras")
+    m = manifest(out)
+    assert m["target_layer"] == "r2" and m["feature"]["shape"] == [16, 8, 8]
+    assert m["g_starts_with_gap"]  # Transpose then ReduceMean over axes 1, 2 is a GAP
+    x = ReciproCAM(out, backend="onnxruntime").preprocessing(image)
+    feature = tensor_of(files["keras"], "r2", x)
+    weight, bias = weights_of(files["keras"], "dense"), weights_of(files["keras"], "dense_bias")
+    for backend in BACKENDS:
+        exp = ReciproCAM(out, backend=backend, precision="f32").explain(image, top_k=3)
+        np.testing.assert_allclose(
+            exp.saliency[0], linear_head_maps(feature, weight, bias, exp.targets[0]), atol=1e-5)
+
+
+def test_dynamic_size_graph_at_48x192(files, tmp_path, image):
+    """A graph with dynamic H and W, exported at a non-square size: maps are h x w of it."""
+    out = tmp_path / "wide"
+    assert cli.main([str(files["dynamic"]), "--input-size", "48x192", "--out", str(out),
+                     "-q"]) == 0
+    m = manifest(out)
+    assert m["input"]["shape"] == [1, 3, 48, 192] and m["feature"]["shape"] == [8, 24, 96]
+    assert m["target_layer"] == "pool"
+    x = ReciproCAM(out, backend="onnxruntime").preprocessing(image)
+    assert x.shape == (1, 3, 48, 192)
+    feature = tensor_of(files["dynamic"], "pool", x)
+    weight, bias = weights_of(files["dynamic"], "wfc").T, weights_of(files["dynamic"], "bfc")
+    for backend in BACKENDS:
+        exp = ReciproCAM(out, backend=backend, precision="f32").explain(image, top_k=2)
+        assert exp.saliency.shape == (1, 2, 24, 96)
+        # N = 2304: a score moves by ~1e-7 of the bias between positions, so f32 rounding shows
+        np.testing.assert_allclose(
+            exp.saliency[0], linear_head_maps(feature, weight, bias, exp.targets[0]), atol=1e-3)
 
 
 def test_softmax_is_dropped_or_kept(files, tmp_path, image):
@@ -118,6 +203,11 @@ def test_nhwc_input_matches_its_nchw_twin(files, tmp_path, image):
     ("tiny", ("--input-size", "32"), "--input-size 32 does not match"),
     ("tiny", ("--weights", "none"), "--weights does not apply"),
     ("tiny", ("--std", "0", "1", "1"), "invalid preprocessing"),
+    ("tiny", ("--input-size", "16x32"), "--input-size 16x32 does not match"),
+    ("keras", ("--layer", "nhwc"), "laid out NHWC (channels last), not NCHW"),
+    ("keras", ("--layer", "to_nhwc"), "laid out NHWC (channels last), not NCHW"),
+    ("coupled", (), "scores change with the other images of its batch"),
+    ("constant", (), "scores are the same for two different inputs"),
 ])
 def test_bad_graph_inputs_are_refused(capsys, tmp_path, files, key, extra, match):
     assert match in refused(capsys, tmp_path, str(files[key]), *extra)

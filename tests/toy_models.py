@@ -126,3 +126,79 @@ def bright_nan() -> nn.Module:
     model = BrightNaNNet().eval()
     model.reciprocam_input = {**TOY_INPUT, "mean": (0.0, 0.0, 0.0), "std": (0.01, 0.01, 0.01)}
     return model
+
+
+class GrayNet(TinyGapNet):
+    """Expects one-channel (grayscale) images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body[0] = nn.Conv2d(1, 8, 3, 2, 1)
+
+
+def gray() -> nn.Module:
+    torch.manual_seed(0)
+    return GrayNet().eval()
+
+
+def sized(height: int = 64, width: int = 64) -> nn.Module:
+    """TinyGapNet declaring its input size as an (H, W) pair."""
+    model = tiny_gap()
+    model.reciprocam_input = {**TOY_INPUT, "size": (height, width)}
+    return model
+
+
+def sized_48x64() -> nn.Module:
+    return sized(48, 64)
+
+
+class BatchNormalisedNet(TinyGapNet):
+    """Scores divided by their largest magnitude over the whole batch: images are coupled."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = super().forward(x)
+        return scores / scores.abs().amax()
+
+
+def batch_normalised() -> nn.Module:
+    torch.manual_seed(0)
+    return BatchNormalisedNet().eval()
+
+
+class BatchOneNet(TinyGapNet):
+    """A head that reshapes to batch 1: right for one image, wrong for a batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.body(x)).reshape(1, -1))
+
+
+def batch_one() -> nn.Module:
+    torch.manual_seed(0)
+    return BatchOneNet().eval()
+
+
+def constant_scores() -> nn.Module:
+    """Scores equal to the bias whatever the image (as torchvision's random GoogLeNet)."""
+    model = tiny_gap()
+    with torch.no_grad():
+        model.fc.weight.zero_()
+    return model
+
+
+class ConvHeadNet(nn.Module):
+    """SqueezeNet's head: 1x1 conv to the classes, ReLU, GAP, flatten (no linear layer)."""
+
+    def __init__(self, classes: int = 6) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Conv2d(8, classes, 1), nn.ReLU(),
+                                        nn.AdaptiveAvgPool2d(1))
+        self.reciprocam_input = dict(TOY_INPUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def conv_head() -> nn.Module:
+    torch.manual_seed(0)
+    return ConvHeadNet().eval()

@@ -215,16 +215,16 @@ def pooled_explainer_onnx(f: Any, tail: Any, feature_shape: tuple[int, int, int]
     """One ONNX model: input → ``f`` → A · rows(F) → ``g_pooled`` → (B, N + 1, K).
 
     rows(F) is F as (B, N, C); A is ``masking.pooling_matrix``, so row 0 is the global average
-    and row n + 1 the exact GAP of masked map n.
+    and row n + 1 the exact GAP of masked map n. The class count is read from the scores at
+    run time, so a tail whose declared output leaves it symbolic fuses too.
     """
     from onnx import TensorProto, compose, helper, numpy_helper
 
     c, h, w = feature_shape
     n = h * w
     (pooled_input,) = tail.graph.input
-    classes = tail.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
-    if len(pooled_input.type.tensor_type.shape.dim) != 2 or classes < 1:
-        raise ValueError("g_pooled does not map (B, C) rows to (B, K) scores with a known K")
+    if len(pooled_input.type.tensor_type.shape.dim) != 2:
+        raise ValueError("g_pooled does not map (B, C) rows to (B, K) scores")
     tail = compose.add_prefix(tail, "tail/")
     (feature,) = [o.name for o in f.graph.output]
     (pooled,) = [i.name for i in tail.graph.input]
@@ -232,14 +232,20 @@ def pooled_explainer_onnx(f: Any, tail: Any, feature_shape: tuple[int, int, int]
     consts = [numpy_helper.from_array(np.array([-1, c, n], np.int64), "rc/flat_shape"),
               numpy_helper.from_array(pooling_matrix(n, masks), "rc/mix"),
               numpy_helper.from_array(np.array([-1, c], np.int64), "rc/row_shape"),
-              numpy_helper.from_array(np.array([-1, n + 1, classes], np.int64), "rc/out_shape")]
+              numpy_helper.from_array(np.array([-1, n + 1], np.int64), "rc/images_rows"),
+              numpy_helper.from_array(np.array([1], np.int64), "rc/class_axis")]
     rows = [helper.make_node("Reshape", [feature, "rc/flat_shape"], ["rc/flat"]),
             helper.make_node("Transpose", ["rc/flat"], ["rc/rows"], perm=[0, 2, 1]),
             helper.make_node("MatMul", ["rc/mix", "rc/rows"], ["rc/mixed"]),
             helper.make_node("Reshape", ["rc/mixed", "rc/row_shape"], [pooled])]
-    per_image = helper.make_node("Reshape", [scores, "rc/out_shape"], ["scores"])
+    per_image = [helper.make_node("Shape", [scores], ["rc/scores_shape"]),
+                 helper.make_node("Gather", ["rc/scores_shape", "rc/class_axis"], ["rc/classes"],
+                                  axis=0),
+                 helper.make_node("Concat", ["rc/images_rows", "rc/classes"], ["rc/out_shape"],
+                                  axis=0),
+                 helper.make_node("Reshape", [scores, "rc/out_shape"], ["scores"])]
     graph = helper.make_graph(
-        list(f.graph.node) + rows + list(tail.graph.node) + [per_image], "reciprocam_pooled",
+        list(f.graph.node) + rows + list(tail.graph.node) + per_image, "reciprocam_pooled",
         list(f.graph.input), [helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)],
         list(f.graph.initializer) + list(tail.graph.initializer) + consts)
     opsets: dict[str, int] = {}
