@@ -10,14 +10,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from reciprocam_ir.preprocess import INTERPOLATIONS, PAD_POSITIONS
-
 from .errors import ExportError
 from .input_size import parse_input_size
 
 
 def parser() -> argparse.ArgumentParser:
-    from .staging import FORMATS  # numpy, OpenCV: imported once Ctrl-C is handled
+    # numpy and OpenCV come with these: imported once Ctrl-C is handled
+    from reciprocam_ir.preprocess import INTERPOLATIONS, PAD_POSITIONS
+
+    from .staging import FORMATS
 
     p = argparse.ArgumentParser(
         prog="reciprocam-export",
