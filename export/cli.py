@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
                         "default 224)")
     p.add_argument("--format", choices=FORMATS, default="both")
     p.add_argument("--out", default=None, help="artifact folder (default: models/<name>)")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="class names, one per line or a JSON list (default: the model's own: "
+                        "torchvision's, reciprocam_labels, or a graph file's metadata)")
     p.add_argument("--list-layers", action="store_true",
                    help="print the valid cut points with their feature shapes and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -93,7 +96,8 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
     options = {k: getattr(args, k) for k in ("mean", "std", "scale", "color", "resize_size")
                if getattr(args, k) is not None}
     return export_graph_file(args.model, args.layer, args.input_size, args.format, args.out,
-                             log, keep_softmax=args.keep_softmax, **options)
+                             log, keep_softmax=args.keep_softmax, labels=args.labels,
+                             **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import export_artifact
 
             out = export_artifact(args.model, args.weights, args.layer, args.input_size,
-                                  args.format, args.out, log)
+                                  args.format, args.out, log, labels=args.labels)
     except ExportError as exc:
         print(f"reciprocam-export: error: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .errors import ExportError
 from .file_cut import is_graph_file
 from .graph_files import onnx_to_ir
+from .labels import graph_labels, read_labels_file
 from .staging import FORMATS, check_destination, staged
 from .verify import check_graphs, judge, verification_input
 
@@ -86,12 +87,15 @@ def export_graph_file(
     color: str = DEFAULT_COLOR,
     keep_softmax: bool = False,
     resize_size: int | None = None,
+    labels: str | Path | None = None,
 ) -> Path:
     """Cut the ONNX/IR classifier at ``path`` and write its artifact folder; return its path.
 
     ``keep_softmax`` keeps a trailing Softmax in ``g`` (scores are then probabilities);
     by default it is dropped and ``g`` outputs the logits. Images are resized straight to
     the input size, or with ``resize_size`` shorter side first, then centre-cropped.
+    Class names come from the ``labels`` file, else from the graph's metadata when it holds
+    exactly one per class.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -105,6 +109,7 @@ def export_graph_file(
     if kind == "ir" and fmt == "both":
         log("an IR model is written as IR only")
         fmt = "ir"
+    file_labels = read_labels_file(labels) if labels is not None else None
     log(f"reading {source}")
     graph = open_graph(path, size)
     try:
@@ -122,6 +127,7 @@ def export_graph_file(
     x = verification_input(graph.input.shape())
     reference = graph.reference(x, keep_softmax)
     softmax_removed = graph.softmax_input is not None and not keep_softmax
+    names = graph_labels(graph.metadata, int(reference.shape[1]), labels, file_labels, log)
 
     with staged(out) as staging:
         files = graph.write(cut, staging, keep_softmax)
@@ -165,7 +171,7 @@ def export_graph_file(
             "output": {"name": OUTPUT_NAME, "num_classes": int(reference.shape[1]),
                        "logits": not (graph.softmax_input is not None and keep_softmax),
                        "softmax_removed": softmax_removed},
-            "labels": None,
+            "labels": names,
             "g_starts_with_gap": pooled,
             "pooled": {"name": POOLED_NAME, "shape": [c]} if pooled else None,
             "graphs": graphs,

@@ -62,6 +62,7 @@ class IrGraph:
             raise ExportError(f"{path}: cannot give the graph a dynamic batch axis "
                               f"({first_line(exc)})") from None
         self.model = model
+        self.metadata = _metadata(model)
         self._analyse()
 
     def _analyse(self) -> None:
@@ -207,6 +208,22 @@ class IrGraph:
                 raise ExportError(f"{self.source}: cannot build {role} at '{cut.name}' "
                                   f"({first_line(exc)})") from None
         return files
+
+
+def _metadata(model: ov.Model) -> dict[str, str]:
+    """The text in ``rt_info`` that may name the classes.
+
+    ``model_info/labels`` holds space-separated names (OpenVINO Model API, YOLO exporters);
+    ``framework/*`` holds an ONNX model's ``metadata_props`` after ``ov.convert_model``.
+    """
+    found = {}
+    if model.has_rt_info(["model_info", "labels"]):
+        names = model.get_rt_info(["model_info", "labels"]).astype(str).split()
+        found["model_info/labels"] = "\n".join(names)
+    if model.has_rt_info(["framework"]):
+        for key in model.get_rt_info()["framework"]:
+            found[f"framework/{key}"] = model.get_rt_info(["framework", key]).astype(str)
+    return found
 
 
 def _constant_values(value: ov.Output) -> np.ndarray | None:

@@ -62,6 +62,7 @@ class OnnxGraph:
         except Exception as exc:  # protobuf and onnx raise many kinds
             raise ExportError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
         graph = model.graph
+        self.metadata = {p.key: p.value for p in model.metadata_props}
         initializers = {i.name for i in graph.initializer}
         inputs = [v for v in graph.input if v.name not in initializers]
         dims = _dims(inputs[0]) if len(inputs) == 1 else None

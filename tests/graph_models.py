@@ -202,3 +202,11 @@ def native_ir_with_tail(path: Path) -> Path:
     result.input(0).replace_source_output(scores.output(0))
     ov.save_model(native, str(path), compress_to_fp16=False)
     return path
+
+
+def with_metadata(path: Path, props: dict[str, str]) -> Path:
+    """The ONNX file at ``path`` rewritten with ``props`` as its ``metadata_props``."""
+    model = onnx.load(str(path))
+    helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    return path
