@@ -127,6 +127,8 @@ def export_graph_file(
     x = verification_input(graph.input.shape())
     reference = graph.reference(x, keep_softmax)
     softmax_removed = graph.softmax_input is not None and not keep_softmax
+    if softmax_removed:
+        log("dropping the final Softmax: g outputs logits (--keep-softmax keeps it)")
     names = graph_labels(graph.metadata, int(reference.shape[1]), labels, file_labels, log)
 
     with staged(out) as staging:
