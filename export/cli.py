@@ -38,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
                         "only for a dynamic H, W; default 224)")
     p.add_argument("--format", choices=FORMATS, default="both")
     p.add_argument("--out", default=None, help="artifact folder (default: models/<name>)")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="class names, one per line or a JSON list (default: the model's own: "
+                        "torchvision's, reciprocam_labels, or a graph file's metadata)")
     p.add_argument("--list-layers", action="store_true",
                    help="print the valid cut points with their feature shapes and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -118,7 +121,8 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
     if args.antialias is not None:
         options["antialias"] = args.antialias == "on"
     return export_graph_file(args.model, args.layer, args.input_size, args.format, args.out,
-                             log, keep_softmax=args.keep_softmax, **options)
+                             log, keep_softmax=args.keep_softmax, labels=args.labels,
+                             **options)
 
 
 @contextmanager
@@ -172,7 +176,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
     from .pipeline import export_artifact
 
     return export_artifact(args.model, args.weights, args.layer, args.input_size, args.format,
-                           args.out, log)
+                           args.out, log, labels=args.labels)
 
 
 def main(argv: list[str] | None = None) -> int:

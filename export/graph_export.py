@@ -28,6 +28,7 @@ from .errors import ExportError
 from .file_cut import is_graph_file
 from .graph_files import declare_output_shape, onnx_to_ir
 from .input_size import InputSize
+from .labels import graph_labels, read_labels_file
 from .staging import FORMATS, check_destination, staged
 from .verify import (
     Reference,
@@ -86,6 +87,7 @@ def export_graph_file(
     keep_softmax: bool = False,
     resize_size: int | None = None,
     resize: str | None = None,
+    labels: str | Path | None = None,
     **resampling: Any,
 ) -> Path:
     """Cut the ONNX/IR classifier at ``path`` and write its artifact folder; return its path.
@@ -95,7 +97,9 @@ def export_graph_file(
     fixes a dynamic input size. ``resize``: ``direct`` (straight to the input size; the
     default), ``crop`` (shorter side to ``resize_size``, then the centre; the default when
     ``resize_size`` is given) or ``pad``; ``resampling``: the other :class:`Preprocessing`
-    fields (``interpolation``, ``antialias``, ``pad_position``, ``pad_value``).
+    fields (``interpolation``, ``antialias``, ``pad_position``, ``pad_value``). Class
+    names come from the ``labels`` file, else from the graph's metadata when it holds
+    exactly one per class.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -109,6 +113,7 @@ def export_graph_file(
     if kind == "ir" and fmt == "both":
         log("an IR model is written as IR only")
         fmt = "ir"
+    file_labels = read_labels_file(labels) if labels is not None else None
     log(f"reading {source}")
     graph = open_graph(path, size)
     try:
@@ -127,6 +132,9 @@ def export_graph_file(
     check_input_dependence(ref.scores, source)
     num_classes = int(ref.scores.shape[1])
     softmax_removed = graph.softmax_input is not None and not keep_softmax
+    if softmax_removed:
+        log("dropping the final Softmax: g outputs logits (--keep-softmax keeps it)")
+    names = graph_labels(graph.metadata, num_classes, labels, file_labels, log)
 
     with staged(out) as staging:
         files = graph.write(cut, staging, keep_softmax)
@@ -176,7 +184,7 @@ def export_graph_file(
             "output": {"name": OUTPUT_NAME, "num_classes": num_classes,
                        "logits": not (graph.softmax_input is not None and keep_softmax),
                        "softmax_removed": softmax_removed},
-            "labels": None,
+            "labels": names,
             "g_starts_with_gap": pooled,
             "pooled": {"name": POOLED_NAME, "shape": [c]} if pooled else None,
             "graphs": graphs,
