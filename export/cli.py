@@ -10,14 +10,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from reciprocam_ir.preprocess import INTERPOLATIONS, PAD_POSITIONS
-
 from .errors import ExportError
 from .input_size import parse_input_size
 
 
 def parser() -> argparse.ArgumentParser:
-    from .staging import FORMATS  # numpy, OpenCV: imported once Ctrl-C is handled
+    # numpy and OpenCV come with these: imported once Ctrl-C is handled
+    from reciprocam_ir.preprocess import INTERPOLATIONS, PAD_POSITIONS
+
+    from .staging import FORMATS
 
     p = argparse.ArgumentParser(
         prog="reciprocam-export",
@@ -37,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
                         "only for a dynamic H, W; default 224)")
     p.add_argument("--format", choices=FORMATS, default="both")
     p.add_argument("--out", default=None, help="artifact folder (default: models/<name>)")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="class names, one per line or a JSON list (default: the model's own: "
+                        "torchvision's, reciprocam_labels, or a graph file's metadata)")
     p.add_argument("--explain-top-k", type=int, default=1, metavar="K",
                    help="classes the explain graph explains: the K best (default 1)")
     p.add_argument("--list-layers", action="store_true",
@@ -119,7 +123,7 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
     if args.antialias is not None:
         options["antialias"] = args.antialias == "on"
     return export_graph_file(args.model, args.layer, args.input_size, args.format, args.out,
-                             log, keep_softmax=args.keep_softmax,
+                             log, keep_softmax=args.keep_softmax, labels=args.labels,
                              explain_top_k=args.explain_top_k, **options)
 
 
@@ -165,6 +169,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
     """Export (or list the layers of) ``args.model``; the artifact's path, None for a list."""
     from .file_cut import is_graph_file
 
+    if args.explain_top_k < 1:
+        raise ExportError(f"--explain-top-k {args.explain_top_k}: must be at least 1")
     if is_graph_file(args.model):
         return export_file(args, log)
     if args.list_layers:
@@ -174,7 +180,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
     from .pipeline import export_artifact
 
     return export_artifact(args.model, args.weights, args.layer, args.input_size, args.format,
-                           args.out, log, args.explain_top_k)
+                           args.out, log, labels=args.labels, explain_top_k=args.explain_top_k)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,3 +111,15 @@ def find_cut(source: str, cuts: Sequence[CutPoint], layer: str | None,
         raise ExportError(f"{source}: unknown layer '{layer}'{hint} (see --list-layers)")
     raise ExportError(f"{source}: layer '{layer}' is not a valid cut (not a 4-D float map with "
                       f"h, w > 1 that all later layers read through); valid cuts include: {valid}")
+
+
+def softmax_over_classes(dims: Sequence[int | None] | None, axis: int) -> bool:
+    """Whether a Softmax at ``axis`` of a ``dims`` tensor normalises each sample's class scores.
+
+    True when every other non-batch axis has size 1: then the Softmax is the classifier's
+    final one over all classes, and a reshape after it only adds or drops unit axes.
+    """
+    if dims is None or len(dims) < 2 or None in dims[1:]:
+        return False
+    axis = axis % len(dims)
+    return axis > 0 and all(d == 1 for i, d in enumerate(dims[1:], 1) if i != axis)

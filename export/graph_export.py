@@ -29,6 +29,7 @@ from .explain_graph import add_explain_graphs
 from .file_cut import is_graph_file
 from .graph_files import declare_output_shape, onnx_to_ir
 from .input_size import InputSize
+from .labels import graph_labels, read_labels_file
 from .staging import FORMATS, check_destination, staged
 from .verify import (
     Reference,
@@ -87,6 +88,7 @@ def export_graph_file(
     keep_softmax: bool = False,
     resize_size: int | None = None,
     resize: str | None = None,
+    labels: str | Path | None = None,
     explain_top_k: int = 1,
     **resampling: Any,
 ) -> Path:
@@ -97,8 +99,10 @@ def export_graph_file(
     fixes a dynamic input size. ``resize``: ``direct`` (straight to the input size; the
     default), ``crop`` (shorter side to ``resize_size``, then the centre; the default when
     ``resize_size`` is given) or ``pad``; ``resampling``: the other :class:`Preprocessing`
-    fields (``interpolation``, ``antialias``, ``pad_position``, ``pad_value``). The artifact
-    also holds the explain graph of the ``explain_top_k`` best classes.
+    fields (``interpolation``, ``antialias``, ``pad_position``, ``pad_value``). Class
+    names come from the ``labels`` file, else from the graph's metadata when it holds
+    exactly one per class. The artifact also
+    holds the explain graph of the ``explain_top_k`` best classes.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -112,6 +116,7 @@ def export_graph_file(
     if kind == "ir" and fmt == "both":
         log("an IR model is written as IR only")
         fmt = "ir"
+    file_labels = read_labels_file(labels) if labels is not None else None
     log(f"reading {source}")
     graph = open_graph(path, size)
     try:
@@ -130,6 +135,9 @@ def export_graph_file(
     check_input_dependence(ref.scores, source)
     num_classes = int(ref.scores.shape[1])
     softmax_removed = graph.softmax_input is not None and not keep_softmax
+    if softmax_removed:
+        log("dropping the final Softmax: g outputs logits (--keep-softmax keeps it)")
+    names = graph_labels(graph.metadata, num_classes, labels, file_labels, log)
 
     with staged(out) as staging:
         files = graph.write(cut, staging, keep_softmax)
@@ -179,7 +187,7 @@ def export_graph_file(
             "output": {"name": OUTPUT_NAME, "num_classes": num_classes,
                        "logits": not (graph.softmax_input is not None and keep_softmax),
                        "softmax_removed": softmax_removed},
-            "labels": None,
+            "labels": names,
             "g_starts_with_gap": pooled,
             "pooled": {"name": POOLED_NAME, "shape": [c]} if pooled else None,
             "graphs": graphs,

@@ -16,11 +16,12 @@ from reciprocam_ir.artifact import FEATURE_NAME, INPUT_NAME, OUTPUT_NAME, POOLED
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
-from .file_cut import CutPoint, ImageInput, find_cut, image_input
+from .file_cut import CutPoint, ImageInput, find_cut, image_input, softmax_over_classes
 from .input_size import InputSize
 from .layouts import NCHW, REDUCTIONS, Op, infer_layouts, layout_problem, transposed
 
 F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+PASS_ON = ("Identity", "Reshape", "Squeeze", "Unsqueeze")
 
 
 def _key(output: ov.Output) -> tuple[int, int]:
@@ -64,6 +65,7 @@ class IrGraph:
             raise ExportError(f"{path}: cannot give the graph a dynamic batch axis "
                               f"({first_line(exc)})") from None
         self.model = model
+        self.metadata = _metadata(model)
         self._analyse()
 
     def _analyse(self) -> None:
@@ -117,8 +119,8 @@ class IrGraph:
                     continue
                 self._outputs[cut_name] = (position, out.get_index())
                 self.cuts.append(point)
-        last = self.result_input.get_node()
-        self.softmax_input = last.input_value(0) if last.get_type_name() == "Softmax" else None
+        softmax = _final_softmax(self.result_input)
+        self.softmax_input = softmax.input_value(0) if softmax is not None else None
 
     def _all_paths_through(self, cut: ov.Output, result: ov.Node) -> bool:
         """Whether the result reads the Parameter only through ``cut``."""
@@ -157,9 +159,20 @@ class IrGraph:
         return model, node.output(index), model.get_results()[0].input_value(0)
 
     def _scores(self, value: ov.Output, keep_softmax: bool) -> ov.Output:
-        node = value.get_node()
-        if self.softmax_input is not None and not keep_softmax:
-            return node.input_value(0)
+        """What ``g`` outputs in the graph of ``value`` (the scores): the logits by default.
+
+        ``g`` ends at the final Softmax's input when that already is the (N, classes) f32
+        scores; otherwise (a (N, C, 1, 1) Softmax then a reshape, say) it is bypassed.
+        """
+        softmax = _final_softmax(value) if not keep_softmax else None
+        if softmax is None:
+            return value
+        logits = softmax.input_value(0)
+        rank = logits.get_partial_shape().rank
+        if logits.get_element_type() == ov.Type.f32 and rank.is_static and rank.get_length() == 2:
+            return logits
+        for target in list(softmax.output(0).get_target_inputs()):
+            target.replace_source_output(logits)
         return value
 
     def reference(self, x: np.ndarray, keep_softmax: bool) -> np.ndarray:
@@ -250,6 +263,22 @@ class IrGraph:
         return files
 
 
+def _metadata(model: ov.Model) -> dict[str, str]:
+    """The text in ``rt_info`` that may name the classes.
+
+    ``model_info/labels`` holds space-separated names (OpenVINO Model API, YOLO exporters);
+    ``framework/*`` holds an ONNX model's ``metadata_props`` after ``ov.convert_model``.
+    """
+    found = {}
+    if model.has_rt_info(["model_info", "labels"]):
+        names = model.get_rt_info(["model_info", "labels"]).astype(str).split()
+        found["model_info/labels"] = "\n".join(names)
+    if model.has_rt_info(["framework"]):
+        for key in model.get_rt_info()["framework"]:
+            found[f"framework/{key}"] = model.get_rt_info(["framework", key]).astype(str)
+    return found
+
+
 def _constant_values(value: ov.Output) -> np.ndarray | None:
     node = value.get_node()
     return np.asarray(node.get_data()) if node.get_type_name() == "Constant" else None
@@ -268,6 +297,33 @@ def _op(node: ov.Node) -> Op:
     if kind == "Transpose":
         return Op(kind, inputs, outputs, perm=values)
     return Op(kind, inputs, outputs, axes=tuple(sorted(v % 4 for v in values)))
+
+
+def _passed_on(node: ov.Node) -> ov.Output | None:
+    """The input a no-op node passes on unchanged (up to unit axes), else None."""
+    kind = node.get_type_name()
+    if kind in PASS_ON or kind == "Convert" and node.get_output_element_type(0) == ov.Type.f32:
+        return node.input_value(0)
+    if kind in ("Multiply", "Divide"):
+        for data, other in ((0, 1), (1, 0)) if kind == "Multiply" else ((0, 1),):
+            one = _constant_values(node.input_value(other))
+            if one is not None and bool(np.all(one == 1)):
+                return node.input_value(data)
+    return None
+
+
+def _final_softmax(scores: ov.Output) -> ov.Node | None:
+    """The Softmax over the classes that makes ``scores``, seen through a no-op tail."""
+    node = scores.get_node()
+    while node.get_type_name() != "Softmax":
+        passed = _passed_on(node)
+        if passed is None:
+            return None
+        node = passed.get_node()
+    shape = node.get_input_partial_shape(0)
+    dims = None if shape.rank.is_dynamic else \
+        [d.get_length() if d.is_static else None for d in shape]
+    return node if softmax_over_classes(dims, int(node.get_attributes()["axis"])) else None
 
 
 def _reads_batch_only(node: ov.Node) -> bool:

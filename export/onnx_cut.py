@@ -13,12 +13,13 @@ from reciprocam_ir.artifact import FEATURE_NAME, INPUT_NAME, OUTPUT_NAME, POOLED
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
-from .file_cut import CutPoint, ImageInput, find_cut, image_input
+from .file_cut import CutPoint, ImageInput, find_cut, image_input, softmax_over_classes
 from .graph_files import BATCH
 from .input_size import InputSize
 from .layouts import NCHW, REDUCTIONS, Op, infer_layouts, layout_problem, transposed
 
 FLOAT_TYPES = (TensorProto.FLOAT,)
+RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
@@ -63,6 +64,7 @@ class OnnxGraph:
         except Exception as exc:  # protobuf and onnx raise many kinds
             raise ExportError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
         graph = model.graph
+        self.metadata = {p.key: p.value for p in model.metadata_props}
         initializers = {i.name for i in graph.initializer}
         inputs = [v for v in graph.input if v.name not in initializers]
         dims = _dims(inputs[0]) if len(inputs) == 1 else None
@@ -118,9 +120,45 @@ class OnnxGraph:
                     self.cuts.append(point)
                 else:
                     self.misplaced.append((point, problem))
-        softmax = self.producer.get(self.output)
-        self.softmax_input = softmax.input[0] if softmax is not None and \
-            softmax.op_type == "Softmax" else None
+        self.softmax = self._final_softmax(values)
+        self.softmax_input = self.softmax.input[0] if self.softmax is not None else None
+        # g ends at the Softmax's input when that already is the (N, classes) f32 scores;
+        # otherwise (a (N, C, 1, 1) Softmax then Flatten, say) the Softmax is bypassed
+        logits = values.get(self.softmax_input or "")
+        self.logits_end = self.softmax_input if logits is not None and \
+            logits.type.tensor_type.elem_type in FLOAT_TYPES and len(_dims(logits) or ()) == 2 \
+            else self.output
+
+    def _final_softmax(self, values: dict[str, onnx.ValueInfoProto]) -> onnx.NodeProto | None:
+        """The Softmax over the classes that makes the output, seen through a no-op tail."""
+        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")),
+                     13)
+        node = self.producer.get(self.output)
+        while node is not None and node.op_type != "Softmax":
+            passed = self._passed_on(node)
+            node = self.producer.get(passed) if passed is not None else None
+        if node is None:
+            return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        value = values.get(node.input[0])
+        dims = _dims(value) if value is not None else None
+        return node if softmax_over_classes(dims, attrs.get("axis", -1 if opset >= 13 else 1)) \
+            else None
+
+    def _passed_on(self, node: onnx.NodeProto) -> str | None:
+        """The input a no-op node passes on unchanged (up to unit axes), else None."""
+        if node.op_type in ("Identity", "Dropout", *RESHAPES):
+            return node.input[0]
+        if node.op_type == "Cast":
+            to_float = any(a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute)
+            return node.input[0] if to_float else None
+        if node.op_type in ("Mul", "Div") and len(node.input) == 2:
+            pairs = ((0, 1), (1, 0)) if node.op_type == "Mul" else ((0, 1),)
+            for data, other in pairs:
+                one = self._constant(node.input[other])
+                if one is not None and bool(np.all(one == 1)):
+                    return node.input[data]
+        return None
 
     def _feature_shapes(self, values: dict[str, onnx.ValueInfoProto],
                         reads_input: set[str]) -> dict[str, tuple[int, ...]]:
@@ -240,14 +278,24 @@ class OnnxGraph:
         return find_cut(self.source, self.cuts, layer, self.known, self.misplaced)
 
     def scores_tensor(self, keep_softmax: bool) -> str:
-        """The tensor ``g`` ends at: the Softmax's input unless it is kept."""
-        return self.softmax_input if self.softmax_input and not keep_softmax else self.output
+        """The tensor ``g`` ends at: the Softmax's input unless it is kept (or bypassed)."""
+        return self.output if self.softmax is None or keep_softmax else self.logits_end
+
+    def _scores_model(self, keep_softmax: bool) -> onnx.ModelProto:
+        """The model, or a copy whose final Softmax passes its input on (an Identity)."""
+        if self.softmax is None or keep_softmax or self.logits_end != self.output:
+            return self.model
+        model = copy.deepcopy(self.model)
+        node = next(n for n in model.graph.node if n.output[0] == self.softmax.output[0])
+        node.op_type = "Identity"
+        del node.attribute[:]
+        return model
 
     def reference(self, x: np.ndarray, keep_softmax: bool) -> np.ndarray:
         """The original graph's scores on ``x`` with ONNX Runtime (pre-Softmax by default)."""
         import onnxruntime as ort
 
-        model = copy.deepcopy(self.model)
+        model = copy.deepcopy(self._scores_model(keep_softmax))
         wanted = self.scores_tensor(keep_softmax)
         if wanted != self.output:
             model.graph.output.append(helper.make_empty_tensor_value_info(wanted))
@@ -306,14 +354,14 @@ class OnnxGraph:
         return (node.output[0], [-1, channels]) if layout.index("N") < layout.index("C") \
             else None
 
-    def _rebound(self, start: str, end: str) -> onnx.ModelProto:
-        """The model with the batch-size reads between ``start`` and ``end`` reading ``start``.
+    def _rebound(self, model: onnx.ModelProto, start: str, end: str) -> onnx.ModelProto:
+        """``model`` with the batch-size reads between ``start`` and ``end`` reading ``start``.
 
         The batch size after the cut comes from the feature map (a 4-D N, C, h, w tensor).
         """
         if start == self.input.name:
-            return self.model
-        model = copy.deepcopy(self.model)
+            return model
+        model = copy.deepcopy(model)
         tail = self._tail_outputs(start, end) & self.batch_reads
         for node in model.graph.node:
             if node.output and node.output[0] in tail:
@@ -322,7 +370,7 @@ class OnnxGraph:
 
     def write(self, cut: CutPoint, folder: Path, keep_softmax: bool) -> dict[str, Path]:
         """Write ``f.onnx``, ``g.onnx`` (and ``g_pooled.onnx`` after a GAP) into ``folder``."""
-        scores = self.scores_tensor(keep_softmax)
+        scores, source = self.scores_tensor(keep_softmax), self._scores_model(keep_softmax)
         parts = {"f": ([self.input.name], [cut.name], INPUT_NAME, FEATURE_NAME),
                  "g": ([cut.name], [scores], FEATURE_NAME, OUTPUT_NAME)}
         pooled = self.pooled_start(cut)
@@ -331,7 +379,7 @@ class OnnxGraph:
         files = {}
         for role, (ins, outs, in_name, out_name) in parts.items():
             try:
-                model = onnx.utils.Extractor(self._rebound(ins[0], outs[0])).extract_model(
+                model = onnx.utils.Extractor(self._rebound(source, ins[0], outs[0])).extract_model(
                     ins, outs)
             except Exception as exc:
                 raise ExportError(f"{self.source}: cannot extract {role} at '{cut.name}' "

@@ -25,6 +25,7 @@ from .explain_graph import add_explain_graphs
 from .graph_cut import CutGraph, Split
 from .graph_files import declare_output_shape, onnx_to_ir, write_onnx
 from .input_size import InputSize
+from .labels import check_count, read_labels_file
 from .model_source import LoadedModel, load_model
 from .staging import FORMATS, check_destination, staged
 from .verify import (
@@ -87,18 +88,26 @@ def export_artifact(
     fmt: str = "both",
     out: str | Path | None = None,
     log: Callable[[str], None] = lambda message: None,
+    labels: str | Path | None = None,
     explain_top_k: int = 1,
 ) -> Path:
     """Write the artifact folder for ``spec`` cut at ``layer`` and return its path.
 
-    ``size`` is the input size, N or (height, width) (default: the model's own). The artifact
+    ``size`` is the input size, N or (height, width) (default: the model's own). A ``labels``
+    file (one name per line, or a JSON list) overrides the model's own names. The artifact
     also holds the explain graph of the ``explain_top_k`` best classes.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
+    file_labels = read_labels_file(labels) if labels is not None else None
     log(f"loading {spec}")
     loaded, graph, example = prepare(spec, weights, size)
     cut = graph.find(layer) if layer else graph.default_cut()
+    if file_labels is not None:
+        names = check_count(file_labels, graph.num_classes, labels)
+    else:
+        names = loaded.labels if loaded.labels and len(loaded.labels) == graph.num_classes \
+            else None
     split = graph.split(cut)
     out = Path(out) if out is not None else Path("models") / loaded.name
     check_destination(out)
@@ -136,8 +145,6 @@ def export_artifact(
         check = judge(errors, ref, loaded.name, log, cut.name)
         graphs = {role: {**({"onnx": f"{role}.onnx"} if fmt != "ir" else {}),
                          **({"ir": f"{role}.xml"} if ir_files else {})} for role in modules}
-        labels = loaded.labels if loaded.labels and len(loaded.labels) == graph.num_classes \
-            else None
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": loaded.name,
@@ -147,7 +154,7 @@ def export_artifact(
             "input": {"name": INPUT_NAME, **loaded.preprocessing.to_dict()},
             "feature": {"name": FEATURE_NAME, "shape": [c, h, w]},
             "output": {"name": OUTPUT_NAME, "num_classes": graph.num_classes, "logits": True},
-            "labels": labels,
+            "labels": names,
             "g_starts_with_gap": split.g_pooled is not None,
             "pooled": {"name": POOLED_NAME, "shape": [c]} if split.g_pooled is not None
             else None,

@@ -254,3 +254,70 @@ def native_ir_repeated_names(path: Path) -> Path:
                     False, False, name="fc")
     ov.save_model(ov.Model([fc], [image], "repeated"), str(path), compress_to_fp16=False)
     return path
+
+
+SOFTMAX_TAILS = ("identity", "reshape", "cast_mul", "unit_axes")
+
+
+def softmax_tail(path: Path, tail: str) -> Path:
+    """The tiny classifier ending ``Softmax → no-op tail → scores``, as converters write it.
+
+    ``identity``: an Identity; ``reshape``: Reshape to (-1, classes) then Flatten; ``cast_mul``:
+    a Cast to float then a Mul by 1; ``unit_axes``: the logits reshaped to (N, classes, 1, 1),
+    a Softmax over axis 1, then Flatten. Weights equal ``tiny_classifier``'s.
+    """
+    model = onnx.load(str(tiny_classifier(path, softmax=True)))
+    graph = model.graph
+    softmax = next(n for n in graph.node if n.op_type == "Softmax")
+    softmax.output[0] = "probs"
+    make = helper.make_node
+    if tail == "identity":
+        nodes = [make("Identity", ["probs"], ["scores"], name="identity")]
+    elif tail == "reshape":
+        graph.initializer.append(numpy_helper.from_array(np.array([-1, CLASSES], np.int64),
+                                                         "classes_shape"))
+        nodes = [make("Reshape", ["probs", "classes_shape"], ["probs_2d"], name="reshape"),
+                 make("Flatten", ["probs_2d"], ["scores"], name="flatten_probs")]
+    elif tail == "cast_mul":
+        graph.initializer.append(numpy_helper.from_array(np.array(1, np.float32), "one"))
+        nodes = [make("Cast", ["probs"], ["probs_f32"], to=TensorProto.FLOAT, name="cast"),
+                 make("Mul", ["one", "probs_f32"], ["scores"], name="times_one")]
+    elif tail == "unit_axes":
+        graph.initializer.append(numpy_helper.from_array(np.array([-1, CLASSES, 1, 1], np.int64),
+                                                         "nc11"))
+        softmax.input[0] = "logits_nc11"
+        nodes = [make("Reshape", ["logits", "nc11"], ["logits_nc11"], name="to_nc11"),
+                 make("Flatten", ["probs"], ["scores"], name="flatten_probs")]
+        graph.node.insert(list(graph.node).index(softmax), nodes.pop(0))
+    else:
+        raise ValueError(f"unknown tail {tail!r}")
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def native_ir_with_tail(path: Path) -> Path:
+    """An IR built with OpenVINO's opset API whose Softmax is followed by a no-op tail
+    (Reshape, Multiply by 1, Convert to f32), saved as is (no conversion folds it)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    native = ov.Core().read_model(str(native_ir(path.with_name(f"{path.stem}_plain.xml"))))
+    result = native.get_results()[0]
+    probs = result.input_value(0)
+    shaped = ops.reshape(probs, ops.constant(np.array([-1, CLASSES], np.int64)), False,
+                         name="reshape")
+    once = ops.multiply(shaped, ops.constant(np.ones((1, CLASSES), np.float32)), name="times_one")
+    scores = ops.convert(once, ov.Type.f32, name="to_f32")
+    result.input(0).replace_source_output(scores.output(0))
+    ov.save_model(native, str(path), compress_to_fp16=False)
+    return path
+
+
+def with_metadata(path: Path, props: dict[str, str]) -> Path:
+    """The ONNX file at ``path`` rewritten with ``props`` as its ``metadata_props``."""
+    model = onnx.load(str(path))
+    helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    return path
