@@ -108,10 +108,7 @@ class ReciproCAM:
         self.rows_per_call()  # refuse, up front, a budget that cannot hold one masked map
         self._tail_role = "g_pooled" if self.uses_pooled_tail else "g"
         for role in ("f", self._tail_role):
-            path = self._path(role)
-            shapes = self.backend.io_shapes(path, self.artifact.graph_digest(path))
-            if shapes is not None:
-                self.artifact.check_io(role, shapes)
+            self._check_io(role)
         self._graphs: dict[str, Graph] = {}
         self._lock = threading.Lock()
         self._affine = self._affine_tail()
@@ -178,12 +175,16 @@ class ReciproCAM:
         per_image = 4 * (h * w + 1) * (c if self.uses_pooled_tail else c * h * w)
         if per_image > self.memory_budget:
             return None
-        digest = self.artifact.graph_digest(path)
-        shapes = self.backend.io_shapes(path, digest)
+        self._check_io("explain")
+        return ExplainGraph(self.backend.compile(path, self.artifact.graph_digest(path)).outputs,
+                            spec["top_k"], self.memory_budget // per_image)
+
+    def _check_io(self, role: str) -> None:
+        """Refuse graph ``role`` when its declared shapes contradict the manifest."""
+        path = self._path(role)
+        shapes = self.backend.io_shapes(path, self.artifact.graph_digest(path))
         if shapes is not None:
-            self.artifact.check_io("explain", shapes)
-        return ExplainGraph(self.backend.compile(path, digest).outputs, spec["top_k"],
-                            self.memory_budget // per_image)
+            self.artifact.check_io(role, shapes)
 
     def _mask_sigma(self) -> float:
         return default_sigma(self.mask) if self._sigma is None else float(self._sigma)
