@@ -60,8 +60,9 @@ def explain_outputs(ops: GraphOps, feature: Value, feature_shape: tuple[int, int
     """(scores, targets, saliency) from the feature map ``feature`` (B, C, h, w).
 
     An affine head scores only the K chosen classes on the N pooled rows (K·N·C
-    multiply-adds); any other pooled head scores all N + 1 pooled rows, and a head without
-    global pooling all N + 1 masked maps, in one batched call of the tail.
+    multiply-adds; without the bias, as ``paths.AffineRows``); any other pooled head scores
+    all N + 1 pooled rows, and a head without global pooling all N + 1 masked maps, in one
+    batched call of the tail.
     """
     c, h, w = feature_shape
     n = h * w
@@ -73,9 +74,7 @@ def explain_outputs(ops: GraphOps, feature: Value, feature_shape: tuple[int, int
                             bias)
         targets = ops.top_k(scores, top_k)
         rows = _pooled_columns(ops, flat, n, kind.masks)
-        chosen = ops.binary("matmul", ops.gather(weight, targets), rows)
-        masked = ops.binary("add", chosen, ops.reshape(ops.gather(bias, targets),
-                                                       [-1, top_k, 1]))
+        masked = ops.binary("matmul", ops.gather(weight, targets), rows)  # no bias: AffineRows
     else:
         if head.pooled:
             mix = ops.const(pooling_matrix(n, kind.masks))
