@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, metavar="FILE",
                    help="class names, one per line or a JSON list (default: the model's own: "
                         "torchvision's, reciprocam_labels, or a graph file's metadata)")
+    p.add_argument("--explain-top-k", type=int, default=1, metavar="K",
+                   help="classes the explain graph explains: the K best (default 1)")
     p.add_argument("--list-layers", action="store_true",
                    help="print the valid cut points with their feature shapes and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -122,7 +124,7 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
         options["antialias"] = args.antialias == "on"
     return export_graph_file(args.model, args.layer, args.input_size, args.format, args.out,
                              log, keep_softmax=args.keep_softmax, labels=args.labels,
-                             **options)
+                             explain_top_k=args.explain_top_k, **options)
 
 
 @contextmanager
@@ -167,6 +169,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
     """Export (or list the layers of) ``args.model``; the artifact's path, None for a list."""
     from .file_cut import is_graph_file
 
+    if args.explain_top_k < 1:
+        raise ExportError(f"--explain-top-k {args.explain_top_k}: must be at least 1")
     if is_graph_file(args.model):
         return export_file(args, log)
     if args.list_layers:
@@ -176,7 +180,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
     from .pipeline import export_artifact
 
     return export_artifact(args.model, args.weights, args.layer, args.input_size, args.format,
-                           args.out, log, labels=args.labels)
+                           args.out, log, labels=args.labels, explain_top_k=args.explain_top_k)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from reciprocam_ir.artifact import (
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .errors import ExportError
+from .explain_graph import add_explain_graphs
 from .file_cut import is_graph_file
 from .graph_files import declare_output_shape, onnx_to_ir
 from .input_size import InputSize
@@ -88,6 +89,7 @@ def export_graph_file(
     resize_size: int | None = None,
     resize: str | None = None,
     labels: str | Path | None = None,
+    explain_top_k: int = 1,
     **resampling: Any,
 ) -> Path:
     """Cut the ONNX/IR classifier at ``path`` and write its artifact folder; return its path.
@@ -99,7 +101,8 @@ def export_graph_file(
     ``resize_size`` is given) or ``pad``; ``resampling``: the other :class:`Preprocessing`
     fields (``interpolation``, ``antialias``, ``pad_position``, ``pad_value``). Class
     names come from the ``labels`` file, else from the graph's metadata when it holds
-    exactly one per class.
+    exactly one per class. The artifact also
+    holds the explain graph of the ``explain_top_k`` best classes.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -192,7 +195,7 @@ def export_graph_file(
                       + (", pre-Softmax" if softmax_removed else ""),
                       **check},
         }
-        write_manifest(staging, manifest)
+        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
     return out
 
 

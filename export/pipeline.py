@@ -21,6 +21,7 @@ from reciprocam_ir.artifact import (
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
+from .explain_graph import add_explain_graphs
 from .graph_cut import CutGraph, Split
 from .graph_files import declare_output_shape, onnx_to_ir, write_onnx
 from .input_size import InputSize
@@ -88,11 +89,13 @@ def export_artifact(
     out: str | Path | None = None,
     log: Callable[[str], None] = lambda message: None,
     labels: str | Path | None = None,
+    explain_top_k: int = 1,
 ) -> Path:
     """Write the artifact folder for ``spec`` cut at ``layer`` and return its path.
 
     ``size`` is the input size, N or (height, width) (default: the model's own). A ``labels``
-    file (one name per line, or a JSON list) overrides the model's own names.
+    file (one name per line, or a JSON list) overrides the model's own names. The artifact
+    also holds the explain graph of the ``explain_top_k`` best classes.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -158,5 +161,5 @@ def export_artifact(
             "graphs": graphs,
             "check": check,
         }
-        write_manifest(staging, manifest)
+        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
     return out

@@ -15,17 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .masking import MASK_KINDS
 from .preprocess import Preprocessing
+from .saliency import SCORE_KINDS
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-GRAPH_ROLES = ("f", "g", "g_pooled")
+GRAPH_ROLES = ("f", "g", "g_pooled", "explain")
 GRAPH_FORMATS = ("onnx", "ir")
 GRAPH_SUFFIXES = {"onnx": ".onnx", "ir": ".xml"}
 """The file suffix each graph format must have (any case)."""
 MAX_MANIFEST_BYTES = 16 << 20
 """A manifest above this size is refused before parsing (the labels of 21k classes are 0.5 MB)."""
 INPUT_NAME, FEATURE_NAME, POOLED_NAME, OUTPUT_NAME = "input", "feature", "pooled", "scores"
+TARGETS_NAME, SALIENCY_NAME = "targets", "saliency"
+"""The explain graph's outputs beside ``scores`` (DESIGN.md, "Explain graph")."""
+EXPLAIN_KEYS = ("top_k", "mask", "mask_sigma", "scores")
+"""The ``explain`` section: what the explain graph computes (K, and the map it is)."""
 
 
 class ArtifactError(ValueError):
@@ -202,6 +208,21 @@ def validate_manifest(m: Any) -> None:
         _require(_safe_file_name(name), f"file name {name!r} must be a bare file name")
         _require(isinstance(digest, str) and len(digest) == 64
                  and all(ch in "0123456789abcdef" for ch in digest), f"bad sha256 for '{name}'")
+    if "explain" in graphs:
+        _validate_explain(m.get("explain"), n_classes)
+
+
+def _validate_explain(section: Any, n_classes: int) -> None:
+    _require(isinstance(section, dict) and set(EXPLAIN_KEYS) <= set(section),
+             f"'explain' must be an object with {', '.join(EXPLAIN_KEYS)}")
+    k = section["top_k"]
+    _require(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n_classes,
+             "'explain.top_k' must be an integer in 1..num_classes")
+    _require(section["mask"] in MASK_KINDS, f"'explain.mask' must be one of {MASK_KINDS}")
+    sigma = section["mask_sigma"]
+    _require(sigma is None or (isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
+                               and 0 < sigma < 1e6), "'explain.mask_sigma' must be null or > 0")
+    _require(section["scores"] in SCORE_KINDS, f"'explain.scores' must be one of {SCORE_KINDS}")
 
 
 @dataclass(frozen=True)
@@ -330,6 +351,7 @@ class Artifact:
             "f": ((-1, *self.manifest["input"]["shape"][1:]), (-1, c, h, w)),
             "g": ((-1, c, h, w), scores),
             "g_pooled": ((-1, c), scores),
+            "explain": ((-1, *self.manifest["input"]["shape"][1:]), scores),
         }[role]
 
     def check_io(self, role: str, actual: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
@@ -341,6 +363,12 @@ class Artifact:
                 raise ArtifactError(
                     f"{self.folder}: graph '{role}' has {side} shape {list(got)} but the "
                     f"manifest implies {list(want)} (-1: any)")
+
+    @property
+    def explain(self) -> dict[str, Any] | None:
+        """What the explain graph computes (``top_k``, ``mask``, ``mask_sigma``, ``scores``),
+        or None for an artifact without one (exported before it existed)."""
+        return self.manifest.get("explain") if "explain" in self.manifest["graphs"] else None
 
     def label(self, k: int) -> str:
         labels = self.labels

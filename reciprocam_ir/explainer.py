@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from numbers import Real
 from pathlib import Path
 
@@ -17,17 +17,27 @@ from .masking import (
     MASK_KINDS,
     REMOVING_MASKS,
     check_sigma,
+    default_sigma,
     masked_batch,
     pooled_masked,
     spatial_masks,
     weighted_masked_batch,
     weighted_pooled_masked,
 )
+from .paths import (
+    AffineRows,
+    AllRows,
+    ExplainGraph,
+    ExplainPath,
+    Result,
+    Scoring,
+    Targets,
+    resolve_targets,
+)
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError, as_rgb, read_image
-from .saliency import SCORE_KINDS, normalise, softmax
+from .saliency import SCORE_KINDS
 
 ImageLike = str | Path | np.ndarray
-Targets = int | Sequence[int] | str | None
 MAX_MEMORY_BUDGET_MB = float(1 << 20)
 """1 TiB: a larger budget is a typo (or inf), not a machine."""
 
@@ -57,9 +67,11 @@ def check_options(scores: str, memory_budget_mb: float, batch_size: int, mask: s
 class ReciproCAM:
     """Explains images with an exported ``f``/``g`` artifact on one backend.
 
-    Graphs are compiled once per object (the fastest path the backend offers);
-    :meth:`explain` may be called from several threads at once (each thread gets its own
-    infer request / session run).
+    Graphs are compiled once per object. Paths are picked once, here: the artifact's explain
+    graph for the requests it computes (:meth:`path_for`), else the fastest general path the
+    head and backend allow (:attr:`path`). :meth:`explain` may be called from several
+    threads at once (each thread gets its own infer request / session run).
+    ``explain_graph=False`` never uses the explain graph (to compare paths).
     """
 
     def __init__(
@@ -75,6 +87,7 @@ class ReciproCAM:
         mask: str = "onehot",
         mask_sigma: float | None = None,
         cache_dir: str | Path | None = None,
+        explain_graph: bool = True,
     ) -> None:
         check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma)
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
@@ -84,37 +97,111 @@ class ReciproCAM:
         # mask: 'onehot' (Eq. 5), 'gaussian' (the authors' spread variant) or 'drop' (a soft
         # window removed instead of kept); σ in feature cells, see masking.spatial_masks
         self.mask = mask
+        self._sigma = mask_sigma
         self.memory_budget = int(memory_budget_mb * 2**20)
         self._masks = None if mask == "onehot" else self._spatial_masks(mask_sigma)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.preprocessing = self.artifact.preprocessing
         self.uses_pooled_tail = self.artifact.g_starts_with_gap
-        # a model that outputs probabilities (exported with --keep-softmax) is scored as is
         self._softmax = scores == "softmax" and self.artifact.outputs_logits
         self.rows_per_call()  # refuse, up front, a budget that cannot hold one masked map
         self._tail_role = "g_pooled" if self.uses_pooled_tail else "g"
         for role in ("f", self._tail_role):
-            path = self._path(role)
-            shapes = self.backend.io_shapes(path, self.artifact.graph_digest(path))
-            if shapes is not None:
-                self.artifact.check_io(role, shapes)
+            self._check_io(role)
         self._graphs: dict[str, Graph] = {}
         self._lock = threading.Lock()
         self._affine = self._affine_tail()
-        # affine rows give the logits of the requested classes only; softmax needs every class
-        # of every row, which the tail graph scores faster than numpy (and fused with f where
-        # the backend can)
-        self._affine_rows = self._affine is not None and not self._softmax
-        self._f_and_head = self._compile_features_and_scores() if self._affine_rows else None
-        self._pooled_explainer = None if self._affine_rows else self._compile_pooled_explainer()
-        if self._pooled_explainer is None and self._f_and_head is None:
-            self._graph("f")
-            self._graph(self._tail_role)
+        # a model that outputs probabilities (exported with --keep-softmax) is scored as is
+        self.scoring = Scoring(softmax=self._softmax, negate=mask in REMOVING_MASKS)
+        self._general: ExplainPath | None = None
+        self._path_lock = threading.Lock()
+        self.graph_path = self._explain_graph() if explain_graph else None
+        if self.graph_path is None:
+            self._general = self._general_path()
 
-    def _compile_features_and_scores(self) -> FeaturesAndScores | None:
-        """``f`` with ``g_pooled`` on its GAP in one graph, for the affine rows, where possible."""
-        return self.backend.compile_features_and_scores(self._path("f"), self._path("g_pooled"))
+    @property
+    def path(self) -> ExplainPath:
+        """The general path (any targets): compiled on first use when the explain graph
+        serves the default requests."""
+        with self._path_lock:
+            if self._general is None:
+                self._general = self._general_path()
+            return self._general
+
+    def path_for(self, targets: Targets, top_k: int) -> ExplainPath:
+        """The path a request takes: the explain graph when it computes what is asked."""
+        if self.graph_path is not None and self.graph_path.serves(targets, top_k):
+            return self.graph_path
+        return self.path
+
+    def _general_path(self) -> ExplainPath:
+        """The fastest path for any targets that this head and backend allow.
+
+        Affine rows when the pooled head is one affine layer and logits are scored (only the
+        K classes' rows); else ``f`` and the pooled tail fused in one graph; else ``f`` and
+        ``g`` separately (the pooled tail on N vectors, or ``g`` on N masked maps).
+        """
+        if self._affine is not None and not self._softmax:
+            fused = self.backend.compile_features_and_scores(self._path("f"),
+                                                             self._path("g_pooled"))
+            return AffineRows("f+head fused, affine rows" if fused else "f, head, affine rows",
+                              self._features_and_scores(fused), self._affine,
+                              self._pooled_rows, self.scoring)
+        fused = self._compile_pooled_explainer()
+        if fused is not None:
+            return AllRows("f+pooled tail fused",
+                           lambda batch: ((rows[0], rows[1:]) for rows in fused(batch)),
+                           self.scoring)
+        self._graph("f")
+        self._graph(self._tail_role)
+        return AllRows("f, pooled tail" if self.uses_pooled_tail else "f, g (N masked maps)",
+                       lambda batch: (self.masked_scores(feature)
+                                      for feature in self.features(batch)),
+                       self.scoring)
+
+    def _explain_graph(self) -> ExplainGraph | None:
+        """The artifact's explain graph, when it computes this object's map (else None)."""
+        spec = self.artifact.explain
+        if spec is None or spec["mask"] != self.mask or (
+                spec["scores"] == "softmax" and self.artifact.outputs_logits) != self._softmax \
+                or (self.mask != "onehot" and spec["mask_sigma"] != self._mask_sigma()):
+            return None
+        try:
+            path = self._path("explain")
+        except BackendError:
+            return None
+        c, h, w = self.artifact.feature_shape
+        per_image = 4 * (h * w + 1) * (c if self.uses_pooled_tail else c * h * w)
+        if per_image > self.memory_budget:
+            return None
+        self._check_io("explain")
+        return ExplainGraph(self.backend.compile(path, self.artifact.graph_digest(path)).outputs,
+                            spec["top_k"], self.memory_budget // per_image)
+
+    def _check_io(self, role: str) -> None:
+        """Refuse graph ``role`` when its declared shapes contradict the manifest."""
+        path = self._path(role)
+        shapes = self.backend.io_shapes(path, self.artifact.graph_digest(path))
+        if shapes is not None:
+            self.artifact.check_io(role, shapes)
+
+    def _mask_sigma(self) -> float:
+        return default_sigma(self.mask) if self._sigma is None else float(self._sigma)
+
+    def _features_and_scores(self, fused: FeaturesAndScores | None
+                             ) -> Callable[[np.ndarray], Iterator[tuple[np.ndarray, np.ndarray]]]:
+        """(feature map, unmasked scores) per image: one inference where the backend fuses."""
+        def run(batch: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            if fused is not None:
+                features, scores = fused(batch)
+                yield from zip(features, scores, strict=True)
+                return
+            tail = self._graph(self._tail_role)
+            for feature in self.features(batch):
+                yield feature, tail(self._pooled_mean(feature))[0]
+
+        return run
 
     def _affine_tail(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(W, b) when ``g_pooled`` is one affine layer, else None.
@@ -247,48 +334,12 @@ class ReciproCAM:
         c, h, w = feature.shape
         return np.einsum("cn->c", feature.reshape(c, h * w))[None] / np.float32(h * w)
 
-    def _features_and_scores(self, batch: np.ndarray
-                             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(feature map, unmasked scores) per image: one inference where the backend fuses."""
-        if self._f_and_head is not None:
-            features, scores = self._f_and_head(batch)
-            yield from zip(features, scores, strict=True)
-            return
-        tail = self._graph(self._tail_role)
-        for feature in self.features(batch):
-            yield feature, tail(self._pooled_mean(feature))[0]
-
-    def _scores(self, batch: np.ndarray, targets: Targets, top_k: int
-                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(unmasked scores, classes, their (N, K) masked scores) per image of a batch.
-
-        Fastest path first: an affine pooled tail scored for logits (only the K classes'
-        rows), then ``f`` and the pooled tail fused in one graph, then ``f`` and ``g``
-        separately.
-        """
-        if self._affine_rows:
-            weight, bias = self._affine
-            for feature, unmasked in self._features_and_scores(batch):
-                classes = self.resolve_targets(unmasked, targets, top_k)
-                rows = self._pooled_rows(feature)
-                yield unmasked, classes, rows @ weight[classes].T + bias[classes]
-            return
-        if self._pooled_explainer is not None:
-            per_image = ((rows[0], rows[1:]) for rows in self._pooled_explainer(batch))
-        else:
-            per_image = (self.masked_scores(feature) for feature in self.features(batch))
-        for unmasked, masked in per_image:
-            classes = self.resolve_targets(unmasked, targets, top_k)
-            if self._softmax:
-                masked = softmax(masked)
-            yield unmasked, classes, masked[:, classes]
-
     def maps(self, masked: np.ndarray) -> np.ndarray:
         """(N, K) masked scores of K classes → (K, N) maps in [0, 1] (Eq. 6).
 
         For a removing mask a low score marks a salient position, so the scores are negated.
         """
-        return normalise(-masked if self.mask in REMOVING_MASKS else masked)
+        return self.scoring.maps(masked)
 
     def check_targets(self, targets: Targets, top_k: int) -> None:
         """Refuse, before any work, a request that names no valid classes (ValueError, one line).
@@ -317,11 +368,7 @@ class ReciproCAM:
 
     def resolve_targets(self, unmasked: np.ndarray, targets: Targets, top_k: int) -> np.ndarray:
         """Class indices to explain for one image (options checked by :meth:`check_targets`)."""
-        if targets is None:
-            return np.argsort(-unmasked, kind="stable")[:top_k]
-        if isinstance(targets, str):
-            return np.arange(unmasked.shape[-1])
-        return np.atleast_1d(np.asarray(targets)).astype(np.int64)
+        return resolve_targets(unmasked, targets, top_k)
 
     def load(self, image: ImageLike) -> tuple[np.ndarray, str]:
         """An image path or array as (RGB uint8 array, display name)."""
@@ -349,25 +396,58 @@ class ReciproCAM:
         rgbs = [rgb for rgb, _ in loaded]
         names = list(names) if names is not None else [
             name if name != "image" else f"image{i}" for i, (_, name) in enumerate(loaded)]
-        saliency, chosen, scores = [], [], []
-        c, h, w = self.artifact.feature_shape
+        results = []
         for start in range(0, len(rgbs), self.batch_size):
             batch = np.concatenate([self.preprocessing(rgb)
                                     for rgb in rgbs[start : start + self.batch_size]])
-            for offset, (unmasked, classes, masked) in enumerate(
-                    self._scores(batch, targets, top_k)):
-                if not (np.isfinite(unmasked).all() and np.isfinite(masked).all()):
-                    raise FloatingPointError(
-                        f"{names[start + offset]}: the model produced NaN or Inf scores")
-                saliency.append(self.maps(masked).reshape(len(classes), h, w))
-                chosen.append(classes)
-                scores.append(unmasked)
+            results.extend(self._explain_batch(batch, targets, top_k, names[start:]))
+        return self._explanation(results, names, rgbs,
+                                 [self.preprocessing.crop_box(*rgb.shape[:2]) for rgb in rgbs])
+
+    def explain_tensor(self, inputs: np.ndarray, targets: Targets = None,
+                       top_k: int = 1) -> Explanation:
+        """Explain inputs already preprocessed the deployment's own way.
+
+        ``inputs``: float32 shaped as the model input (B, 3, H, W), or (B, H, W, 3) when the
+        manifest's layout is NHWC; one input may omit B. The result has maps and scores but
+        no images, so overlays are unavailable.
+        """
+        self.check_targets(targets, top_k)
+        x = np.asarray(inputs, dtype=np.float32)
+        expected = tuple(self.artifact.manifest["input"]["shape"][1:])
+        if x.ndim == len(expected):
+            x = x[None]
+        if x.ndim != len(expected) + 1 or x.shape[1:] != expected or len(x) == 0:
+            layout = self.preprocessing.layout
+            raise ValueError(f"inputs must be shaped (B, {', '.join(map(str, expected))}) "
+                             f"({layout}, as the manifest says), got {tuple(x.shape)}")
+        names = [f"input{i}" for i in range(len(x))]
+        results = []
+        for start in range(0, len(x), self.batch_size):
+            results.extend(self._explain_batch(
+                np.ascontiguousarray(x[start : start + self.batch_size]), targets, top_k,
+                names[start:]))
+        return self._explanation(results, names, None, None)
+
+    def _explain_batch(self, batch: np.ndarray, targets: Targets, top_k: int,
+                       names: Sequence[str]) -> list[Result]:
+        """One :data:`Result` per image of a preprocessed batch, NaN/Inf refused by name."""
+        results = list(self.path_for(targets, top_k)(batch, targets, top_k))
+        for name, (unmasked, _, maps) in zip(names, results, strict=False):
+            if not (np.isfinite(unmasked).all() and np.isfinite(maps).all()):
+                raise FloatingPointError(f"{name}: the model produced NaN or Inf scores")
+        return results
+
+    def _explanation(self, results: list[Result], names: list[str],
+                     images: list[np.ndarray] | None,
+                     boxes: list[tuple[float, float, float, float]] | None) -> Explanation:
+        _, h, w = self.artifact.feature_shape
         return Explanation(
-            saliency=np.stack(saliency),
-            targets=np.stack(chosen),
-            scores=np.stack(scores).astype(np.float32),
-            images=rgbs,
-            boxes=[self.preprocessing.crop_box(*rgb.shape[:2]) for rgb in rgbs],
+            saliency=np.stack([maps.reshape(len(maps), h, w) for _, _, maps in results]),
+            targets=np.stack([classes for _, classes, _ in results]),
+            scores=np.stack([scores for scores, _, _ in results]).astype(np.float32),
+            images=images,
+            boxes=boxes,
             names=names,
             labels=self.labels,
         )

@@ -30,27 +30,36 @@ class Explanation:
     saliency: np.ndarray
     targets: np.ndarray
     scores: np.ndarray
-    images: list[np.ndarray]
-    boxes: list[tuple[float, float, float, float]]
+    images: list[np.ndarray] | None
+    """The RGB images explained; None for :meth:`ReciproCAM.explain_tensor` results."""
+    boxes: list[tuple[float, float, float, float]] | None
     names: list[str]
     labels: list[str] | None = None
     files: list[list[Path]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.saliency)
 
     def label(self, k: int) -> str:
         return self.labels[k] if self.labels else f"class {k}"
 
+    def _image(self, i: int) -> np.ndarray:
+        if self.images is None:
+            raise ValueError("this explanation was made from preprocessed inputs "
+                             "(explain_tensor) and holds no images: overlays and upsampled "
+                             "maps need explain() on the images")
+        return self.images[i]
+
     def upsample(self, i: int) -> np.ndarray:
         """The K maps of image ``i`` at the image's own size, (K, H, W) in [0, 1]."""
-        shape = self.images[i].shape[:2]
+        shape = self._image(i).shape[:2]
         return np.stack([upsample(m, self.boxes[i], shape) for m in self.saliency[i]])
 
     def overlay(self, i: int, k: int = 0, alpha: float = 0.5) -> np.ndarray:
         """Image ``i`` with map ``k`` coloured over it, HxWx3 uint8 RGB."""
-        full = upsample(self.saliency[i, k], self.boxes[i], self.images[i].shape[:2])
-        return overlay(self.images[i], full, alpha)
+        image = self._image(i)
+        full = upsample(self.saliency[i, k], self.boxes[i], image.shape[:2])
+        return overlay(image, full, alpha)
 
     def stem(self, i: int) -> str:
         return slug(Path(self.names[i]).stem)
@@ -61,6 +70,7 @@ class Explanation:
 
     def save(self, out_dir: str | Path, save_npz: bool = False, alpha: float = 0.5) -> list[Path]:
         """Write an overlay PNG per explained class (and ``<stem>.npz``); return the paths."""
+        self._image(0)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []

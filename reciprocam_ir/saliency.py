@@ -14,9 +14,12 @@ def softmax(scores: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def normalise(scores: np.ndarray) -> np.ndarray:
-    """(N, K) scores → (K, N) maps in [0, 1]; a class whose scores are all equal maps to 0."""
+    """(N, K) scores → (K, N) maps in [0, 1]; a class whose scores are all equal maps to 0.
+
+    A class with a NaN score keeps NaN in its map, so the caller can refuse it.
+    """
     scores = np.asarray(scores, dtype=np.float64).T
     low = scores.min(axis=1, keepdims=True)
     span = scores.max(axis=1, keepdims=True) - low
-    safe = np.where(span > 0, span, 1.0)
-    return np.where(span > 0, (scores - low) / safe, 0.0).astype(np.float32)
+    varies = span > 0
+    return ((scores - low) / np.where(varies, span, 1.0) * varies).astype(np.float32)

@@ -11,10 +11,16 @@ What is measured, per model and backend (medians, batch 1, one 224×224-input im
 - ``predict ms``: plain inference of the *whole* model (the torch model exported to one
   ONNX graph by this script), compiled on the same backend, device and precision, plus
   the same preprocessing and the top-1 pick;
-- ``explain ms``: ``ReciproCAM.explain`` on the same image (preprocessing included);
-- ``drop ms``: the same with ``mask='drop', scores='softmax'`` (softmax over every class),
-  for the last-layer rows;
-- the three are measured side by side, interleaved in one process, alternating order;
+- ``explain ms``: ``ReciproCAM.explain`` on the same image (preprocessing included), top-1:
+  the artifact's explain graph when it has one (``path``);
+- ``explain graph / model inference``: the explain graph's inference alone against the
+  whole model's inference alone, on the same preprocessed input (no Python around either);
+- ``general path ratio``: ``ReciproCAM(..., explain_graph=False).explain`` over predict,
+  the path taken for explicit classes and the other mask kinds (``general path``);
+- ``drop ratio``: ``mask='drop', scores='softmax'`` (softmax over every class) over
+  predict, for the last-layer rows;
+- all are measured side by side, interleaved in one process, alternating order; every
+  ratio is the median of the per-repeat ratios (both sides timed under the same load);
 - ``peak RSS``: the peak resident memory of the process that loads the artifact and
   explains, measured before the whole model is loaded;
 - time to first explanation: load (with sha256 checks) + compile + first call, in a
@@ -86,8 +92,12 @@ def median_ms(samples: list[float]) -> float:
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
-                ) -> dict[str, float]:
-    """Median ms of each function, run in turn within every repeat (order rotates)."""
+                ) -> dict[str, list[float]]:
+    """Seconds of each function per repeat, run in turn within every repeat (order rotates).
+
+    Samples of one repeat were taken under the same load, so a ratio is best read as the
+    median of per-repeat ratios (:func:`paired_ratio`).
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -99,7 +109,12 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
             start = time.perf_counter()
             fns[name]()
             samples[name].append(time.perf_counter() - start)
-    return {name: median_ms(s) for name, s in samples.items()}
+    return samples
+
+
+def paired_ratio(samples: dict[str, list[float]], top: str, bottom: str) -> float:
+    """Median over repeats of ``top`` / ``bottom`` timed in the same repeat."""
+    return float(np.median(np.asarray(samples[top]) / np.asarray(samples[bottom])))
 
 
 def sample_image(seed: int = 0, size: tuple[int, int] = (256, 320)) -> np.ndarray:
@@ -138,9 +153,9 @@ def worker_main(task: dict[str, Any]) -> dict[str, Any]:
 
     backend = create_backend(backend_name, device, precision)
     cam = ReciproCAM(artifact, backend=backend)
-    result: dict[str, Any] = {"fused": getattr(cam, "_pooled_explainer", None) is not None,
-                              "affine": getattr(cam, "_affine", None) is not None,
-                              "one_inference": getattr(cam, "_f_and_head", None) is not None,
+    general = ReciproCAM(artifact, backend=backend, explain_graph=False)
+    result: dict[str, Any] = {"path": cam.path_for(None, 1).name,
+                              "general_path": general.path.name,
                               "pooled": cam.uses_pooled_tail,
                               "feature": list(cam.artifact.feature_shape),
                               "layer": cam.artifact.manifest["target_layer"]}
@@ -149,20 +164,26 @@ def worker_main(task: dict[str, Any]) -> dict[str, Any]:
     result["rss_mb"] = peak_rss_mb()
     whole = backend.compile(Path(task["whole"]))
     pre = cam.preprocessing
+    x = pre(rgb)
 
     def predict() -> None:
         np.argsort(-whole(pre(rgb))[0])[:1]
 
-    def explain() -> None:
-        cam.explain(rgb)
-
-    timed = {"predict": predict, "explain": explain}
+    timed = {"predict": predict, "explain": lambda: cam.explain(rgb),
+             "general": lambda: general.explain(rgb), "whole": lambda: whole(x)}
+    if cam.graph_path is not None:
+        timed["graph"] = lambda: cam.graph_path.run(x)
     if task["throughput"]:  # the main rows, not the slow earlier-cut ones
         drop = ReciproCAM(artifact, backend=backend, **DROP)
         timed["drop"] = lambda: drop.explain(rgb)
-    times = interleaved(timed, task["repeats"])
-    result.update(predict_ms=times["predict"], explain_ms=times["explain"],
-                  drop_ms=times.get("drop"))
+    samples = interleaved(timed, task["repeats"])
+    result.update({f"{name}_ms": median_ms(times) for name, times in samples.items()})
+    result.update(ratio=paired_ratio(samples, "explain", "predict"),
+                  general_ratio=paired_ratio(samples, "general", "predict"),
+                  graph_ratio=paired_ratio(samples, "graph", "whole")
+                  if "graph" in samples else None,
+                  drop_ratio=paired_ratio(samples, "drop", "predict")
+                  if "drop" in samples else None)
     if task["throughput"]:
         images = [sample_image(seed) for seed in range(1, 17)]
 
@@ -171,12 +192,10 @@ def worker_main(task: dict[str, Any]) -> dict[str, Any]:
             for start in range(0, len(x), cam.batch_size):
                 whole(x[start : start + cam.batch_size]).argmax(axis=1)
 
-        def explain16() -> None:
-            cam.explain(images)
-
-        times = interleaved({"predict": predict16, "explain": explain16},
-                            max(3, task["repeats"] // 5), warmup=1)
-        result.update(predict16_ms=times["predict"], explain16_ms=times["explain"])
+        samples = interleaved({"predict16": predict16, "explain16": lambda: cam.explain(images)},
+                              max(3, task["repeats"] // 5), warmup=1)
+        result.update({f"{name}_ms": median_ms(times) for name, times in samples.items()})
+        result["throughput_ratio"] = paired_ratio(samples, "predict16", "explain16")
     if task["check"]:
         result.update(check_slow_path(artifact, backend_name, device, rgb, cam))
     result["rss_total_mb"] = peak_rss_mb()
@@ -210,11 +229,17 @@ def check_slow_path(artifact: str, backend_name: str, device: str, rgb: np.ndarr
     full = normalise(full_scores[:, classes]).reshape(-1, h, w)
     other = measured.explain(rgb, targets=[int(k) for k in classes])
     scale = float(np.abs(exp.scores[0]).max())
-    return {"precision_map_diff": float(np.abs(other.saliency[0] - exp.saliency[0]).max()),
-            "precision_score_rel": float(np.abs(other.scores[0] - exp.scores[0]).max() / scale),
-            "map_diff_pooled": float(np.abs(exp.saliency[0] - pooled).max()),
-            "map_diff_full": float(np.abs(exp.saliency[0] - full).max()),
-            "score_diff": float(np.abs(exp.scores[0] - unmasked).max())}
+    result = {"precision_map_diff": float(np.abs(other.saliency[0] - exp.saliency[0]).max()),
+              "precision_score_rel": float(np.abs(other.scores[0] - exp.scores[0]).max()
+                                           / scale),
+              "map_diff_pooled": float(np.abs(exp.saliency[0] - pooled).max()),
+              "map_diff_full": float(np.abs(exp.saliency[0] - full).max()),
+              "score_diff": float(np.abs(exp.scores[0] - unmasked).max())}
+    if cam.graph_path is not None:
+        top_k = cam.graph_path.top_k
+        graph = cam.explain(rgb, top_k=top_k).saliency[0]
+        result["map_diff_graph"] = float(np.abs(graph - exp.saliency[0, :top_k]).max())
+    return result
 
 
 def run_worker(task: dict[str, Any]) -> dict[str, Any]:
@@ -312,9 +337,10 @@ def peer_rows(spec: str, work: Path, repeats: int, scorecam: bool) -> list[dict[
 
     log(f"peers on {spec} ({layer}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads: interleaved x{repeats}")
-    times = interleaved({"forward": forward, "GradCAM": lambda: gradcam(x, target),
-                         "GradCAM++": lambda: gradcampp(x, target),
-                         "torchcam GradCAM": run_torchcam}, repeats)
+    samples = interleaved({"forward": forward, "GradCAM": lambda: gradcam(x, target),
+                           "GradCAM++": lambda: gradcampp(x, target),
+                           "torchcam GradCAM": run_torchcam}, repeats)
+    times = {name: median_ms(values) for name, values in samples.items()}
     rows = [{"method": name, "model": spec, "layer": layer, "ms": times[name],
              "forward_ms": times["forward"]} for name in PEER_METHODS[:3]]
     torchcam.remove_hooks()
@@ -341,24 +367,21 @@ def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[st
              f"{env['load_start']} at start, {env.get('load_end', '-')} at end; "
              f"{env.get('wall_s', 0):.0f} s", "",
              "| model | layer | N | backend | prec | path | predict ms | explain ms | ratio "
+             "| explain graph / model inference | general path ratio | general path "
              "| drop ratio | peak RSS MiB | first explain s | 2nd start s (cache) | max map diff "
              "| prec vs f32: map, score |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c, h, w = r["feature"]
-        path = ("f+head fused, affine rows" if r.get("one_inference") else "f, head, affine rows"
-                if r.get("affine") else "f+pooled tail fused" if r["fused"]
-                else "f, g_pooled" if r["pooled"] else "f, g (N masked maps)")
-        diff = max(r.get("map_diff_pooled", 0.0), r.get("map_diff_full", 0.0)) \
-            if "map_diff_full" in r else None
+        diffs = [r[k] for k in ("map_diff_pooled", "map_diff_full", "map_diff_graph") if k in r]
         lines.append(
             f"| {r['model']} | {r['layer']} | {h * w} | {r['backend']} | {r['precision']} "
-            f"| {path} | {r['predict_ms']:.1f} | {r['explain_ms']:.1f} "
-            f"| {r['explain_ms'] / r['predict_ms']:.3f} "
-            f"| {fmt(None if r['drop_ms'] is None else r['drop_ms'] / r['predict_ms'], '.3f')} "
-            f"| {r['rss_mb']:.0f} "
+            f"| {r['path']} | {r['predict_ms']:.1f} | {r['explain_ms']:.1f} "
+            f"| {r['ratio']:.3f} | {fmt(r['graph_ratio'], '.3f')} | {r['general_ratio']:.3f} "
+            f"| {r['general_path']} | {fmt(r['drop_ratio'], '.3f')} | {r['rss_mb']:.0f} "
             f"| {fmt(r.get('first_s'), '.2f')} | {fmt(r.get('cached_first_s'), '.2f')} "
-            f"| {fmt(diff, '.1e')} | {fmt(r.get('precision_map_diff'), '.1e')}, "
+            f"| {fmt(max(diffs) if diffs else None, '.1e')} "
+            f"| {fmt(r.get('precision_map_diff'), '.1e')}, "
             f"{fmt(r.get('precision_score_rel'), '.1e')} |")
     with_tp = [r for r in rows if "explain16_ms" in r]
     if with_tp:
@@ -367,7 +390,8 @@ def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[st
                   "|---|---|---|---|---|"]
         for r in with_tp:
             p, e = 16e3 / r["predict16_ms"], 16e3 / r["explain16_ms"]
-            lines.append(f"| {r['model']} | {r['backend']} | {p:.1f} | {e:.1f} | {e / p:.3f} |")
+            lines.append(f"| {r['model']} | {r['backend']} | {p:.1f} | {e:.1f} "
+                         f"| {r['throughput_ratio']:.3f} |")
     if peers:
         ours = {r["backend"]: r for r in rows
                 if r["model"] == peers[0]["model"].split(":")[-1]

@@ -106,13 +106,14 @@ def test_the_compile_cache_follows_the_verified_bytes(tiny_dir, tmp_path, image,
     uses them, not a compiled form of the old ones left in --cache-dir."""
     folder, cache = tmp_path / "artifact", tmp_path / "cache"
     shutil.copytree(tiny_dir, folder)
-    before = ReciproCAM(folder, backend=backend, precision="f32", cache_dir=cache).explain(image)
+    options = {"backend": backend, "precision": "f32", "explain_graph": False}  # f runs
+    before = ReciproCAM(folder, cache_dir=cache, **options).explain(image)
     changed = double_float_weights(folder / graph)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"][changed.name] = sha256_file(changed)
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    fresh = ReciproCAM(folder, backend=backend, precision="f32").explain(image)
-    cached = ReciproCAM(folder, backend=backend, precision="f32", cache_dir=cache).explain(image)
+    fresh = ReciproCAM(folder, **options).explain(image)
+    cached = ReciproCAM(folder, cache_dir=cache, **options).explain(image)
     assert np.abs(fresh.scores - before.scores).max() > 1e-3
     np.testing.assert_allclose(cached.scores, fresh.scores, atol=1e-5)
     np.testing.assert_allclose(cached.saliency, fresh.saliency, atol=1e-5)
@@ -124,15 +125,15 @@ def test_a_damaged_cache_entry_is_rebuilt(tiny_dir, tmp_path, image, backend, en
     """An entry cut short (a crash mid-write before writes were atomic, a full disk) neither
     fails the next run nor stays damaged; no temporary files are left behind."""
     cache = tmp_path / "cache"
-    reference = ReciproCAM(tiny_dir, backend=backend, precision="f32").explain(image, top_k=2)
-    ReciproCAM(tiny_dir, backend=backend, precision="f32", cache_dir=cache).explain(image)
+    options = {"backend": backend, "precision": "f32", "explain_graph": False}  # f and g run
+    reference = ReciproCAM(tiny_dir, **options).explain(image, top_k=2)
+    ReciproCAM(tiny_dir, cache_dir=cache, **options).explain(image)
     sizes = {p: p.stat().st_size for p in cache.glob(entries)}
     assert len(sizes) == 2  # f and g
     for path, size in sizes.items():
         with open(path, "r+b") as fh:
             fh.truncate(size // 2)
-    exp = ReciproCAM(tiny_dir, backend=backend, precision="f32",
-                     cache_dir=cache).explain(image, top_k=2)
+    exp = ReciproCAM(tiny_dir, cache_dir=cache, **options).explain(image, top_k=2)
     np.testing.assert_allclose(exp.saliency, reference.saliency, atol=1e-6)
     repaired = {p: p.stat().st_size for p in cache.glob(entries)}
     assert repaired.keys() == sizes.keys()

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+
+from reciprocam_ir.paths import AffineRows
+from toy_models import tiny_mlp_head
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "benchmark.py"
@@ -59,22 +60,10 @@ def test_quick_run_fast_path_maps_equal_slow_path_maps(quick_run):
         assert r["map_diff_pooled"] < 1e-4, r
         assert r["map_diff_full"] < 1e-4, r
         assert r["score_diff"] < 1e-3, r
-    assert all(r["affine"] for r in result["rows"])  # resnet18's head is one Linear
-
-
-class MlpHeadNet(nn.Module):
-    """GAP → Linear → ReLU → Linear: a pooled tail that is not affine, so it is fused."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1),
-                                  nn.ReLU())
-        self.head = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 6))
-        self.reciprocam_input = {"size": 32, "resize": "direct", "mean": (0.5, 0.5, 0.5),
-                                 "std": (0.25, 0.25, 0.25)}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x).mean(dim=(2, 3)))
+        assert r["map_diff_graph"] < 1e-4, r
+        assert r["path"] == "explain graph"
+    # resnet18's head is one Linear: explicit classes take the affine rows
+    assert all(r["general_path"].endswith("affine rows") for r in result["rows"])
 
 
 def slow_path_matches(cam, backend, fmt: str) -> None:
@@ -102,7 +91,7 @@ def test_affine_rows_equal_separate_graphs(quick_run, backend_name):
     artifact = Path(quick_run[1]["rows"][0]["artifact"])
     backend = create_backend(backend_name, "CPU", "f32")
     cam = ReciproCAM(artifact, backend=backend, batch_size=2)
-    assert cam._affine is not None and cam._pooled_explainer is None
+    assert isinstance(cam.path, AffineRows)
     slow_path_matches(cam, backend, backend.graph_format[0])
     image = (np.random.default_rng(2).random((64, 64, 3)) * 255).astype(np.uint8)
     soft = ReciproCAM(artifact, backend=backend, scores="softmax").explain(image)
@@ -113,8 +102,7 @@ def test_affine_rows_equal_separate_graphs(quick_run, backend_name):
 def mlp_head_artifact(tmp_path_factory) -> Path:
     from export.pipeline import export_artifact
 
-    torch.manual_seed(0)
-    return export_artifact(MlpHeadNet().eval(), layer="body", fmt="both",
+    return export_artifact(tiny_mlp_head(), layer="body", fmt="both",
                            out=tmp_path_factory.mktemp("mlp") / "mlp")
 
 
@@ -125,7 +113,7 @@ def test_fused_graph_equals_separate_graphs(mlp_head_artifact, backend_name):
 
     backend = create_backend(backend_name, "CPU", "f32")
     cam = ReciproCAM(mlp_head_artifact, backend=backend, batch_size=2)
-    assert cam._affine is None and cam._pooled_explainer is not None
+    assert cam.affine_head is None and cam.path.name == "f+pooled tail fused"
     slow_path_matches(cam, backend, backend.graph_format[0])
 
 
@@ -138,7 +126,7 @@ def test_fused_graph_with_weighted_masks_equals_the_tail_on_numpy_rows(mlp_head_
 
     backend = create_backend(backend_name, "CPU", "f32")
     cam = ReciproCAM(mlp_head_artifact, backend=backend, mask=mask)
-    assert cam._pooled_explainer is not None
+    assert cam.graph_path is None and cam.path.name == "f+pooled tail fused"
     image = (np.random.default_rng(3).random((80, 90, 3)) * 255).astype(np.uint8)
     exp = cam.explain(image, targets="all")
     unmasked, masked = cam.masked_scores(cam.features(cam.preprocessing(image))[0])

@@ -92,8 +92,8 @@ def test_manifest_contents_and_checksums(resnet18_dir):
     assert m["feature"]["shape"] == [512, 7, 7]
     assert m["output"] == {"name": "scores", "num_classes": 1000, "logits": True}
     assert m["labels"][285] == "Egyptian cat"
-    expected = {"f.onnx", "g.onnx", "g_pooled.onnx", "f.xml", "f.bin", "g.xml", "g.bin",
-                "g_pooled.xml", "g_pooled.bin"}
+    expected = {"f.onnx", "g.onnx", "g_pooled.onnx", "explain.onnx", "f.xml", "f.bin",
+                "g.xml", "g.bin", "g_pooled.xml", "g_pooled.bin", "explain.xml", "explain.bin"}
     assert set(m["files"]) == expected
     for name, digest in m["files"].items():
         assert sha256_file(resnet18_dir / name) == digest
@@ -104,7 +104,7 @@ def test_ir_only_format_has_no_onnx(tmp_path):
     out = export_artifact("toy_models:tiny_gap", fmt="ir", out=tmp_path / "ir")
     names = {p.name for p in out.iterdir()}
     assert names == {"manifest.json", "f.xml", "f.bin", "g.xml", "g.bin", "g_pooled.xml",
-                     "g_pooled.bin"}
+                     "g_pooled.bin", "explain.xml", "explain.bin"}
     assert "openvino" in Artifact.load(out).manifest["check"]["per_backend"]
 
 

@@ -66,7 +66,7 @@ def test_auto_and_named_cut_explain(files, tmp_path, image):
     assert m["target_layer"] == "maxpool" and m["feature"]["shape"] == [8, 8, 8]
     assert n["target_layer"] == "relu1" and n["feature"]["shape"] == [8, 16, 16]
     assert m["graphs"] == {"f": {"ir": "f.xml"}, "g": {"ir": "g.xml"},
-                           "g_pooled": {"ir": "g_pooled.xml"}}
+                           "g_pooled": {"ir": "g_pooled.xml"}, "explain": {"ir": "explain.xml"}}
     assert m["source"]["format"] == "ir" and m["output"]["num_classes"] == CLASSES
     assert m["check"]["relative_error"] <= 1e-5 and list(m["check"]["per_backend"]) == [
         "openvino"]

@@ -38,6 +38,20 @@ class TinyFlattenNet(nn.Module):
         return self.head(self.body(x))
 
 
+class MlpHeadNet(nn.Module):
+    """GAP → Linear → ReLU → Linear: a pooled tail that is not affine."""
+
+    def __init__(self, classes: int = 6) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1),
+                                  nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, classes))
+        self.reciprocam_input = dict(TOY_INPUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).mean(dim=(2, 3)))
+
+
 class TwoInputNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -67,6 +81,20 @@ def tiny_gap() -> nn.Module:
 def tiny_flatten() -> nn.Module:
     torch.manual_seed(0)
     return TinyFlattenNet().eval()
+
+
+def tiny_mlp_head() -> nn.Module:
+    torch.manual_seed(0)
+    return MlpHeadNet().eval()
+
+
+def blind_class() -> nn.Module:
+    """A GAP head whose class 0 ignores the features and always wins: its map is all zeros."""
+    model = tiny_gap()
+    with torch.no_grad():
+        model.fc.weight[0] = 0.0
+        model.fc.bias[0] = 100.0
+    return model
 
 
 def two_inputs() -> nn.Module:

@@ -39,11 +39,16 @@ class BackendError(ValueError):
 
 
 class Graph(ABC):
-    """A compiled graph with one input and one output; safe to call from several threads."""
+    """A compiled graph with one input; safe to call from several threads."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Run the graph on ``x`` (float32) and return its first output as float32."""
+        return np.asarray(self.outputs(x)[0], dtype=np.float32)
 
     @abstractmethod
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run the graph on ``x`` (float32) and return its output as a new float32 array."""
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Run the graph on ``x`` (float32); every output, in order, as new arrays of its own
+        type (the explain graph's ``targets`` are int64)."""
 
 
 class Backend(ABC):

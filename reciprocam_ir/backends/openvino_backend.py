@@ -27,14 +27,10 @@ class OpenVINOGraph(Graph):
             request = self._local.request = self._compiled.create_infer_request()
         return request
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.outputs(x)[0]
-
     def outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        """Every output of the graph, in order, as new float32 arrays."""
         request = self._request()
         request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return [np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True)
+        return [np.array(request.get_output_tensor(i).data, copy=True)
                 for i in range(len(self._compiled.outputs))]
 
 
@@ -140,9 +136,9 @@ def features_and_scores_model(f: ov.Model, tail: ov.Model) -> ov.Model:
     The second output is the plain model's own prediction, computed in the same
     inference as the feature map the affine rows need.
     """
-    feature = _detach_result(f)
+    feature = detach_result(f)
     (pooled,) = tail.get_parameters()
-    scores = _detach_result(tail)
+    scores = detach_result(tail)
     mean = ops.reduce_mean(feature, ops.constant(np.array([2, 3], np.int64)), keep_dims=False)
     for target in list(pooled.output(0).get_target_inputs()):
         target.replace_source_output(mean.output(0))
@@ -191,7 +187,7 @@ def affine_of(model: ov.Model) -> tuple[np.ndarray, np.ndarray] | None:
     return affine_pair(weight, bias)
 
 
-def _detach_result(model: ov.Model) -> ov.Output:
+def detach_result(model: ov.Model) -> ov.Output:
     """The single output of ``model`` with its Result node unplugged, ready to splice."""
     (result,) = model.get_results()
     value = result.input_value(0)
@@ -209,9 +205,9 @@ def pooled_explainer_model(f: ov.Model, tail: ov.Model, feature_shape: tuple[int
     """
     c, h, w = feature_shape
     n = h * w
-    feature = _detach_result(f)
+    feature = detach_result(f)
     (pooled,) = tail.get_parameters()
-    scores = _detach_result(tail)
+    scores = detach_result(tail)
     i64 = np.int64
     flat = ops.reshape(feature, ops.constant(np.array([-1, c, n], i64)), special_zero=False)
     rows = ops.transpose(flat, ops.constant(np.array([0, 2, 1], i64)))
