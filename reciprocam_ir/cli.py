@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from . import dataset_cli
 from .artifact import atomic_write_bytes, sha256_file
-from .backends import PRECISIONS, BackendError
+from .backends import BackendError, add_engine_arguments
 from .explainer import ReciproCAM
 from .explanation import slug
 from .masking import MASK_KINDS
@@ -29,16 +29,12 @@ def parser() -> argparse.ArgumentParser:
                        description="Write an overlay PNG per image and explained class.")
     e.add_argument("artifact", help="artifact folder written by reciprocam-export")
     e.add_argument("images", nargs="+", help="image files or folders of images")
-    e.add_argument("--backend", choices=("openvino", "onnxruntime"), default=None,
-                   help="inference engine (default: OpenVINO if installed)")
-    e.add_argument("--device", default=None,
-                   help="CPU, GPU, NPU, AUTO (OpenVINO) or CPU, CUDA (ONNX Runtime)")
+    add_engine_arguments(e)
     e.add_argument("--class", dest="classes", type=int, nargs="+", default=None, metavar="K",
                    help="class indices to explain (default: the top-k predicted)")
     e.add_argument("--all-classes", action="store_true", help="explain every class")
     e.add_argument("--top-k", type=int, default=None,
                    help="explain the k best predicted classes (default 1)")
-    e.add_argument("--precision", choices=PRECISIONS, default="auto")
     e.add_argument("--scores", choices=SCORE_KINDS, default="logits",
                    help="score each masked map by raw logits or softmax probabilities")
     e.add_argument("--mask", choices=MASK_KINDS, default="onehot",
@@ -68,11 +64,7 @@ def parser() -> argparse.ArgumentParser:
                    help="v1 and v2 REST, health, /metrics (default: 8080)")
     s.add_argument("--grpc-port", type=int, default=8081, metavar="PORT",
                    help="v2 gRPC (default: 8081)")
-    s.add_argument("--backend", choices=("openvino", "onnxruntime"), default=None,
-                   help="inference engine (default: OpenVINO if installed)")
-    s.add_argument("--device", default=None,
-                   help="CPU, GPU, NPU, AUTO (OpenVINO) or CPU, CUDA (ONNX Runtime)")
-    s.add_argument("--precision", choices=PRECISIONS, default="auto")
+    add_engine_arguments(s)
     s.add_argument("--workers", type=int, default=1, metavar="N",
                    help="HTTP server processes, each with its own compiled model")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",

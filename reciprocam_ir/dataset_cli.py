@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .artifact import ArtifactError
-from .backends import PRECISIONS, BackendError
+from .backends import BackendError, add_engine_arguments
 from .messages import first_line
 
 RAY_MISSING = "explain-dataset needs Ray Data: pip install reciprocam-ir[ray]"
@@ -37,11 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="explain the k best classes of each image (default 1)")
     which.add_argument("--class", dest="classes", type=int, nargs="+", default=None,
                        metavar="K", help="class indices to explain for every image")
-    d.add_argument("--backend", choices=("openvino", "onnxruntime"), default=None,
-                   help="inference engine (default: OpenVINO if installed)")
-    d.add_argument("--device", default=None,
-                   help="CPU, GPU, NPU, AUTO (OpenVINO) or CPU, CUDA (ONNX Runtime)")
-    d.add_argument("--precision", choices=PRECISIONS, default="auto")
+    add_engine_arguments(d)
     d.add_argument("--batch-size", type=int, default=8, metavar="B",
                    help="images per actor call (default 8)")
     d.add_argument("--workers", type=int, default=1, metavar="N",

@@ -253,15 +253,7 @@ class ReciproCAM:
         return spatial_masks(h, w, kind=self.mask, sigma=sigma)
 
     def _path(self, role: str) -> Path:
-        """Graph file of ``role`` in the first format the backend reads."""
-        for fmt in self.backend.graph_format:
-            path = self.artifact.graph_path(role, fmt)
-            if path is not None:
-                return path
-        raise BackendError(
-            f"{self.artifact.folder}: no '{role}' graph in a format the {self.backend.name} "
-            f"backend reads ({', '.join(self.backend.graph_format)})"
-        )
+        return self.backend.graph_file(self.artifact, role)
 
     @property
     def labels(self) -> list[str] | None:

@@ -16,14 +16,21 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(TESTS))
 
 
-TORCH_BLOCK = """
+def import_blocker(package: str, message: str | None = None) -> str:
+    """Python source that makes any later import of ``package`` fail (ImportError with
+    ``message``), for subprocesses that must run without it."""
+    message = message or f"{package} is blocked in this test"
+    return f"""
 import importlib.abc, sys
-class BlockTorch(importlib.abc.MetaPathFinder):
+class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, BlockTorch())
+        if name == {package!r} or name.startswith({package + "."!r}):
+            raise ImportError({message!r})
+sys.meta_path.insert(0, Block())
 """
+
+
+TORCH_BLOCK = import_blocker("torch")
 """Python source that makes any later ``import torch`` fail, for torch-free subprocesses."""
 
 

@@ -18,20 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from conftest import subprocess_env
+from conftest import import_blocker, subprocess_env
 from reciprocam_ir import ReciproCAM, cli
 from reciprocam_ir.dataset import SCHEMA, DatasetError, explain_dataset, list_sources
 
 BAD = {"empty.png": "empty file", "notes.txt": "not a readable image",
        "truncated.jpg": "not a readable image"}
-RAY_BLOCK = """
-import importlib.abc, sys
-class BlockRay(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError("ray is blocked in this test")
-sys.meta_path.insert(0, BlockRay())
-"""
+RAY_BLOCK = import_blocker("ray")
 
 
 @pytest.fixture(scope="module")

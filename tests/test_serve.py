@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import subprocess_env
+from conftest import import_blocker, subprocess_env
 from reciprocam_ir import ReciproCAM, decode_image
 
 MAX_PIXELS = 250_000
@@ -444,13 +444,8 @@ def test_start_up_refuses_taken_port_missing_device_and_bad_names(capsys, resnet
     assert "--workers" in refused_in_process(capsys, art, *ports, "--workers", "0")
 
 
-BLOCK_KSERVE = """
-import importlib.abc, runpy, sys
-class BlockKServe(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "kserve" or name.startswith("kserve."):
-            raise ImportError("No module named 'kserve'")
-sys.meta_path.insert(0, BlockKServe())
+BLOCK_KSERVE = import_blocker("kserve", "No module named 'kserve'") + """
+import runpy
 sys.argv = ["reciprocam", *sys.argv[1:]]
 runpy.run_module("reciprocam_ir.cli", run_name="__main__")
 """

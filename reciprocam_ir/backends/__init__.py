@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 from pathlib import Path
@@ -45,5 +46,16 @@ def create_backend(
     return impl(device, precision, cache_dir)
 
 
-__all__ = ["PRECISIONS", "Backend", "BackendError", "Graph", "available_backends",
-           "create_backend"]
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--device`` and ``--precision``, as every ``reciprocam`` command has them."""
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default=None,
+                        help="inference engine (default: OpenVINO if installed)")
+    parser.add_argument("--device", default=None,
+                        help="CPU, GPU, NPU, AUTO (OpenVINO) or CPU, CUDA (ONNX Runtime)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="OpenVINO inference precision (auto: the device's default, bf16 "
+                             "on CPUs that have it); ONNX Runtime runs f32")
+
+
+__all__ = ["PRECISIONS", "Backend", "BackendError", "Graph", "add_engine_arguments",
+           "available_backends", "create_backend"]

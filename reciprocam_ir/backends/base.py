@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import graph_digest
+from ..artifact import Artifact, graph_digest
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 Shape = tuple[int, ...]
@@ -68,6 +68,15 @@ class Backend(ABC):
         self.precision = precision
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         """Where compiled / optimised graphs are cached so that a second start is faster."""
+
+    def graph_file(self, artifact: Artifact, role: str) -> Path:
+        """The artifact's graph ``role`` in the first format this backend reads."""
+        for fmt in self.graph_format:
+            path = artifact.graph_path(role, fmt)
+            if path is not None:
+                return path
+        raise BackendError(f"{artifact.folder}: no '{role}' graph in a format the {self.name} "
+                           f"backend reads ({', '.join(self.graph_format)})")
 
     @abstractmethod
     def compile(self, path: Path, digest: str | None = None) -> Graph:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,12 +36,12 @@ class Classifier:
         self.preprocessing = artifact.preprocessing
         self.batch_size = batch_size
         fused = backend.compile_features_and_scores(
-            graph_file(artifact, backend, "f"), graph_file(artifact, backend, "g_pooled")
+            backend.graph_file(artifact, "f"), backend.graph_file(artifact, "g_pooled")
         ) if artifact.g_starts_with_gap else None
         if fused is not None:
             self._scores = lambda batch: fused(batch)[1]
         else:
-            f, g = (backend.compile(graph_file(artifact, backend, role)) for role in ("f", "g"))
+            f, g = (backend.compile(backend.graph_file(artifact, role)) for role in ("f", "g"))
             self._scores = lambda batch: g(f(batch))
 
     def __call__(self, images: list[np.ndarray]) -> np.ndarray:
@@ -53,16 +52,6 @@ class Classifier:
                                     for rgb in images[start : start + self.batch_size]])
             scores.append(self._scores(batch))
         return np.concatenate(scores)
-
-
-def graph_file(artifact: Artifact, backend: Backend, role: str) -> Path:
-    """Graph ``role`` of the artifact in the first format the backend reads."""
-    for fmt in backend.graph_format:
-        path = artifact.graph_path(role, fmt)
-        if path is not None:
-            return path
-    raise BackendError(f"{artifact.folder}: no '{role}' graph in a format the "
-                       f"{backend.name} backend reads ({', '.join(backend.graph_format)})")
 
 
 class ExplainerModel(Model):
