@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ExportError
-from .input_size import InputSize, as_hw, show
+from .input_size import InputSize, checked_size, show
 
 DEFAULT_SIZE = 224
 GRAPH_SUFFIXES = (".onnx", ".xml")
@@ -65,12 +65,7 @@ def image_input(source: str, names: Sequence[str], dims: Sequence[int | None] | 
         raise ExportError(f"{source}: input '{name}' is not float32; expected a float image")
     layout = "NCHW" if dims[1] == 3 else "NHWC"
     spatial = dims[2:4] if layout == "NCHW" else dims[1:3]
-    try:
-        wanted = as_hw(size)
-    except ValueError as exc:
-        raise ExportError(str(exc)) from None
-    if wanted is not None and min(wanted) < 8:
-        raise ExportError(f"--input-size {show(wanted)} is too small (at least 8 on each side)")
+    wanted = checked_size(size, 8)
     hw = []
     for axis, d in enumerate(spatial):
         if d is None:

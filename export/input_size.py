@@ -33,6 +33,20 @@ def as_hw(size: InputSize | None) -> tuple[int, int] | None:
     raise ValueError(f"input size must be N or (height, width), got {size!r}")
 
 
+def checked_size(size: InputSize | None, minimum: int) -> tuple[int, int] | None:
+    """``size`` as (height, width), refused (ExportError, one line) below ``minimum``."""
+    from .errors import ExportError
+
+    try:
+        hw = as_hw(size)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    if hw is not None and min(hw) < minimum:
+        raise ExportError(f"--input-size {show(hw)} is too small (at least {minimum} on each "
+                          "side)")
+    return hw
+
+
 def show(hw: tuple[int, int]) -> str:
     """(48, 192) → ``48x192``, (224, 224) → ``224``: as ``--input-size`` takes it."""
     return str(hw[0]) if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}"

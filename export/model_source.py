@@ -17,7 +17,7 @@ from reciprocam_ir.messages import first_line
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .errors import ExportError
-from .input_size import InputSize, as_hw, show
+from .input_size import InputSize, as_hw, checked_size
 
 DEFAULT_SIZE = 224
 RESIZE_RATIO = 256 / 224
@@ -177,12 +177,7 @@ def load_model(spec: str | nn.Module, weights: str | None = None,
     ``mean``, ``std``, ``color``) and its class names with ``reciprocam_labels``; otherwise
     ImageNet's recipe is assumed.
     """
-    try:
-        size = as_hw(size)
-    except ValueError as exc:
-        raise ExportError(str(exc)) from None
-    if size is not None and min(size) < 32:
-        raise ExportError(f"--input-size {show(size)} is too small (at least 32 on each side)")
+    size = checked_size(size, 32)
     if isinstance(spec, nn.Module):
         loaded = from_module(spec, type(spec).__name__.lower(), type(spec).__qualname__,
                              weights, size)
