@@ -202,3 +202,21 @@ class ConvHeadNet(nn.Module):
 def conv_head() -> nn.Module:
     torch.manual_seed(0)
     return ConvHeadNet().eval()
+
+
+def tiny_vit(num_layers: int = 2) -> nn.Module:
+    """torchvision's VisionTransformer, tiny: 32x32 input, 8x8 patches (a 4x4 grid, 17
+    tokens of width 16), 2 heads; its zero-initialised head drawn at random."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=num_layers, num_heads=2,
+                              hidden_dim=16, mlp_dim=32, num_classes=10)
+    nn.init.normal_(model.heads.head.weight)
+    nn.init.normal_(model.heads.head.bias)
+    model.reciprocam_input = dict(TOY_INPUT)
+    return model.eval()
+
+
+def tiny_vit_3() -> nn.Module:
+    return tiny_vit(num_layers=3)
