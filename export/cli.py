@@ -119,7 +119,7 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
                           "(its weights are in the file)")
     if args.list_layers:
         graph = open_graph(args.model, args.input_size)
-        print_cuts([(c.name, c.shape, c.aliases) for c in graph.cuts],
+        print_cuts([(c.name, c.description, c.aliases) for c in graph.cuts],
                    graph.cuts[-1].name if graph.cuts else "")
         return None
     options = {k: getattr(args, k) for k in ("mean", "std", "scale", "color", "resize",

@@ -26,6 +26,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
+from .file_cut import token_grid
 
 _ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", F.relu: "relu", torch.relu: "relu",
                 F.relu6: "relu6"}
@@ -256,45 +257,35 @@ class CutGraph:
         """Pre-norm transformer blocks by name, in graph order: called once, their input
         (B, T, D) read first by a LayerNorm that is a direct child, output shaped alike."""
         blocks = []
+        outputs = tracer.module_outputs
         for name, module in self.gm.named_modules():
-            node, out = tracer.module_inputs.get(name), tracer.module_outputs.get(name)
-            if not name or tracer.module_calls[name] != 1 or node is None or out is None:
+            node, out = tracer.module_inputs.get(name), outputs.get(name)
+            if not name or tracer.module_calls[name] != 1 or node not in self.order \
+                    or out not in self.order:
                 continue
             shape = _shape(node)
             if shape is None or len(shape) != 3 or _shape(out) != shape:
                 continue
-            ln1 = next((tracer.module_outputs[f"{name}.{child}"]
-                        for child, sub in module.named_children()
-                        if isinstance(sub, nn.LayerNorm) and f"{name}.{child}" in
-                        tracer.module_outputs and tracer.module_outputs[f"{name}.{child}"].args
-                        and tracer.module_outputs[f"{name}.{child}"].args[0] is node), None)
+            norms = [outputs.get(f"{name}.{child}") for child, sub in module.named_children()
+                     if isinstance(sub, nn.LayerNorm)]
+            ln1 = next((n for n in norms if n is not None and n.args and n.args[0] is node), None)
             if ln1 is not None:
-                blocks.append(self._token_block(name, node, ln1, out))
-        blocks.sort(key=lambda b: self.order[b.input])
-        return {b.name: b for b in blocks}
+                blocks.append((name, node, ln1, out))
+        if not blocks:
+            return {}
+        first = min(self.order[node] for _, node, _, _ in blocks)
+        maps = [tuple(_shape(n)[2:]) for n in sorted(self.gm.graph.nodes, key=self.order.get)
+                if self.order[n] < first and len(_shape(n) or ()) == 4]
+        found = sorted((self._token_block(*b, maps) for b in blocks),
+                       key=lambda b: self.order[b.input])
+        return {b.name: b for b in found}
 
-    def _token_block(self, name: str, node: fx.Node, ln1: fx.Node, out: fx.Node) -> TokenBlock:
-        """The block with its patch grid: from the last 4-D map before it whose h·w patches
-        leave a few leading tokens (the patch embedding), else 1 + a square token count."""
+    def _token_block(self, name: str, node: fx.Node, ln1: fx.Node, out: fx.Node,
+                     maps: list[tuple[int, int]]) -> TokenBlock:
+        """The block with its patch grid: from the last 4-D map before the first block that
+        leaves a few leading tokens (the patch embedding), else 1 + a square token count."""
         tokens = _shape(node)[1]
-        maps = [n for n in _ancestors(node) if (_shape(n) or ()) and len(_shape(n)) == 4
-                and 0 <= tokens - _shape(n)[2] * _shape(n)[3] <= 8]
-        if maps:
-            patch = max(maps, key=self.order.get)
-            grid = tuple(_shape(patch)[2:])
-        else:
-            side = int(round((tokens - 1) ** 0.5)) if tokens > 1 else 0
-            grid = (side, side) if side > 1 and side * side == tokens - 1 else None
-        if grid is None:
-            return TokenBlock(name, node, ln1, out, None, 0,
-                              f"its {tokens} tokens are not 1 class token + a square grid of "
-                              "patches, and no patch map shows the grid")
-        prefix = tokens - grid[0] * grid[1]
-        problem = None if prefix == 1 else (
-            f"its {tokens} tokens are {grid[0]}x{grid[1]} patches and {prefix} other tokens; "
-            "only a single class token first is supported" if prefix else
-            f"its {tokens} tokens are all patches (no class token): the head pools over the "
-            "tokens, which ViT-ReciproCAM does not explain")
+        grid, prefix, problem = token_grid(tokens, maps)
         return TokenBlock(name, node, ln1, out, grid, prefix, problem)
 
     def f_nodes(self, node: fx.Node) -> set[fx.Node]:

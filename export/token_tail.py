@@ -2,7 +2,8 @@
 
 Mask n weights the patch tokens by its spatial mask (the class token keeps weight 1) and
 multiplies both the stream entering the block (its skip path) and the output of the
-block's first LayerNorm. Both tails are ``g`` of a token artifact, with two inputs:
+block's first LayerNorm, which reads the unmasked stream (masking after the LayerNorm,
+not before it). Both tails are ``g`` of a token artifact, with two inputs:
 ``feature`` (B, T, D), the unmasked tokens, and ``masks`` (M, N), one row of patch-token
 weights per masked copy; the output is (B, M, classes) (an all-ones row gives the model's
 own scores).
@@ -43,6 +44,11 @@ def token_weights(masks: torch.Tensor, prefix: int) -> torch.Tensor:
 def masked_copies(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(B·M, T, D): image b's tokens times weight row m, images outer."""
     return (tokens[:, None] * weights[None, :, :, None]).flatten(0, 1)
+
+
+def plain_copies(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B·M, T, D): image b's tokens, unmasked, once per weight row (what LN1 reads)."""
+    return tokens[:, None].expand(-1, weights.shape[0], -1, -1).flatten(0, 1)
 
 
 def masked_rows(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -98,15 +104,21 @@ def _copy(graph: fx.Graph, nodes: list[fx.Node], env: dict[fx.Node, fx.Node],
 
 def sequences_tail(graph: CutGraph, block: TokenBlock) -> fx.GraphModule:
     """``g`` (tokens, masks) → (B, M, classes): every masked sequence through the rest of the
-    model, the LayerNorm output of ``block`` masked as its input is."""
+    model; ``block``'s first LayerNorm reads the unmasked tokens and its output is masked."""
     g = fx.Graph()
     tokens, masks = g.placeholder(FEATURE_NAME), g.placeholder(MASKS_NAME)
     weights = g.call_function(token_weights, (masks, block.prefix))
     stream = g.call_function(masked_copies, (tokens, weights))
+    plain = g.call_function(plain_copies, (tokens, weights))
     env = {block.input: stream}
-    _copy(g, graph.tail_nodes(block.input), env, graph.f_nodes(block.input), stream,
-          lambda old, new: g.call_function(masked_rows, (new, weights))
-          if old is block.ln1 else new)
+
+    def masked(old: fx.Node, new: fx.Node) -> fx.Node:
+        if old is not block.ln1:
+            return new
+        new.args = (plain, *new.args[1:])
+        return g.call_function(masked_rows, (new, weights))
+
+    _copy(g, graph.tail_nodes(block.input), env, graph.f_nodes(block.input), stream, masked)
     g.output(g.call_function(per_image, (env[graph.result], masks)))
     return graph.module(g)
 
@@ -233,13 +245,20 @@ def _pools_tokens(node: fx.Node) -> bool:
 def hooked_scores(model: nn.Module, block: TokenBlock, x: torch.Tensor,
                   weights: torch.Tensor) -> torch.Tensor:
     """(M, classes): the whole model on image ``x`` (1, 3, H, W) with the stream entering
-    ``block`` and its first LayerNorm's output replaced by their masked copies (weights
-    (M, T)), through the model's own modules (hooks): the definition the tails must meet."""
+    ``block`` and its first LayerNorm's output (of the unmasked stream) replaced by their
+    masked copies (weights (M, T)), through the model's own modules (hooks): the definition
+    the tails must meet."""
     module = model.get_submodule(block.name)
     ln1 = model.get_submodule(block.ln1.target)
     scale = weights[:, :, None]
-    hooks = [module.register_forward_pre_hook(lambda m, args: (args[0] * scale, *args[1:])),
-             ln1.register_forward_hook(lambda m, args, out: out * scale)]
+    unmasked = []
+
+    def mask_stream(m: nn.Module, args: tuple) -> tuple:
+        unmasked.append(args[0])
+        return (args[0] * scale, *args[1:])
+
+    hooks = [module.register_forward_pre_hook(mask_stream),
+             ln1.register_forward_hook(lambda m, args, out: m.forward(unmasked[-1]) * scale)]
     try:
         with torch.no_grad():
             return model(x.repeat(len(weights), 1, 1, 1))
