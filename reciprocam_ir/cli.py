@@ -41,9 +41,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=PRECISIONS, default="auto")
     e.add_argument("--scores", choices=SCORE_KINDS, default="logits",
                    help="score each masked map by raw logits or softmax probabilities")
-    e.add_argument("--mask", choices=MASK_KINDS, default="onehot",
-                   help="onehot: keep one position (the paper); gaussian: keep a soft window; "
-                        "drop: remove a soft window (best with --scores softmax)")
+    e.add_argument("--mask", choices=MASK_KINDS, default=None,
+                   help="onehot: keep one position (the paper; the default for CNNs); "
+                        "gaussian: keep a soft window (the default for ViTs); drop: remove a "
+                        "soft window (best with --scores softmax)")
     e.add_argument("--mask-sigma", type=float, default=None, metavar="CELLS",
                    help="window width of gaussian/drop masks in feature cells "
                         "(default 0.85 gaussian, 1.5 drop)")
