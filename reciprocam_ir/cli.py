@@ -113,8 +113,9 @@ def contradiction(args: argparse.Namespace) -> str | None:
     if args.top_k is not None and (args.classes is not None or args.all_classes):
         given = "--class" if args.classes is not None else "--all-classes"
         return f"--top-k picks the predicted classes to explain; it cannot be combined with {given}"
-    if args.mask_sigma is not None and args.mask == "onehot":
-        return "--mask-sigma sets the window of --mask gaussian or drop; the onehot mask has none"
+    if args.mask_sigma is not None and args.mask in (None, "onehot"):
+        return ("--mask-sigma sets the window of --mask gaussian or drop; "
+                + ("the onehot mask has none" if args.mask else "name the mask it sets"))
     return None
 
 

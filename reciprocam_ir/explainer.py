@@ -65,9 +65,10 @@ def check_options(scores: str, memory_budget_mb: float, batch_size: int, mask: s
     if mask is not None and mask not in MASK_KINDS:
         raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
     if mask_sigma is not None:
-        if mask == "onehot":
+        if mask in (None, "onehot"):
             raise ValueError("mask_sigma applies to the gaussian and drop masks, not to the "
-                             "onehot mask")
+                             "onehot mask" + ("; name the mask it sets (mask='gaussian' or "
+                                              "'drop')" if mask is None else ""))
         check_sigma(mask_sigma)
 
 
