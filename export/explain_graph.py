@@ -341,10 +341,14 @@ def _explain_error(folder: Path, backend: str, x: np.ndarray, top_k: int) -> flo
     """Max |map difference| of the explain graph against the runtime's general path, f32;
     infinite when the targets differ or the scores differ beyond the export tolerance."""
     from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.explainer import MAX_MEMORY_BUDGET_MB
 
     try:
-        graph = ReciproCAM(folder, backend=backend, precision="f32")
-        general = ReciproCAM(folder, backend=backend, precision="f32", explain_graph=False)
+        # one image a call, with room for its whole explain graph (a ViT's masked sequences
+        # take more than the runtime's default budget, which then uses its chunked path)
+        room = {"precision": "f32", "batch_size": 1, "memory_budget_mb": MAX_MEMORY_BUDGET_MB}
+        graph = ReciproCAM(folder, backend=backend, **room)
+        general = ReciproCAM(folder, backend=backend, explain_graph=False, **room)
         if graph.graph_path is None:
             return float("inf")
         ours = graph.explain_tensor(x, top_k=top_k)

@@ -113,7 +113,9 @@ def load_torchvision(name: str, weights: str | None, size: tuple[int, int] | Non
                 "offline, pass --weights PATH or --weights none") from None
         source = str(default)
     else:
-        model = torchvision.models.get_model(name, weights=None)
+        with torch.random.fork_rng(devices=[]):  # `none`: the same random model each time
+            torch.manual_seed(0)
+            model = torchvision.models.get_model(name, weights=None)
         source = "none"
         if choice.lower() == "none":
             draw_zero_layers(model)
