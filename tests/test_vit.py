@@ -110,9 +110,17 @@ def test_cli_explains_a_vit_artifact(artifacts, tmp_path, image):
     assert len(list(out.glob("cat_*.png"))) == 2
 
 
+B32_INPUT = inputs(1).repeat(7, axis=2).repeat(7, axis=3)
+
+
 @pytest.fixture(scope="module")
-def vit_b_32(export_once):
-    return export_once("toy_models:vit_b_32_random")
+def vit_b_32(export_once) -> tuple[object, np.ndarray]:
+    """The artifact, and the whole torch model's masked scores in float64 (49 Gaussian masks)."""
+    folder = export_once("toy_models:vit_b_32_random")
+    model = toy_models.vit_b_32_random().double()
+    reference = masked_token_scores(model, "encoder.layers.encoder_layer_11", B32_INPUT,
+                                    spatial_masks(7, 7, "gaussian"))
+    return folder, reference
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -120,18 +128,16 @@ def test_vit_b_32_scores_and_maps_equal_torch(vit_b_32, backend):
     """ViT-B/32 (7x7 grid). Random weights leave the masked scores within 0.2 % of the logit
     scale, where float32 alone moves a normalised map by 2e-4 (torch f32 against f64), so the
     masked scores are held to 1e-4 of the logits and the maps to 1e-3."""
-    cam = ReciproCAM(vit_b_32, backend=backend, precision="f32")
+    folder, reference = vit_b_32
+    cam = ReciproCAM(folder, backend=backend, precision="f32")
     manifest = cam.artifact.manifest
     assert manifest["feature"]["grid"] == [7, 7] and manifest["feature"]["shape"] == [50, 768]
     assert manifest["target_layer"] == "encoder.layers.encoder_layer_11"
     assert manifest["token_tail"]["kind"] == "class_token"
-    x = inputs(1).repeat(7, axis=2).repeat(7, axis=3)
-    exp = cam.explain_tensor(x)
-    masks = spatial_masks(7, 7, "gaussian")
-    model = toy_models.vit_b_32_random()
-    reference = masked_token_scores(model.double(), manifest["target_layer"], x, masks)
+    exp = cam.explain_tensor(B32_INPUT)
     tail = cam.backend.compile(cam.artifact.graph_path("g", cam.backend.graph_format[0]))
-    scores = tail(cam.features(x), mask_rows(49, masks)[1:])[0]
+    masks = spatial_masks(7, 7, "gaussian")
+    scores = tail(cam.features(B32_INPUT), mask_rows(49, masks)[1:])[0]
     np.testing.assert_allclose(scores, reference, atol=1e-4 * np.abs(reference).max())
     expected = normalise(reference[:, exp.targets[0]]).reshape(1, -1, 7, 7)
     np.testing.assert_allclose(exp.saliency, expected, atol=1e-3)
