@@ -76,20 +76,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def print_cuts(cuts: list[tuple[str, tuple[int, ...], tuple[str, ...]]], default: str) -> None:
-    """The valid cuts as a table: name, feature shape, other names; the default marked."""
+def print_cuts(cuts: list[tuple[str, tuple[int, ...] | str, tuple[str, ...]]],
+               default: str) -> None:
+    """The valid cuts as a table: name, feature shape (or its description), other names; the
+    default marked."""
     width = max([40, *(len(name) + 2 for name, _, _ in cuts)])
-    print(f"{'layer':<{width}} {'feature (C x h x w)':<20} also named")
-    for name, shape, aliases in cuts:
+    shown = [shape if isinstance(shape, str) else " x ".join(map(str, shape))
+             for _, shape, _ in cuts]
+    column = max([20, *(len(s) + 1 for s in shown)])
+    print(f"{'layer':<{width}} {'feature (C x h x w)':<{column}} also named")
+    for (name, _, aliases), shape in zip(cuts, shown, strict=True):
         mark = "  (default)" if name == default else ""
-        print(f"{name:<{width}} {' x '.join(map(str, shape)):<20} {', '.join(aliases)}{mark}")
+        print(f"{name:<{width}} {shape:<{column}} {', '.join(aliases)}{mark}")
 
 
 def list_layers(model: str, weights: str | None, size: tuple[int, int] | None) -> None:
     from .pipeline import prepare
 
     _, graph, _ = prepare(model, weights if weights else "none", size)
-    print_cuts([(c.name, c.shape, c.names[1:]) for c in graph.cuts], graph.default_cut().name)
+    print_cuts([(c.name, c.description, c.names[1:]) for c in graph.cuts],
+               graph.default_cut().name)
 
 
 GRAPH_ONLY = ("mean", "std", "scale", "color", "keep_softmax", "resize", "resize_size",
@@ -113,7 +119,7 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
                           "(its weights are in the file)")
     if args.list_layers:
         graph = open_graph(args.model, args.input_size)
-        print_cuts([(c.name, c.shape, c.aliases) for c in graph.cuts],
+        print_cuts([(c.name, c.description, c.aliases) for c in graph.cuts],
                    graph.cuts[-1].name if graph.cuts else "")
         return None
     options = {k: getattr(args, k) for k in ("mean", "std", "scale", "color", "resize",

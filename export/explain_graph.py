@@ -21,9 +21,10 @@ from reciprocam_ir.artifact import (
     OUTPUT_NAME,
     SALIENCY_NAME,
     TARGETS_NAME,
+    Artifact,
     write_manifest,
 )
-from reciprocam_ir.masking import pooling_matrix
+from reciprocam_ir.masking import DEFAULT_MASK_SIGMA, mask_rows, pooling_matrix, spatial_masks
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
@@ -33,16 +34,21 @@ from .verify import verification_images
 
 Tail = Callable[[Value], Value]
 """Splices the artifact's tail graph (``g`` or ``g_pooled``) onto a value; returns its scores."""
+TokenTail = Callable[[Value, Value], Value]
+"""Splices a token artifact's ``g`` onto (tokens, mask rows (N + 1, N)); returns its
+(B, N + 1, classes) scores."""
 
 
 @dataclass(frozen=True)
 class Head:
-    """What follows the cut: an affine GAP head (W, b), or a tail graph on pooled rows or maps."""
+    """What follows the cut: an affine GAP head (W, b), a tail graph on pooled rows or maps,
+    or a token tail that scores the unmasked tokens and every masked copy itself."""
 
     num_classes: int
     affine: tuple[np.ndarray, np.ndarray] | None = None
     tail: Tail | None = None
     pooled: bool = True
+    token_tail: TokenTail | None = None
 
 
 @dataclass(frozen=True)
@@ -57,15 +63,20 @@ class MapKind:
 def explain_outputs(ops: GraphOps, feature: Value, feature_shape: tuple[int, int, int],
                     head: Head, top_k: int, kind: MapKind = MapKind()
                     ) -> tuple[Value, Value, Value]:
-    """(scores, targets, saliency) from the feature map ``feature`` (B, C, h, w).
+    """(scores, targets, saliency) from the feature map ``feature`` (B, C, h, w), or tokens.
 
     An affine head scores only the K chosen classes on the N pooled rows (K·N·C
     multiply-adds; without the bias, as ``paths.AffineRows``); any other pooled head scores
     all N + 1 pooled rows, and a head without global pooling all N + 1 masked maps, in one
-    batched call of the tail.
+    batched call of the tail. A token tail takes the tokens and the N + 1 mask rows (the
+    all-ones row first) itself.
     """
     c, h, w = feature_shape
     n = h * w
+    if head.token_tail is not None:
+        rows = head.token_tail(feature, ops.const(mask_rows(n, kind.masks)))
+        scores, targets, masked = _chosen(ops, rows, n, head.num_classes, top_k, kind)
+        return scores, targets, _finished(ops, masked, top_k, h, w, kind)
     flat = ops.reshape(feature, [-1, c, n])
     if head.affine is not None and not kind.softmax:
         weight, bias = (ops.const(np.ascontiguousarray(a, np.float32)) for a in head.affine)
@@ -85,16 +96,30 @@ def explain_outputs(ops: GraphOps, feature: Value, feature_shape: tuple[int, int
                               ops.const(_map_weights(n, kind.masks)))
             out = head.tail(ops.reshape(maps, [-1, c, h, w]))
         per_image = ops.reshape(out, [-1, n + 1, head.num_classes])
-        scores = ops.reshape(ops.slice(per_image, 0, 1, axis=1), [-1, head.num_classes])
-        targets = ops.top_k(scores, top_k)
-        masked_all = ops.slice(per_image, 1, n + 1, axis=1)
-        if kind.softmax:
-            masked_all = ops.softmax(masked_all)
-        index = ops.expand(ops.reshape(targets, [-1, top_k, 1]), [1, 1, n])
-        masked = ops.gather_elements(ops.transpose(masked_all, [0, 2, 1]), index, axis=1)
+        scores, targets, masked = _chosen(ops, per_image, n, head.num_classes, top_k, kind)
+    return scores, targets, _finished(ops, masked, top_k, h, w, kind)
+
+
+def _chosen(ops: GraphOps, per_image: Value, n: int, num_classes: int, top_k: int,
+            kind: MapKind) -> tuple[Value, Value, Value]:
+    """From (B, N + 1, classes) rows, the unmasked first: the scores, the top-K targets and
+    their masked scores (B, K, N)."""
+    scores = ops.reshape(ops.slice(per_image, 0, 1, axis=1), [-1, num_classes])
+    targets = ops.top_k(scores, top_k)
+    masked_all = ops.slice(per_image, 1, n + 1, axis=1)
+    if kind.softmax:
+        masked_all = ops.softmax(masked_all)
+    index = ops.expand(ops.reshape(targets, [-1, top_k, 1]), [1, 1, n])
+    masked = ops.gather_elements(ops.transpose(masked_all, [0, 2, 1]), index, axis=1)
+    return scores, targets, masked
+
+
+def _finished(ops: GraphOps, masked: Value, top_k: int, h: int, w: int,
+              kind: MapKind) -> Value:
+    """The (B, K, h, w) saliency of masked scores (B, K, N) (negated for a removing mask)."""
     if kind.negate:
         masked = ops.binary("mul", masked, ops.const(np.float32(-1.0)))
-    return scores, targets, ops.reshape(_normalised(ops, masked), [-1, top_k, h, w])
+    return ops.reshape(_normalised(ops, masked), [-1, top_k, h, w])
 
 
 def _pooled_columns(ops: GraphOps, flat: Value, n: int, masks: np.ndarray | None) -> Value:
@@ -127,8 +152,9 @@ def _normalised(ops: GraphOps, masked: Value) -> Value:
 
 def onnx_explain_model(f: Any, tail: Any, feature_shape: tuple[int, int, int],
                        num_classes: int, top_k: int, pooled: bool,
-                       kind: MapKind = MapKind()) -> Any:
-    """The explain graph as an ONNX model, from the artifact's ``f`` and tail ONNX models."""
+                       kind: MapKind = MapKind(), tokens: bool = False) -> Any:
+    """The explain graph as an ONNX model, from the artifact's ``f`` and tail ONNX models
+    (``tokens``: a token artifact's ``g``, inputs tokens and mask rows)."""
     from onnx import TensorProto, compose, helper, version_converter
 
     from reciprocam_ir.backends.onnxruntime_backend import affine_of_onnx
@@ -141,14 +167,15 @@ def onnx_explain_model(f: Any, tail: Any, feature_shape: tuple[int, int, int],
     tail = compose.add_prefix(tail, "tail/")
     ops = OnnxOps(opset)
 
-    def splice(x: str) -> str:
-        ops.nodes.append(helper.make_node("Identity", [x], [tail.graph.input[0].name]))
+    def splice(*values: str) -> str:
+        for value, inp in zip(values, tail.graph.input, strict=True):
+            ops.nodes.append(helper.make_node("Identity", [value], [inp.name]))
         ops.nodes.extend(tail.graph.node)
         ops.initializers.extend(tail.graph.initializer)
         return tail.graph.output[0].name
 
     classes = num_classes
-    head = Head(classes, affine, splice, pooled)
+    head = Head(classes, token_tail=splice) if tokens else Head(classes, affine, splice, pooled)
     values = explain_outputs(ops, f.graph.output[0].name, feature_shape, head, top_k, kind)
     outputs = []
     for name, value, dtype, shape in zip(
@@ -188,8 +215,9 @@ def _merged_opsets(f: Any, tail: Any, opset: int) -> list[Any]:
 
 def ir_explain_model(f: Any, tail: Any, feature_shape: tuple[int, int, int],
                      num_classes: int, top_k: int, pooled: bool,
-                     kind: MapKind = MapKind()) -> Any:
-    """The explain graph as an OpenVINO model, from the artifact's ``f`` and tail models.
+                     kind: MapKind = MapKind(), tokens: bool = False) -> Any:
+    """The explain graph as an OpenVINO model, from the artifact's ``f`` and tail models
+    (``tokens``: a token artifact's ``g``, inputs tokens and mask rows).
 
     ``f`` and ``tail`` are consumed (their nodes move into the new model).
     """
@@ -198,18 +226,20 @@ def ir_explain_model(f: Any, tail: Any, feature_shape: tuple[int, int, int],
 
     from reciprocam_ir.backends.openvino_backend import affine_of, detach_result
 
-    affine = affine_of(tail) if pooled else None
+    affine = affine_of(tail) if pooled and not tokens else None
     feature = detach_result(f)
-    (parameter,) = tail.get_parameters()
+    parameters = tail.get_parameters()
     tail_scores = detach_result(tail)
     tail_scores.get_tensor().set_names({f"tail/{OUTPUT_NAME}"})
 
-    def splice(x: Any) -> Any:
-        for target in list(parameter.output(0).get_target_inputs()):
-            target.replace_source_output(x)
+    def splice(*values: Any) -> Any:
+        for value, parameter in zip(values, parameters, strict=True):
+            for target in list(parameter.output(0).get_target_inputs()):
+                target.replace_source_output(value)
         return tail_scores
 
-    head = Head(num_classes, affine, splice, pooled)
+    head = Head(num_classes, token_tail=splice) if tokens else \
+        Head(num_classes, affine, splice, pooled)
     values = explain_outputs(OpenVINOOps(), feature, feature_shape, head, top_k, kind)
     results = []
     for name, value in zip((OUTPUT_NAME, TARGETS_NAME, SALIENCY_NAME), values, strict=True):
@@ -226,23 +256,23 @@ def ir_explain_model(f: Any, tail: Any, feature_shape: tuple[int, int, int],
 
 def write_onnx_explain(f_path: Path, tail_path: Path, out: Path,
                        feature_shape: tuple[int, int, int], num_classes: int, top_k: int,
-                       pooled: bool, kind: MapKind = MapKind()) -> None:
+                       pooled: bool, kind: MapKind = MapKind(), tokens: bool = False) -> None:
     import onnx
 
     model = onnx_explain_model(onnx.load(str(f_path)), onnx.load(str(tail_path)),
-                               feature_shape, num_classes, top_k, pooled, kind)
+                               feature_shape, num_classes, top_k, pooled, kind, tokens)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
 
 
 def write_ir_explain(f_path: Path, tail_path: Path, out: Path,
                      feature_shape: tuple[int, int, int], num_classes: int, top_k: int,
-                     pooled: bool, kind: MapKind = MapKind()) -> None:
+                     pooled: bool, kind: MapKind = MapKind(), tokens: bool = False) -> None:
     import openvino as ov
 
     core = ov.Core()
     model = ir_explain_model(core.read_model(str(f_path)), core.read_model(str(tail_path)),
-                             feature_shape, num_classes, top_k, pooled, kind)
+                             feature_shape, num_classes, top_k, pooled, kind, tokens)
     ov.save_model(model, str(out), compress_to_fp16=False)
 
 
@@ -268,8 +298,13 @@ def add_explain_graphs(folder: Path, manifest: dict[str, Any], top_k: int,
     if not 1 <= top_k <= num_classes:
         raise ExportError(f"--explain-top-k {top_k} must be in 1..{num_classes} "
                           "(the model's number of classes)")
-    feature_shape = tuple(manifest["feature"]["shape"])
-    pooled = manifest["g_starts_with_gap"]
+    artifact = Artifact(folder, manifest)
+    feature_shape = artifact.feature_shape
+    pooled = artifact.g_starts_with_gap
+    tokens = artifact.tokens is not None
+    mask = artifact.default_mask
+    _, h, w = feature_shape
+    kind = MapKind(masks=spatial_masks(h, w, mask)) if mask != "onehot" else MapKind()
     graphs = manifest["graphs"]
     tail = graphs["g_pooled" if pooled else "g"]
     explain = {}
@@ -278,14 +313,16 @@ def add_explain_graphs(folder: Path, manifest: dict[str, Any], top_k: int,
             log(f"writing {name}")
             try:
                 write(folder / graphs["f"][fmt], folder / tail[fmt], folder / name,
-                      feature_shape, num_classes, top_k, pooled)
+                      feature_shape, num_classes, top_k, pooled, kind, tokens)
             except Exception as exc:  # onnx/OpenVINO raise several kinds
                 raise ExportError(f"cannot build the explain graph {name} "
                                   f"({first_line(exc)})") from None
             explain[fmt] = name
     manifest = write_manifest(folder, {
         **manifest, "graphs": {**graphs, "explain": explain},
-        "explain": {"top_k": top_k, "mask": "onehot", "mask_sigma": None, "scores": "logits"}})
+        "explain": {"top_k": top_k, "mask": mask,
+                    "mask_sigma": None if mask == "onehot" else DEFAULT_MASK_SIGMA,
+                    "scores": "logits"}})
     x = verification_images((2, *manifest["input"]["shape"][1:]))
     errors = {BACKEND_OF[fmt]: _explain_error(folder, BACKEND_OF[fmt], x, top_k)
               for fmt in explain}
@@ -303,10 +340,14 @@ def _explain_error(folder: Path, backend: str, x: np.ndarray, top_k: int) -> flo
     """Max |map difference| of the explain graph against the runtime's general path, f32;
     infinite when the targets differ or the scores differ beyond the export tolerance."""
     from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.explainer import MAX_MEMORY_BUDGET_MB
 
     try:
-        graph = ReciproCAM(folder, backend=backend, precision="f32")
-        general = ReciproCAM(folder, backend=backend, precision="f32", explain_graph=False)
+        # one image a call, with room for its whole explain graph (a ViT's masked sequences
+        # take more than the runtime's default budget, which then uses its chunked path)
+        room = {"precision": "f32", "batch_size": 1, "memory_budget_mb": MAX_MEMORY_BUDGET_MB}
+        graph = ReciproCAM(folder, backend=backend, **room)
+        general = ReciproCAM(folder, backend=backend, explain_graph=False, **room)
         if graph.graph_path is None:
             return float("inf")
         ours = graph.explain_tensor(x, top_k=top_k)

@@ -24,13 +24,63 @@ def is_graph_file(spec: object) -> bool:
     return isinstance(spec, str) and spec.lower().endswith(GRAPH_SUFFIXES)
 
 
+MAX_PREFIX_TOKENS = 8
+"""Leading non-patch tokens looked for when a patch map shows the grid (class, distillation,
+register tokens)."""
+
+
+def token_grid(tokens: int, patch_maps: Sequence[tuple[int, int]]
+               ) -> tuple[tuple[int, int] | None, int, str | None]:
+    """(grid, leading tokens, problem) of ``tokens`` tokens: the grid of the last patch map
+    (h, w) that leaves at most :data:`MAX_PREFIX_TOKENS` tokens, else 1 + a square. The
+    problem (None when explainable) says why not: ViT-ReciproCAM needs one class token first.
+    """
+    fits = [hw for hw in patch_maps if 0 <= tokens - hw[0] * hw[1] <= MAX_PREFIX_TOKENS]
+    if fits:
+        grid = fits[-1]
+    else:
+        side = int(round((tokens - 1) ** 0.5)) if tokens > 1 else 0
+        if side < 2 or side * side != tokens - 1:
+            return None, 0, (f"its {tokens} tokens are not 1 class token + a square grid of "
+                             "patches, and no patch map shows the grid")
+        grid = (side, side)
+    prefix = tokens - grid[0] * grid[1]
+    if prefix == 1:
+        return grid, prefix, None
+    if prefix == 0:
+        return grid, prefix, (f"its {tokens} tokens are all patches (no class token): the head "
+                              "pools over the tokens, which ViT-ReciproCAM does not explain")
+    return grid, prefix, (f"its {tokens} tokens are {grid[0]}x{grid[1]} patches and {prefix} "
+                          "other tokens; only a single class token first is supported")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """A token cut of a graph file: the stream entering a transformer block, its patch grid,
+    and the block's first LayerNorm output (tensor name or node key) that the masks weight."""
+
+    grid: tuple[int, int]
+    prefix: int
+    ln1: str
+
+
 @dataclass(frozen=True)
 class CutPoint:
-    """A valid cut: its name (tensor name for ONNX, node name for IR) and feature (C, h, w)."""
+    """A valid cut: its name (tensor name for ONNX, node name for IR) and feature (C, h, w),
+    or for the tokens entering a transformer block, (T, D) and their ``tokens`` layout."""
 
     name: str
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]
     aliases: tuple[str, ...] = ()
+    tokens: TokenLayout | None = None
+
+    @property
+    def description(self) -> str:
+        """The feature as ``--list-layers`` shows it."""
+        if self.tokens is None:
+            return " x ".join(map(str, self.shape))
+        h, w = self.tokens.grid
+        return f"{self.shape[0]} x {self.shape[1]} tokens ({h}x{w} grid)"
 
 
 @dataclass(frozen=True)
@@ -89,7 +139,7 @@ def find_cut(source: str, cuts: Sequence[CutPoint], layer: str | None,
             return cuts[-1]
         if misplaced:
             point, reason = misplaced[-1]
-            raise ExportError(f"{source}: no valid NCHW cut; '{point.name}' would be one but "
+            raise ExportError(f"{source}: no valid cut; '{point.name}' would be one but "
                               f"{reason}")
         raise ExportError(f"{source}: no valid cut with a spatial feature map (h, w > 1)")
     for cut in cuts:

@@ -2,6 +2,11 @@
 
 A cut at node X is valid when everything after it reads the input only through X,
 apart from reads of the batch size (``x.size(0)``), which are rebound to X.
+
+Cuts are 4-D module outputs (C, h, w maps), or the token stream (T, D) entering a
+pre-norm transformer block (a module whose direct LayerNorm child reads its input first,
+as torchvision's ViT ``EncoderBlock``): the cut is named by the block, which
+ViT-ReciproCAM masks (:mod:`.token_tail`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
+from .file_cut import token_grid
 
 _ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", F.relu: "relu", torch.relu: "relu",
                 F.relu6: "relu6"}
@@ -33,11 +39,14 @@ class _RecordingTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.module_outputs: dict[str, fx.Node] = {}
+        self.module_inputs: dict[str, fx.Node] = {}
         self.module_calls: Counter[str] = Counter()
 
     def call_module(self, m, forward, args, kwargs):
-        out = super().call_module(m, forward, args, kwargs)
         name = self.path_of_module(m)
+        if args and isinstance(args[0], fx.Proxy):
+            self.module_inputs[name] = args[0].node
+        out = super().call_module(m, forward, args, kwargs)
         self.module_calls[name] += 1
         if isinstance(out, fx.Proxy):
             self.module_outputs[name] = out.node
@@ -45,13 +54,31 @@ class _RecordingTracer(fx.Tracer):
 
 
 @dataclass(frozen=True)
+class TokenBlock:
+    """A pre-norm transformer block: the stream entering it (``input``, (B, T, D)), its first
+    LayerNorm (``ln1``, reading that stream), its output, and the patch grid of the tokens
+    (``grid`` h×w after ``prefix`` leading tokens), or ``problem`` saying why it cannot be
+    explained."""
+
+    name: str
+    input: fx.Node
+    ln1: fx.Node
+    output: fx.Node
+    grid: tuple[int, int] | None
+    prefix: int
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
 class Cut:
-    """A valid cut point: the module names that output it and the feature shape (C, h, w)."""
+    """A valid cut point: the module names that output it and the feature shape (C, h, w),
+    or, entering a transformer ``block``, the block's name and the tokens' shape (T, D)."""
 
     names: tuple[str, ...]
     node: fx.Node
     shape: tuple[int, ...]
     is_pooling: bool
+    block: TokenBlock | None = None
 
     @property
     def name(self) -> str:
@@ -59,7 +86,17 @@ class Cut:
 
     @property
     def spatial(self) -> bool:
+        if self.block is not None:
+            return self.block.grid is not None and min(self.block.grid) > 1
         return len(self.shape) == 3 and self.shape[1] > 1 and self.shape[2] > 1
+
+    @property
+    def description(self) -> str:
+        """The feature as ``--list-layers`` shows it: C x h x w, or tokens with their grid."""
+        if self.block is None:
+            return " x ".join(map(str, self.shape))
+        h, w = self.block.grid
+        return f"{self.shape[0]} x {self.shape[1]} tokens ({h}x{w} grid)"
 
 
 @dataclass
@@ -213,7 +250,57 @@ class CutGraph:
         self.candidates = {node: sorted(names, key=lambda s: (s.count("."), len(s), s))
                            for node, names in by_node.items() if len(_shape(node)) == 4}
         self.multi_called = {n for n, c in tracer.module_calls.items() if c > 1}
+        self.blocks = self._token_blocks(tracer)
         self._cuts = None
+
+    def _token_blocks(self, tracer: _RecordingTracer) -> dict[str, TokenBlock]:
+        """Pre-norm transformer blocks by name, in graph order: called once, their input
+        (B, T, D) read first by a LayerNorm that is a direct child, output shaped alike."""
+        blocks = []
+        outputs = tracer.module_outputs
+        for name, module in self.gm.named_modules():
+            node, out = tracer.module_inputs.get(name), outputs.get(name)
+            if not name or tracer.module_calls[name] != 1 or node not in self.order \
+                    or out not in self.order:
+                continue
+            shape = _shape(node)
+            if shape is None or len(shape) != 3 or _shape(out) != shape:
+                continue
+            norms = [outputs.get(f"{name}.{child}") for child, sub in module.named_children()
+                     if isinstance(sub, nn.LayerNorm)]
+            ln1 = next((n for n in norms if n is not None and n.args and n.args[0] is node), None)
+            if ln1 is not None:
+                blocks.append((name, node, ln1, out))
+        if not blocks:
+            return {}
+        first = min(self.order[node] for _, node, _, _ in blocks)
+        maps = [tuple(_shape(n)[2:]) for n in sorted(self.gm.graph.nodes, key=self.order.get)
+                if self.order[n] < first and len(_shape(n) or ()) == 4]
+        found = sorted((self._token_block(*b, maps) for b in blocks),
+                       key=lambda b: self.order[b.input])
+        return {b.name: b for b in found}
+
+    def _token_block(self, name: str, node: fx.Node, ln1: fx.Node, out: fx.Node,
+                     maps: list[tuple[int, int]]) -> TokenBlock:
+        """The block with its patch grid: from the last 4-D map before the first block that
+        leaves a few leading tokens (the patch embedding), else 1 + a square token count."""
+        tokens = _shape(node)[1]
+        grid, prefix, problem = token_grid(tokens, maps)
+        return TokenBlock(name, node, ln1, out, grid, prefix, problem)
+
+    def f_nodes(self, node: fx.Node) -> set[fx.Node]:
+        """The nodes ``f`` computes for a cut at ``node``."""
+        return self._f_nodes(node)
+
+    def tail_nodes(self, node: fx.Node) -> list[fx.Node]:
+        """The nodes ``g`` computes for a cut at ``node``, in graph order."""
+        f_nodes = self._f_nodes(node)
+        return [n for n in self.gm.graph.nodes
+                if n in self.needed and n not in f_nodes and n.op != "output"]
+
+    def module(self, graph: fx.Graph) -> fx.GraphModule:
+        """``graph`` (made of this model's nodes) as a module, unused parts removed."""
+        return self._module(graph)
 
     def _f_nodes(self, node: fx.Node) -> set[fx.Node]:
         return _ancestors(node) & self.data_nodes
@@ -231,11 +318,27 @@ class CutGraph:
 
     @property
     def cuts(self) -> list[Cut]:
-        """Valid cuts in graph order."""
+        """Valid cuts in graph order: 4-D maps, and the token stream entering each block."""
         if self._cuts is None:
-            self._cuts = [self._cut(node) for node in sorted(self.candidates, key=self.order.get)
-                          if self.why_invalid(node) is None]
+            maps = [self._cut(node) for node in self.candidates if self.why_invalid(node) is None]
+            tokens = [self._token_cut(b) for b in self.blocks.values()
+                      if self.token_problem(b) is None]
+            self._cuts = sorted(maps + tokens, key=lambda c: self.order[c.node])
         return self._cuts
+
+    def _token_cut(self, block: TokenBlock) -> Cut:
+        return Cut((block.name,), block.input, _shape(block.input)[1:], False, block)
+
+    def token_problem(self, block: TokenBlock) -> str | None:
+        """Why the stream entering ``block`` cannot be explained, or None."""
+        if block.problem is not None:
+            return block.problem
+        reason = self.why_invalid(block.input)
+        if reason is not None:
+            return reason
+        from .token_tail import head_problem
+
+        return head_problem(self, list(self.blocks.values())[-1])
 
     def _cut(self, node: fx.Node) -> Cut:
         pooling = node.op == "call_module" and isinstance(
@@ -244,9 +347,14 @@ class CutGraph:
         return Cut(tuple(self.candidates[node]), node, _shape(node)[1:], pooling)
 
     def default_cut(self) -> Cut:
-        """The last valid cut with a spatial map (h, w > 1), skipping head pooling layers."""
+        """The last valid cut with a spatial map (h, w > 1), skipping head pooling layers;
+        for a vision transformer, the stream entering its last block."""
         spatial = [c for c in self.cuts if c.spatial and not c.is_pooling]
         if not spatial:
+            if self.blocks:
+                last = list(self.blocks.values())[-1]
+                raise ExportError(f"cannot explain the transformer block '{last.name}': "
+                                  f"{self.token_problem(last)}")
             raise ExportError("no valid cut with a spatial feature map (h, w > 1) in this model")
         return spatial[-1]
 
@@ -255,13 +363,17 @@ class CutGraph:
         for cut in self.cuts:
             if layer in cut.names:
                 return cut
+        if layer in self.blocks:
+            raise ExportError(f"cannot explain the transformer block '{layer}': "
+                              f"{self.token_problem(self.blocks[layer])}")
         node = next((n for n, names in self.candidates.items() if layer in names), None)
         if node is not None:
             reason = self.why_invalid(node)
         elif layer in self.multi_called:
             reason = "the module is called more than once, so its output is ambiguous"
         elif layer in dict(self.gm.named_modules()) or layer in self._all_module_names():
-            reason = "its output is not a single 4-D feature map"
+            reason = ("its output is not a single 4-D feature map, and it is not a transformer "
+                      "block (whose input tokens would be the cut)")
         else:
             raise ExportError(f"unknown layer '{layer}' (see --list-layers)")
         near = self._near(node, layer)

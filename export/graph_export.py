@@ -17,6 +17,7 @@ from reciprocam_ir.artifact import (
     FEATURE_NAME,
     FORMAT_VERSION,
     INPUT_NAME,
+    MASKS_NAME,
     OUTPUT_NAME,
     POOLED_NAME,
     sha256_file,
@@ -35,6 +36,8 @@ from .verify import (
     Reference,
     check_graphs,
     check_input_dependence,
+    check_mask_rows,
+    check_token_graphs,
     first_masked_maps,
     judge,
     one_at_a_time,
@@ -67,11 +70,14 @@ def graph_reference(graph: OnnxGraph | IrGraph, images: np.ndarray, cut: CutPoin
                     keep_softmax: bool) -> Reference:
     """The original graph's scores and map at the cut, one image at a time, by its own runtime.
 
-    ``g`` on masked maps has no reference but itself: the check runs it one map at a time.
+    ``g`` on masked maps (or mask rows, for tokens) has no reference but itself: the check
+    runs it one map (row) at a time.
     """
     scores = one_at_a_time(lambda x: graph.reference(x, keep_softmax), images)
     feature = one_at_a_time(lambda x: graph.feature(x, cut), images)
-    return Reference(images, scores, first_masked_maps(feature[:1]), feature=feature)
+    masked = first_masked_maps(feature[:1]) if cut.tokens is None else \
+        check_mask_rows(cut.tokens.grid)
+    return Reference(images, scores, masked, feature=feature)
 
 
 def export_graph_file(
@@ -130,7 +136,8 @@ def export_graph_file(
     cut = graph.find(layer)
     out = Path(out) if out is not None else Path("models") / Path(source).stem
     check_destination(out)
-    log(f"cutting at '{cut.name}' (feature {'x'.join(map(str, cut.shape))})")
+    log(f"cutting at '{cut.name}' (feature {cut.description}"
+        + (", tail: masked sequences)" if cut.tokens is not None else ")"))
     ref = graph_reference(graph, verification_images(graph.input.shape()), cut, keep_softmax)
     check_input_dependence(ref.scores, source)
     num_classes = int(ref.scores.shape[1])
@@ -139,14 +146,17 @@ def export_graph_file(
         log("dropping the final Softmax: g outputs logits (--keep-softmax keeps it)")
     names = graph_labels(graph.metadata, num_classes, labels, file_labels, log)
 
+    check = check_graphs if cut.tokens is None else check_token_graphs
     with staged(out) as staging:
         files = graph.write(cut, staging, keep_softmax)
         errors = {}
         if kind == "onnx":
             declared = {"f": cut.shape, "g": (num_classes,), "g_pooled": (num_classes,)}
+            if cut.tokens is not None:
+                declared["g"] = (MASKS_NAME, num_classes)
             for role, onnx_path in files.items():
                 declare_output_shape(onnx_path, declared[role])
-            errors["onnxruntime"] = check_graphs("onnxruntime", files, ref, source)
+            errors["onnxruntime"] = check("onnxruntime", files, ref, source)
             if fmt in ("ir", "both"):
                 ir_files = {}
                 for role, onnx_path in files.items():
@@ -160,18 +170,18 @@ def export_graph_file(
                 ov_graph = IrGraph(path, size, convert=True)
                 ov_scores = one_at_a_time(lambda x: ov_graph.reference(x, keep_softmax),
                                           ref.images)
-                errors["openvino"] = check_graphs(
+                errors["openvino"] = check(
                     "openvino", ir_files, Reference(ref.images, ov_scores, ref.masked), source)
                 if fmt == "ir":
                     for onnx_path in files.values():
                         onnx_path.unlink()
         else:
-            errors["openvino"] = check_graphs("openvino", files, ref, source)
-        check = judge(errors, ref, source, log, cut.name)
+            errors["openvino"] = check("openvino", files, ref, source)
+        checked = judge(errors, ref, source, log, cut.name)
         graphs = {role: {**({"onnx": f"{role}.onnx"} if fmt != "ir" else {}),
                          **({"ir": f"{role}.xml"} if fmt != "onnx" else {})} for role in files}
         pooled = "g_pooled" in files
-        c, h, w = cut.shape
+        layout = cut.tokens
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": Path(source).stem,
@@ -183,17 +193,21 @@ def export_graph_file(
             "target_layer": cut.name,
             "input": {"name": INPUT_NAME, "source_name": graph.input.name,
                       **preprocessing.to_dict()},
-            "feature": {"name": FEATURE_NAME, "shape": [c, h, w]},
+            "feature": {"name": FEATURE_NAME, "shape": list(cut.shape)} if layout is None else {
+                "name": FEATURE_NAME, "kind": "tokens", "shape": list(cut.shape),
+                "grid": list(layout.grid), "prefix_tokens": layout.prefix},
             "output": {"name": OUTPUT_NAME, "num_classes": num_classes,
                        "logits": not (graph.softmax_input is not None and keep_softmax),
                        "softmax_removed": softmax_removed},
             "labels": names,
             "g_starts_with_gap": pooled,
-            "pooled": {"name": POOLED_NAME, "shape": [c]} if pooled else None,
+            "pooled": {"name": POOLED_NAME, "shape": [cut.shape[0]]} if pooled else None,
+            **({"token_tail": {"kind": "sequences", "masks_name": MASKS_NAME}}
+               if layout is not None else {}),
             "graphs": graphs,
             "check": {"reference": "the original graph run by the same runtime"
                       + (", pre-Softmax" if softmax_removed else ""),
-                      **check},
+                      **checked},
         }
         add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
     return out

@@ -6,8 +6,9 @@ exporter can use :func:`onnx_to_ir` without it.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,17 +24,48 @@ OPSET = 17
 BATCH = "batch"
 
 
+@contextlib.contextmanager
+def tracing() -> Iterator[None]:
+    """No gradients, no warnings, and nn.MultiheadAttention on its plain path: its fused
+    inference kernel (taken under no_grad) has no ONNX form."""
+    import torch
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
 def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str,
                output_name: str) -> None:
     """Export with the batch axis dynamic on the input and output."""
     import torch
 
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with tracing():
         torch.onnx.export(
             module, (example,), str(path), dynamo=False, opset_version=OPSET,
             input_names=[input_name], output_names=[output_name],
             dynamic_axes={input_name: {0: BATCH}, output_name: {0: BATCH}},
+        )
+
+
+def write_token_tail_onnx(module: nn.Module, tokens: torch.Tensor, masks: torch.Tensor,
+                          path: Path) -> None:
+    """A token tail (tokens, masks) → (B, M, classes), batch and mask rows dynamic."""
+    import torch
+
+    from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME, OUTPUT_NAME
+
+    with tracing():
+        torch.onnx.export(
+            module, (tokens, masks), str(path), dynamo=False, opset_version=OPSET,
+            input_names=[FEATURE_NAME, MASKS_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={FEATURE_NAME: {0: BATCH}, MASKS_NAME: {0: MASKS_NAME},
+                          OUTPUT_NAME: {0: BATCH, 1: MASKS_NAME}},
         )
 
 
@@ -48,8 +80,9 @@ def onnx_to_ir(onnx_path: Path, xml_path: Path, source: str) -> None:
                           f"({first_line(exc)}); try --format onnx") from None
 
 
-def declare_output_shape(path: Path, dims: Sequence[int]) -> None:
-    """Write an ONNX graph's output shape as (batch, *dims): the batch symbolic, the rest static.
+def declare_output_shape(path: Path, dims: Sequence[int | str]) -> None:
+    """Write an ONNX graph's output shape as (batch, *dims): the batch symbolic, the rest
+    static (a name for a symbolic axis, such as a token tail's mask rows).
 
     Exporters leave some sizes symbolic (a Flatten after a reshape: SqueezeNet's class
     count); whatever reads the declared shape (ONNX Runtime's fused explainer, IR
@@ -62,5 +95,8 @@ def declare_output_shape(path: Path, dims: Sequence[int]) -> None:
     del shape.dim[:]
     shape.dim.add().dim_param = BATCH
     for d in dims:
-        shape.dim.add().dim_value = int(d)
+        if isinstance(d, str):
+            shape.dim.add().dim_param = d
+        else:
+            shape.dim.add().dim_value = int(d)
     onnx.save(model, str(path))

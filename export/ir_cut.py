@@ -12,12 +12,19 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from reciprocam_ir.artifact import FEATURE_NAME, INPUT_NAME, OUTPUT_NAME, POOLED_NAME
+from reciprocam_ir.artifact import (
+    FEATURE_NAME,
+    INPUT_NAME,
+    MASKS_NAME,
+    OUTPUT_NAME,
+    POOLED_NAME,
+)
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
 from .file_cut import CutPoint, ImageInput, find_cut, image_input, softmax_over_classes
 from .input_size import InputSize
+from .ir_tokens import find_token_cuts, masked_sequences
 from .layouts import NCHW, REDUCTIONS, Op, infer_layouts, layout_problem, transposed
 
 F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -91,6 +98,8 @@ class IrGraph:
         self.misplaced: list[tuple[CutPoint, str]] = []
         self._outputs: dict[str, tuple[int, int]] = {}
         seen_names: dict[str, int] = {}
+        names: dict[int, str] = {}
+        positions: dict[str, int] = {}
         for position, node in enumerate(ordered):
             name = node.get_friendly_name()
             self.known.add(name)
@@ -100,6 +109,7 @@ class IrGraph:
             if seen_names[name] > 1:  # friendly names need not be unique
                 name = f"{name}#{seen_names[name]}"
                 self.known.add(name)
+            names[node.get_instance_id()] = name
             if node.get_instance_id() not in reads_input or node.get_type_name() in (
                     "Result", "Parameter"):
                 continue
@@ -118,7 +128,14 @@ class IrGraph:
                     self.misplaced.append((point, problem))
                     continue
                 self._outputs[cut_name] = (position, out.get_index())
+                positions[cut_name] = position
                 self.cuts.append(point)
+        tokens, refused = find_token_cuts(self, ordered, names, reads_input, result)
+        for point, position, index in tokens:
+            self._outputs[point.name] = (position, index)
+            positions[point.name] = position
+        self.cuts = sorted(self.cuts + [p for p, _, _ in tokens], key=lambda c: positions[c.name])
+        self.misplaced += refused
         softmax = _final_softmax(self.result_input)
         self.softmax_input = softmax.input_value(0) if softmax is not None else None
 
@@ -225,22 +242,30 @@ class IrGraph:
             else None
 
     def write(self, cut: CutPoint, folder: Path, keep_softmax: bool) -> dict[str, Path]:
-        """Write ``f.xml``, ``g.xml`` (and ``g_pooled.xml`` after a GAP) into ``folder``."""
-        c, h, w = cut.shape
+        """Write ``f.xml``, ``g.xml`` (and ``g_pooled.xml`` after a GAP) into ``folder``;
+        a token cut's ``g`` is the masked-sequence tail (:mod:`.ir_tokens`)."""
         model, feature, scores = self._copy(cut)
         f = ov.Model([feature], model.get_parameters(), "f")
         models = {"f": f}
         _names(f, INPUT_NAME, FEATURE_NAME)
 
         model, feature, scores = self._copy(cut)
-        param = ops.parameter([-1, c, h, w], ov.Type.f32, name=FEATURE_NAME)
-        for target in list(feature.get_target_inputs()):
-            target.replace_source_output(param.output(0))
-        _rebind_batch_reads(scores, param.output(0))
-        models["g"] = ov.Model([self._scores(scores, keep_softmax)], [param], "g")
+        if cut.tokens is not None:
+            scores = self._scores(scores, keep_softmax)
+            _rebind_batch_reads(scores, feature)  # then read the masked copies, as the rest
+            params, shaped, _ = masked_sequences(feature, scores, cut, model.get_ordered_ops())
+            models["g"] = ov.Model([shaped], params, "g")
+            models["g"].input(1).get_tensor().set_names({MASKS_NAME})
+        else:
+            param = ops.parameter([-1, *cut.shape], ov.Type.f32, name=FEATURE_NAME)
+            for target in list(feature.get_target_inputs()):
+                target.replace_source_output(param.output(0))
+            _rebind_batch_reads(scores, param.output(0))
+            models["g"] = ov.Model([self._scores(scores, keep_softmax)], [param], "g")
 
         model, feature, scores = self._copy(cut)
-        pooled = self.pooled_start(feature)
+        c = cut.shape[0]
+        pooled = self.pooled_start(feature) if cut.tokens is None else None
         if pooled is not None:
             vector = ops.parameter([-1, c], ov.Type.f32, name=POOLED_NAME)
             shaped = ops.reshape(vector, ops.constant(np.array(pooled[1], np.int64)), False)
@@ -342,12 +367,24 @@ def _reads_batch_only(node: ov.Node) -> bool:
 
 
 def _rebind_batch_reads(scores: ov.Output, start: ov.Output) -> None:
-    """Point the batch-size reads before ``scores`` at ``start`` (a tensor with the batch)."""
+    """Point the batch-size reads before ``scores`` at ``start`` (a tensor with the batch).
+
+    Reads of tensors computed from ``start`` stay: their first axis need not be the batch
+    (attention's (T, B, D) query)."""
+    after, stack = set(), [start.get_node()]
+    while stack:
+        for out in stack.pop().outputs():
+            for target in out.get_target_inputs():
+                node = target.get_node()
+                if node.get_instance_id() not in after:
+                    after.add(node.get_instance_id())
+                    stack.append(node)
     seen, stack = {_key(start)}, [scores]
     while stack:
         node = stack.pop().get_node()
         if _reads_batch_only(node):
-            node.input(0).replace_source_output(start)
+            if node.input_value(0).get_node().get_instance_id() not in after:
+                node.input(0).replace_source_output(start)
             continue
         for v in node.input_values():
             if _key(v) not in seen:

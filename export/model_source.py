@@ -113,14 +113,35 @@ def load_torchvision(name: str, weights: str | None, size: tuple[int, int] | Non
                 "offline, pass --weights PATH or --weights none") from None
         source = str(default)
     else:
-        model = torchvision.models.get_model(name, weights=None)
+        with torch.random.fork_rng(devices=[]):  # `none`: the same random model each time
+            torch.manual_seed(0)
+            model = torchvision.models.get_model(name, weights=None)
         source = "none"
-        if choice.lower() != "none":
+        if choice.lower() == "none":
+            draw_zero_layers(model)
+        else:
             apply_weights(model, choice)
             source = str(Path(choice).resolve())
     labels = list(default.meta.get("categories") or []) or None
     return LoadedModel(model, name, {"model": name, "weights": source},
                        at_input_size(_torchvision_preprocessing(default, None), size), labels)
+
+
+def draw_zero_layers(model: nn.Module) -> None:
+    """Draw at random (seeded, PyTorch's default init) the linear layers initialised to zero.
+
+    torchvision zeroes the ViT head, so a ViT with random weights would give every image the
+    same scores: nothing to explain, and the export refuses it. ``--weights none`` is for
+    structure, equivalence and speed, which need scores that depend on the image.
+    """
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, nn.Linear) and not layer.weight.any():
+                bound = layer.in_features ** -0.5
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                if layer.bias is not None:
+                    layer.bias.uniform_(-bound, bound, generator=generator)
 
 
 def load_callable(spec: str, weights: str | None, size: tuple[int, int] | None

@@ -17,6 +17,7 @@ from .file_cut import CutPoint, ImageInput, find_cut, image_input, softmax_over_
 from .graph_files import BATCH
 from .input_size import InputSize
 from .layouts import NCHW, REDUCTIONS, Op, infer_layouts, layout_problem, transposed
+from .onnx_tokens import find_token_cuts, masked_sequences
 
 FLOAT_TYPES = (TensorProto.FLOAT,)
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -120,6 +121,10 @@ class OnnxGraph:
                     self.cuts.append(point)
                 else:
                     self.misplaced.append((point, problem))
+        order = {out: i for i, node in enumerate(graph.node) for out in node.output}
+        tokens, refused = find_token_cuts(self, values, shapes)
+        self.cuts = sorted(self.cuts + tokens, key=lambda c: order[c.name])
+        self.misplaced += refused
         self.softmax = self._final_softmax(values)
         self.softmax_input = self.softmax.input[0] if self.softmax is not None else None
         # g ends at the Softmax's input when that already is the (N, classes) f32 scores;
@@ -358,13 +363,16 @@ class OnnxGraph:
         """``model`` with the batch-size reads between ``start`` and ``end`` reading ``start``.
 
         The batch size after the cut comes from the feature map (a 4-D N, C, h, w tensor).
+        Reads of tensors made after the cut stay: their first axis need not be the batch
+        (attention's (T, B, D) query).
         """
         if start == self.input.name:
             return model
         model = copy.deepcopy(model)
-        tail = self._tail_outputs(start, end) & self.batch_reads
+        made = self._tail_outputs(start, end)
+        tail = made & self.batch_reads
         for node in model.graph.node:
-            if node.output and node.output[0] in tail:
+            if node.output and node.output[0] in tail and node.input[0] not in made:
                 node.input[0] = start
         return model
 
@@ -373,7 +381,7 @@ class OnnxGraph:
         scores, source = self.scores_tensor(keep_softmax), self._scores_model(keep_softmax)
         parts = {"f": ([self.input.name], [cut.name], INPUT_NAME, FEATURE_NAME),
                  "g": ([cut.name], [scores], FEATURE_NAME, OUTPUT_NAME)}
-        pooled = self.pooled_start(cut)
+        pooled = self.pooled_start(cut) if cut.tokens is None else None
         if pooled is not None:
             parts["g_pooled"] = ([pooled[0]], [scores], POOLED_NAME, OUTPUT_NAME)
         files = {}
@@ -392,6 +400,9 @@ class OnnxGraph:
                 _pooled_input(graph, cut.shape[0], pooled[1])
             for value in (graph.input[0], graph.output[0]):
                 _set_batch(value)
+            if role == "g" and cut.tokens is not None:
+                model = masked_sequences(model, cut)
+                graph = model.graph
             graph.name = role
             files[role] = folder / f"{role}.onnx"
             onnx.save(model, str(files[role]))

@@ -14,6 +14,7 @@ from reciprocam_ir.artifact import (
     FEATURE_NAME,
     FORMAT_VERSION,
     INPUT_NAME,
+    MASKS_NAME,
     OUTPUT_NAME,
     POOLED_NAME,
     write_manifest,
@@ -22,16 +23,19 @@ from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
 from .explain_graph import add_explain_graphs
-from .graph_cut import CutGraph, Split
-from .graph_files import declare_output_shape, onnx_to_ir, write_onnx
+from .graph_cut import Cut, CutGraph, Split, TokenBlock
+from .graph_files import declare_output_shape, onnx_to_ir, write_onnx, write_token_tail_onnx
 from .input_size import InputSize
 from .labels import check_count, read_labels_file
 from .model_source import LoadedModel, load_model
 from .staging import FORMATS, check_destination, staged
+from .token_tail import CLASS_TOKEN, SEQUENCES, class_token_tail, hooked_scores, sequences_tail
 from .verify import (
     Reference,
     check_graphs,
     check_input_dependence,
+    check_mask_rows,
+    check_token_graphs,
     first_masked_maps,
     judge,
     one_at_a_time,
@@ -51,15 +55,24 @@ def prepare(
 def torch_reference(loaded: LoadedModel, split: Split) -> Reference:
     """The model in torch, one image at a time, with its map at the cut (read by a hook on the
     cut's module, so ``f`` is checked against the model itself), and ``g`` one masked map at a
-    time."""
+    time.
+
+    For a token cut, the tokens entering the block (a hook on its input) and, as the masked
+    scores, the whole model with the stream and its first LayerNorm's output masked by hooks
+    (:func:`~export.token_tail.hooked_scores`): the definition, not the exported tail.
+    """
 
     def run(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: module(torch.from_numpy(x)).numpy()
 
     images = verification_images((1, 3, *loaded.preprocessing.size))
     maps: list[torch.Tensor] = []
-    hook = loaded.model.get_submodule(split.cut.name).register_forward_hook(
-        lambda module, args, output: maps.append(output.detach().clone()))
+    block = split.cut.block
+    module = loaded.model.get_submodule(split.cut.name)
+    hook = module.register_forward_hook(
+        lambda module, args, output: maps.append(output.detach().clone())) if block is None \
+        else module.register_forward_pre_hook(
+            lambda module, args: maps.append(args[0].detach().clone()))
     try:
         with torch.no_grad():
             scores = one_at_a_time(run(loaded.model), images)
@@ -67,8 +80,13 @@ def torch_reference(loaded: LoadedModel, split: Split) -> Reference:
                 raise ExportError(f"{loaded.name}: layer '{split.cut.name}' ran {len(maps)} "
                                   f"times for {len(images)} images; choose another --layer")
             feature = torch.cat(maps).numpy()
-            masked = first_masked_maps(feature[:1])
-            masked_scores = one_at_a_time(run(split.g), masked)
+            if block is None:
+                masked = first_masked_maps(feature[:1])
+                masked_scores = one_at_a_time(run(split.g), masked)
+            else:
+                masked = check_mask_rows(block.grid)
+                masked_scores = hooked_scores(loaded.model, block, torch.from_numpy(images[:1]),
+                                              _weights(masked, block)).numpy()
     except ExportError:
         raise
     except Exception as exc:  # the model's own errors on the second image
@@ -78,6 +96,26 @@ def torch_reference(loaded: LoadedModel, split: Split) -> Reference:
         hook.remove()
     check_input_dependence(scores, loaded.name)
     return Reference(images, scores, masked, masked_scores, feature)
+
+
+def _weights(rows: np.ndarray, block: TokenBlock) -> torch.Tensor:
+    """(M, T) token weights of mask rows (M, N): the leading tokens keep weight 1."""
+    rows = torch.from_numpy(rows)
+    return torch.cat([torch.ones(len(rows), block.prefix), rows], dim=1)
+
+
+def token_tail(graph: CutGraph, cut: Cut, kind: str | None) -> tuple[str, nn.Module]:
+    """The tail of a token cut: the class-token shortcut where it applies (unless ``kind``
+    asks for the masked sequences), else the masked sequences."""
+    if kind not in (None, CLASS_TOKEN, SEQUENCES):
+        raise ExportError(f"unknown token tail '{kind}' (choose from {CLASS_TOKEN}, {SEQUENCES})")
+    shortcut = class_token_tail(graph, cut.block) if kind != SEQUENCES else None
+    if shortcut is not None:
+        return CLASS_TOKEN, shortcut
+    if kind == CLASS_TOKEN:
+        raise ExportError(f"the class-token shortcut does not apply at '{cut.name}' (only at "
+                          "the last block, when it is LayerNorm -> attention -> residual)")
+    return SEQUENCES, sequences_tail(graph, cut.block)
 
 
 def export_artifact(
@@ -90,12 +128,16 @@ def export_artifact(
     log: Callable[[str], None] = lambda message: None,
     labels: str | Path | None = None,
     explain_top_k: int = 1,
+    token_tail_kind: str | None = None,
 ) -> Path:
     """Write the artifact folder for ``spec`` cut at ``layer`` and return its path.
 
     ``size`` is the input size, N or (height, width) (default: the model's own). A ``labels``
     file (one name per line, or a JSON list) overrides the model's own names. The artifact
-    also holds the explain graph of the ``explain_top_k`` best classes.
+    also holds the explain graph of the ``explain_top_k`` best classes. For a vision
+    transformer, ``layer`` names a block (the cut is the stream entering it) and
+    ``token_tail_kind`` may ask for the ``sequences`` tail where the class-token shortcut
+    would apply (to compare them).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -108,41 +150,54 @@ def export_artifact(
     else:
         names = loaded.labels if loaded.labels and len(loaded.labels) == graph.num_classes \
             else None
+    block = cut.block
     split = graph.split(cut)
+    if block is not None:
+        tail_kind, tail = token_tail(graph, cut, token_tail_kind)
+        split = Split(split.f, tail, None, cut)
     out = Path(out) if out is not None else Path("models") / loaded.name
     check_destination(out)
-    log(f"cutting at '{cut.name}' (feature {'x'.join(map(str, cut.shape))})")
+    if block is None:
+        log(f"cutting at '{cut.name}' (feature {'x'.join(map(str, cut.shape))})")
+    else:
+        log(f"cutting at the tokens entering '{cut.name}' ({cut.description}); tail: "
+            f"{tail_kind.replace('_', ' ')}")
 
     ref = torch_reference(loaded, split)
     with torch.no_grad():
         feature = split.f(example)
-        pooled_example = feature.mean(dim=(2, 3))
-    c, h, w = cut.shape
-    declared = {"f": (c, h, w), "g": (graph.num_classes,), "g_pooled": (graph.num_classes,)}
+    check = check_graphs if block is None else check_token_graphs
+    declared = {"f": cut.shape, "g": (graph.num_classes,), "g_pooled": (graph.num_classes,)}
+    if block is not None:
+        declared["g"] = (MASKS_NAME, graph.num_classes)
 
     with staged(out) as staging:
         modules = {"f": (split.f, example, INPUT_NAME, FEATURE_NAME),
                    "g": (split.g, feature, FEATURE_NAME, OUTPUT_NAME)}
         if split.g_pooled is not None:
-            modules["g_pooled"] = (split.g_pooled, pooled_example, POOLED_NAME, OUTPUT_NAME)
+            modules["g_pooled"] = (split.g_pooled, feature.mean(dim=(2, 3)), POOLED_NAME,
+                                   OUTPUT_NAME)
         onnx_files = {}
         for role, (module, inp, in_name, out_name) in modules.items():
             log(f"writing {role}.onnx")
             onnx_files[role] = staging / f"{role}.onnx"
-            write_onnx(module, inp, onnx_files[role], in_name, out_name)
+            if block is not None and role == "g":
+                write_token_tail_onnx(module, inp, torch.from_numpy(ref.masked), onnx_files[role])
+            else:
+                write_onnx(module, inp, onnx_files[role], in_name, out_name)
             declare_output_shape(onnx_files[role], declared[role])
-        errors = {"onnxruntime": check_graphs("onnxruntime", onnx_files, ref, loaded.name)}
+        errors = {"onnxruntime": check("onnxruntime", onnx_files, ref, loaded.name)}
         ir_files = {}
         if fmt in ("ir", "both"):
             for role, path in onnx_files.items():
                 log(f"writing {role}.xml")
                 ir_files[role] = staging / f"{role}.xml"
                 onnx_to_ir(path, ir_files[role], loaded.source["model"])
-            errors["openvino"] = check_graphs("openvino", ir_files, ref, loaded.name)
+            errors["openvino"] = check("openvino", ir_files, ref, loaded.name)
         if fmt == "ir":
             for path in onnx_files.values():
                 path.unlink()
-        check = judge(errors, ref, loaded.name, log, cut.name)
+        checked = judge(errors, ref, loaded.name, log, cut.name)
         graphs = {role: {**({"onnx": f"{role}.onnx"} if fmt != "ir" else {}),
                          **({"ir": f"{role}.xml"} if ir_files else {})} for role in modules}
         manifest = {
@@ -152,14 +207,18 @@ def export_artifact(
                        "torch": torch.__version__},
             "target_layer": cut.name,
             "input": {"name": INPUT_NAME, **loaded.preprocessing.to_dict()},
-            "feature": {"name": FEATURE_NAME, "shape": [c, h, w]},
+            "feature": {"name": FEATURE_NAME, "shape": list(cut.shape)} if block is None else {
+                "name": FEATURE_NAME, "kind": "tokens", "shape": list(cut.shape),
+                "grid": list(block.grid), "prefix_tokens": block.prefix},
             "output": {"name": OUTPUT_NAME, "num_classes": graph.num_classes, "logits": True},
             "labels": names,
             "g_starts_with_gap": split.g_pooled is not None,
-            "pooled": {"name": POOLED_NAME, "shape": [c]} if split.g_pooled is not None
-            else None,
+            "pooled": {"name": POOLED_NAME, "shape": [cut.shape[0]]}
+            if split.g_pooled is not None else None,
+            **({"token_tail": {"kind": tail_kind, "masks_name": MASKS_NAME}}
+               if block is not None else {}),
             "graphs": graphs,
-            "check": check,
+            "check": checked,
         }
         add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
     return out

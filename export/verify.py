@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from reciprocam_ir.backends import create_backend
-from reciprocam_ir.masking import masked_batch
+from reciprocam_ir.masking import masked_batch, spatial_masks
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
@@ -68,6 +68,13 @@ def one_at_a_time(run: Callable[[np.ndarray], Any], batch: np.ndarray) -> np.nda
 def first_masked_maps(feature: np.ndarray) -> np.ndarray:
     """The masked maps the batched ``g`` check uses: positions 0..2 of one (1, C, h, w) map."""
     return masked_batch(feature[0], 0, MASKED_MAPS)
+
+
+def check_mask_rows(grid: tuple[int, int]) -> np.ndarray:
+    """The mask rows the token tail check uses: the authors' 3×3 Gaussian at positions
+    0..2 of the ``grid`` (the corner, cut at the border, and its neighbours), (3, N)."""
+    h, w = grid
+    return np.ascontiguousarray(spatial_masks(h, w, "gaussian")[:MASKED_MAPS].reshape(-1, h * w))
 
 
 def check_input_dependence(scores: np.ndarray, what: str) -> None:
@@ -121,6 +128,39 @@ def check_graphs(backend: str, graphs: dict[str, Path], ref: Reference, what: st
                           f"{backend} ({first_line(exc)}); the runtime needs a free batch axis"
                           ) from None
     errors["batch"] = max(batch)
+    if ref.feature is not None:
+        errors["feature"] = _error(first, ref.feature[:1])
+        errors["feature_batch"] = _error(features, ref.feature)
+    return errors
+
+
+def check_token_graphs(backend: str, graphs: dict[str, Path], ref: Reference, what: str
+                       ) -> dict[str, float]:
+    """:func:`check_graphs` for a token artifact, whose ``g`` takes (tokens, mask rows).
+
+    ``scores``: g on f(x) with the all-ones row (the unmasked model) on one image;
+    ``batch``: the same on the two images, and g on ``ref.masked`` rows (one call) against
+    ``ref.masked_scores`` (None: g one row at a time).
+    """
+    try:
+        engine = create_backend(backend, "CPU", "f32")
+        f, g = (engine.compile(graphs[role]) for role in ("f", "g"))
+        first = f(ref.images[:1])
+        ones = np.ones((1, ref.masked.shape[1]), np.float32)
+        errors = {"scores": _error(g(first, ones)[:, 0], ref.scores[:1])}
+    except Exception as exc:  # ORT, OpenVINO and backend errors: a graph that cannot run
+        raise ExportError(f"{what}: the exported graphs do not run on {backend} "
+                          f"({first_line(exc)})") from None
+    try:
+        features = f(ref.images)
+        masked_scores = ref.masked_scores if ref.masked_scores is not None else np.concatenate(
+            [g(first, row[None])[0] for row in ref.masked])
+        errors["batch"] = max(_error(g(features, ones)[:, 0], ref.scores),
+                              _error(g(first, ref.masked)[0], masked_scores))
+    except Exception as exc:  # e.g. a reshape fixed at batch 1
+        raise ExportError(f"{what}: the exported graphs fail on a batch of 2 images or of "
+                          f"{len(ref.masked)} masks on {backend} ({first_line(exc)}); the "
+                          "runtime needs free batch and mask axes") from None
     if ref.feature is not None:
         errors["feature"] = _error(first, ref.feature[:1])
         errors["feature_batch"] = _error(features, ref.feature)

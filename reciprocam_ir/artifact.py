@@ -28,6 +28,13 @@ GRAPH_SUFFIXES = {"onnx": ".onnx", "ir": ".xml"}
 MAX_MANIFEST_BYTES = 16 << 20
 """A manifest above this size is refused before parsing (the labels of 21k classes are 0.5 MB)."""
 INPUT_NAME, FEATURE_NAME, POOLED_NAME, OUTPUT_NAME = "input", "feature", "pooled", "scores"
+MASKS_NAME = "masks"
+"""The token tail's second input: mask rows (M, N), one weight per patch token."""
+FEATURE_KINDS = ("map", "tokens")
+"""``feature.kind``: a (C, h, w) map (CNNs; the default), or (T, D) tokens on an h×w grid."""
+TOKEN_TAILS = ("class_token", "sequences")
+"""How ``g`` of a token artifact scores masked copies: the class-token shortcut of the last
+block (N vectors), or all masked sequences through the rest of the model."""
 TARGETS_NAME, SALIENCY_NAME = "targets", "saliency"
 """The explain graph's outputs beside ``scores`` (DESIGN.md, "Explain graph")."""
 EXPLAIN_KEYS = ("top_k", "mask", "mask_sigma", "scores")
@@ -178,7 +185,12 @@ def validate_manifest(m: Any) -> None:
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ArtifactError(f"manifest: invalid 'input': {exc}") from None
     _require(_is_shape(m["input"].get("shape"), 4), "'input.shape' must be 4 positive ints")
-    _require(_is_shape(m["feature"].get("shape"), 3), "'feature.shape' must be [C, h, w]")
+    if m["feature"].get("kind", "map") == "tokens":
+        _validate_tokens(m)
+    else:
+        _require(m["feature"].get("kind", "map") in FEATURE_KINDS,
+                 f"'feature.kind' must be one of {FEATURE_KINDS}")
+        _require(_is_shape(m["feature"].get("shape"), 3), "'feature.shape' must be [C, h, w]")
     n_classes = m["output"].get("num_classes")
     _require(isinstance(n_classes, int) and n_classes > 0, "'output.num_classes' must be > 0")
     _require(isinstance(m["output"].get("logits"), bool), "'output.logits' must be a boolean")
@@ -212,6 +224,25 @@ def validate_manifest(m: Any) -> None:
         _validate_explain(m.get("explain"), n_classes)
 
 
+def _validate_tokens(m: dict[str, Any]) -> None:
+    """A token feature: ``shape`` [T, D], ``grid`` [h, w], ``prefix_tokens`` p with
+    T = p + h·w, and a ``token_tail`` saying how ``g`` scores the masked copies."""
+    feature = m["feature"]
+    _require(_is_shape(feature.get("shape"), 2), "'feature.shape' of tokens must be [T, D]")
+    _require(_is_shape(feature.get("grid"), 2), "'feature.grid' must be [h, w]")
+    prefix = feature.get("prefix_tokens")
+    _require(isinstance(prefix, int) and not isinstance(prefix, bool) and prefix >= 0,
+             "'feature.prefix_tokens' must be an integer >= 0")
+    h, w = feature["grid"]
+    _require(feature["shape"][0] == prefix + h * w,
+             "'feature.shape[0]' must be prefix_tokens + h*w tokens")
+    tail = m.get("token_tail")
+    _require(isinstance(tail, dict) and tail.get("kind") in TOKEN_TAILS
+             and isinstance(tail.get("masks_name"), str),
+             f"'token_tail' must be an object with kind in {TOKEN_TAILS} and masks_name")
+    _require(m.get("g_starts_with_gap") is False, "a token feature has no pooled tail")
+
+
 def _validate_explain(section: Any, n_classes: int) -> None:
     _require(isinstance(section, dict) and set(EXPLAIN_KEYS) <= set(section),
              f"'explain' must be an object with {', '.join(EXPLAIN_KEYS)}")
@@ -223,6 +254,20 @@ def _validate_explain(section: Any, n_classes: int) -> None:
     _require(sigma is None or (isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
                                and 0 < sigma < 1e6), "'explain.mask_sigma' must be null or > 0")
     _require(section["scores"] in SCORE_KINDS, f"'explain.scores' must be one of {SCORE_KINDS}")
+
+
+@dataclass(frozen=True)
+class TokenFeature:
+    """Tokens (T, D) at the cut: ``prefix`` leading non-patch tokens (the class token), then
+    the h·w patch tokens of ``grid`` row by row. ``g`` takes the tokens and mask rows (M, N)
+    named ``masks_name`` and returns (B, M, classes); its ``tail`` is a :data:`TOKEN_TAILS`."""
+
+    count: int
+    width: int
+    grid: tuple[int, int]
+    prefix: int
+    tail: str
+    masks_name: str
 
 
 @dataclass(frozen=True)
@@ -323,8 +368,28 @@ class Artifact:
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the map the saliency lives on; for tokens (D, h, w): width and grid."""
+        tokens = self.tokens
+        if tokens is not None:
+            return tokens.width, *tokens.grid
         c, h, w = self.manifest["feature"]["shape"]
         return c, h, w
+
+    @property
+    def tokens(self) -> TokenFeature | None:
+        """The token feature (ViT), or None for a (C, h, w) map."""
+        feature = self.manifest["feature"]
+        if feature.get("kind", "map") != "tokens":
+            return None
+        tail = self.manifest["token_tail"]
+        return TokenFeature(feature["shape"][0], feature["shape"][1], tuple(feature["grid"]),
+                            feature["prefix_tokens"], tail["kind"], tail["masks_name"])
+
+    @property
+    def default_mask(self) -> str:
+        """The mask a request gets unless it names one: the authors' 3×3 Gaussian for tokens
+        (ViT-ReciproCAM), the one-hot mask of Eq. 5 for maps."""
+        return "gaussian" if self.tokens is not None else "onehot"
 
     @property
     def num_classes(self) -> int:
@@ -347,6 +412,11 @@ class Artifact:
         """(input, output) shapes graph ``role`` must have by the manifest; -1 = any batch."""
         c, h, w = self.feature_shape
         scores = (-1, self.num_classes)
+        tokens = self.tokens
+        if tokens is not None and role in ("f", "g"):
+            seq = (-1, tokens.count, tokens.width)
+            return {"f": ((-1, *self.manifest["input"]["shape"][1:]), seq),
+                    "g": (seq, (-1, -1, self.num_classes))}[role]
         return {
             "f": ((-1, *self.manifest["input"]["shape"][1:]), (-1, c, h, w)),
             "g": ((-1, c, h, w), scores),

@@ -37,9 +37,10 @@ def parser() -> argparse.ArgumentParser:
                    help="explain the k best predicted classes (default 1)")
     e.add_argument("--scores", choices=SCORE_KINDS, default="logits",
                    help="score each masked map by raw logits or softmax probabilities")
-    e.add_argument("--mask", choices=MASK_KINDS, default="onehot",
-                   help="onehot: keep one position (the paper); gaussian: keep a soft window; "
-                        "drop: remove a soft window (best with --scores softmax)")
+    e.add_argument("--mask", choices=MASK_KINDS, default=None,
+                   help="onehot: keep one position (the paper; the default for CNNs); "
+                        "gaussian: keep a soft window (the default for ViTs); drop: remove a "
+                        "soft window (best with --scores softmax)")
     e.add_argument("--mask-sigma", type=float, default=None, metavar="CELLS",
                    help="window width of gaussian/drop masks in feature cells "
                         "(default 0.85 gaussian, 1.5 drop)")
@@ -104,8 +105,9 @@ def contradiction(args: argparse.Namespace) -> str | None:
     if args.top_k is not None and (args.classes is not None or args.all_classes):
         given = "--class" if args.classes is not None else "--all-classes"
         return f"--top-k picks the predicted classes to explain; it cannot be combined with {given}"
-    if args.mask_sigma is not None and args.mask == "onehot":
-        return "--mask-sigma sets the window of --mask gaussian or drop; the onehot mask has none"
+    if args.mask_sigma is not None and args.mask in (None, "onehot"):
+        return ("--mask-sigma sets the window of --mask gaussian or drop; "
+                + ("the onehot mask has none" if args.mask else "name the mask it sets"))
     return None
 
 

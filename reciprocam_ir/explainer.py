@@ -18,6 +18,7 @@ from .masking import (
     REMOVING_MASKS,
     check_sigma,
     default_sigma,
+    mask_rows,
     masked_batch,
     pooled_masked,
     spatial_masks,
@@ -42,10 +43,16 @@ MAX_MEMORY_BUDGET_MB = float(1 << 20)
 """1 TiB: a larger budget is a typo (or inf), not a machine."""
 
 
-def check_options(scores: str, memory_budget_mb: float, batch_size: int, mask: str,
+TOKEN_SEQUENCE_FLOATS = 8
+"""Floats per token per masked sequence the sequences tail holds at once (its stream,
+LayerNorm, query/key/value, attention output and an MLP hidden layer of 4 D): a
+deliberately round estimate for the memory budget."""
+
+
+def check_options(scores: str, memory_budget_mb: float, batch_size: int, mask: str | None,
                   mask_sigma: float | None) -> None:
     """Refuse, before anything is loaded, options that are out of range or contradict each
-    other (ValueError, one line naming the option)."""
+    other (ValueError, one line naming the option). ``mask`` None: the artifact's default."""
     if scores not in SCORE_KINDS:
         raise ValueError(f"scores must be one of {SCORE_KINDS}, got {scores!r}")
     if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, Real) \
@@ -55,12 +62,13 @@ def check_options(scores: str, memory_budget_mb: float, batch_size: int, mask: s
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
         raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
-    if mask not in MASK_KINDS:
+    if mask is not None and mask not in MASK_KINDS:
         raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
     if mask_sigma is not None:
-        if mask == "onehot":
+        if mask in (None, "onehot"):
             raise ValueError("mask_sigma applies to the gaussian and drop masks, not to the "
-                             "onehot mask")
+                             "onehot mask" + ("; name the mask it sets (mask='gaussian' or "
+                                              "'drop')" if mask is None else ""))
         check_sigma(mask_sigma)
 
 
@@ -84,22 +92,28 @@ class ReciproCAM:
         memory_budget_mb: float = 256.0,
         batch_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        mask: str = "onehot",
+        mask: str | None = None,
         mask_sigma: float | None = None,
         cache_dir: str | Path | None = None,
         explain_graph: bool = True,
     ) -> None:
         check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma)
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+        mask = mask or self.artifact.default_mask
+        check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma)
+        self._tokens = self.artifact.tokens
         self.backend = backend if isinstance(backend, Backend) else create_backend(
             backend, device, precision, cache_dir)
         self.scores = scores
-        # mask: 'onehot' (Eq. 5), 'gaussian' (the authors' spread variant) or 'drop' (a soft
-        # window removed instead of kept); σ in feature cells, see masking.spatial_masks
+        # mask: 'onehot' (Eq. 5), 'gaussian' (the authors' spread variant; ViT-ReciproCAM's,
+        # the default for token artifacts) or 'drop' (a soft window removed instead of
+        # kept); σ in feature cells, see masking.spatial_masks
         self.mask = mask
         self._sigma = mask_sigma
         self.memory_budget = int(memory_budget_mb * 2**20)
         self._masks = None if mask == "onehot" else self._spatial_masks(mask_sigma)
+        _, h, w = self.artifact.feature_shape
+        self._mask_rows = mask_rows(h * w, self._masks) if self._tokens is not None else None
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.preprocessing = self.artifact.preprocessing
@@ -138,10 +152,16 @@ class ReciproCAM:
     def _general_path(self) -> ExplainPath:
         """The fastest path for any targets that this head and backend allow.
 
-        Affine rows when the pooled head is one affine layer and logits are scored (only the
-        K classes' rows); else ``f`` and the pooled tail fused in one graph; else ``f`` and
-        ``g`` separately (the pooled tail on N vectors, or ``g`` on N masked maps).
+        A token artifact: ``f``, then its tail on the mask rows. Affine rows when the pooled
+        head is one affine layer and logits are scored (only the K classes' rows); else ``f``
+        and the pooled tail fused in one graph; else ``f`` and ``g`` separately (the pooled
+        tail on N vectors, or ``g`` on N masked maps).
         """
+        if self._tokens is not None:
+            self._graph("f")
+            self._graph("g")
+            return AllRows(f"f, token tail ({self._tokens.tail.replace('_', ' ')})",
+                           self._token_scores, self.scoring)
         if self._affine is not None and not self._softmax:
             fused = self.backend.compile_features_and_scores(self._path("f"),
                                                              self._path("g_pooled"))
@@ -171,8 +191,8 @@ class ReciproCAM:
             path = self._path("explain")
         except BackendError:
             return None
-        c, h, w = self.artifact.feature_shape
-        per_image = 4 * (h * w + 1) * (c if self.uses_pooled_tail else c * h * w)
+        per_image = (self.artifact.feature_shape[1] * self.artifact.feature_shape[2] + 1) \
+            * self._row_bytes()
         if per_image > self.memory_budget:
             return None
         self._check_io("explain")
@@ -265,18 +285,45 @@ class ReciproCAM:
         return self._affine
 
     def features(self, inputs: np.ndarray) -> np.ndarray:
-        """Run ``f`` on preprocessed inputs (B, 3, H, W) → (B, C, h, w)."""
+        """Run ``f`` on preprocessed inputs (B, 3, H, W) → (B, C, h, w), or tokens (B, T, D)."""
         return self._graph("f")(inputs)
 
-    def rows_per_call(self) -> int:
-        """How many masked maps (or pooled vectors) one ``g`` call may take within the budget."""
+    def _row_bytes(self) -> int:
+        """Bytes one masked row costs ``g``: a pooled vector, a masked map, or for tokens a
+        masked sequence (:data:`TOKEN_SEQUENCE_FLOATS` per token) or a class-token row."""
         c, h, w = self.artifact.feature_shape
-        row_bytes = 4 * (c if self.uses_pooled_tail else c * h * w)
+        tokens = self._tokens
+        if tokens is None:
+            return 4 * (c if self.uses_pooled_tail else c * h * w)
+        if tokens.tail == "sequences":
+            return 4 * TOKEN_SEQUENCE_FLOATS * tokens.count * tokens.width
+        return 4 * TOKEN_SEQUENCE_FLOATS * (tokens.count + tokens.width)
+
+    def rows_per_call(self) -> int:
+        """How many masked maps (pooled vectors, masked sequences) one ``g`` call may take
+        within the budget."""
+        row_bytes = self._row_bytes()
         if row_bytes > self.memory_budget:
+            c, h, w = self.artifact.feature_shape
+            what = f"map of {row_bytes / 2**20:.3g} MiB ({c}x{h}x{w} float32)" \
+                if self._tokens is None else \
+                f"sequence of {self._tokens.count} tokens ({row_bytes / 2**20:.3g} MiB)"
             raise MemoryError(
                 f"memory budget of {self.memory_budget / 2**20:g} MiB cannot hold one masked "
-                f"map of {row_bytes / 2**20:.3g} MiB ({c}x{h}x{w} float32); raise it")
+                f"{what}; raise it")
         return self.memory_budget // row_bytes
+
+    def _token_scores(self, batch: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(unmasked (classes,), masked (N, classes)) per image of a token artifact: ``f``,
+        then the tail on the all-ones row and the N mask rows, as many rows a call as the
+        memory budget holds."""
+        tail = self._graph("g")
+        rows = self._mask_rows
+        chunk = self.rows_per_call()
+        for tokens in self.features(batch):
+            scores = np.concatenate([tail(tokens[None], rows[start : start + chunk])[0]
+                                     for start in range(0, len(rows), chunk)])
+            yield scores[0], scores[1:]
 
     def masked_scores(self, feature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores of ``g`` on the unmasked map and on all N masked maps of one (C, h, w) feature.

@@ -123,3 +123,12 @@ def pooling_matrix(n: int, masks: np.ndarray | None = None) -> np.ndarray:
         matrix[1:] = np.asarray(masks, np.float32).reshape(n, n)
     matrix /= np.float32(n)
     return matrix
+
+
+def mask_rows(n: int, masks: np.ndarray | None = None) -> np.ndarray:
+    """(N + 1, N) float32 weights of the N positions: all ones (the unmasked input), then
+    mask n (one-hot when ``masks`` is None): what a token artifact's tail takes as ``masks``."""
+    rows = np.ones((n + 1, n), np.float32)
+    rows[1:] = np.eye(n, dtype=np.float32) if masks is None else \
+        np.asarray(masks, np.float32).reshape(n, n)
+    return rows

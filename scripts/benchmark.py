@@ -29,7 +29,11 @@ What is measured, per model and backend (medians, batch 1, one 224×224-input im
 - 16-image throughput: ``explain`` of 16 images against plain inference of the same
   16 in batches of 8;
 - a check that the fast path (GAP shortcut, fused into one graph where the backend can)
-  gives the same maps as the slow path (``g`` on all N masked maps), in f32.
+  gives the same maps as the slow path (``g`` on all N masked maps), in f32;
+- vision transformers (``--models vit_b_16``): the artifact cut at the last block explains
+  by the class-token shortcut; the same model is also exported with the masked-sequence tail
+  (every masked copy through the last block, ViT-ReciproCAM done naively) and timed in a row
+  of its own (``tail``: sequences), and the shortcut's maps are checked against it.
 
 Peers (pytorch-grad-cam GradCAM, GradCAM++, ScoreCAM once; torchcam GradCAM) run on
 torch CPU with a plain torch forward as their baseline, on the first model.
@@ -196,7 +200,9 @@ def worker_main(task: dict[str, Any]) -> dict[str, Any]:
                               max(3, task["repeats"] // 5), warmup=1)
         result.update({f"{name}_ms": median_ms(times) for name, times in samples.items()})
         result["throughput_ratio"] = paired_ratio(samples, "predict16", "explain16")
-    if task["check"]:
+    if task["check"] and cam.artifact.tokens is not None:
+        result.update(check_token_tail(artifact, task["naive"], backend_name, device, rgb))
+    elif task["check"]:
         result.update(check_slow_path(artifact, backend_name, device, rgb, cam))
     result["rss_total_mb"] = peak_rss_mb()
     return result
@@ -242,6 +248,27 @@ def check_slow_path(artifact: str, backend_name: str, device: str, rgb: np.ndarr
     return result
 
 
+def check_token_tail(artifact: str, naive: str, backend_name: str, device: str,
+                     rgb: np.ndarray) -> dict[str, float]:
+    """Max |map difference| of a vision transformer's class-token shortcut (explain graph and
+    general path) against the masked-sequence tail of the same model, top 5, f32."""
+    from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.backends import create_backend
+
+    backend = create_backend(backend_name, device, "f32")
+    cam = ReciproCAM(artifact, backend=backend, explain_graph=False)
+    exp = cam.explain(rgb, top_k=5)
+    classes = [int(k) for k in exp.targets[0]]
+    slow = ReciproCAM(naive, backend=backend, memory_budget_mb=4096).explain(rgb, targets=classes)
+    result = {"map_diff_full": float(np.abs(exp.saliency - slow.saliency).max())}
+    graph = ReciproCAM(artifact, backend=backend)
+    if graph.graph_path is not None:
+        top_k = graph.graph_path.top_k
+        result["map_diff_graph"] = float(np.abs(graph.explain(rgb, top_k=top_k).saliency
+                                                - exp.saliency[:, :top_k]).max())
+    return result
+
+
 def run_worker(task: dict[str, Any]) -> dict[str, Any]:
     """Run one worker task in a fresh interpreter and return its JSON result."""
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(task)],
@@ -254,28 +281,30 @@ def run_worker(task: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- parent (torch) ------
 
-def export_model(spec: str, layer: str | None, work: Path) -> tuple[Path, Path]:
-    """Artifact folder and whole-model ONNX for ``spec`` (random weights for torchvision)."""
+def export_model(spec: str, layer: str | None, work: Path, token_tail: str | None = None
+                 ) -> tuple[Path, Path]:
+    """Artifact folder and whole-model ONNX for ``spec`` (random weights for torchvision);
+    ``token_tail`` 'sequences': a vision transformer with the masked-sequence tail."""
     import torch
 
+    from export.graph_files import tracing
     from export.model_source import load_model
     from export.pipeline import export_artifact
 
     weights = None if ":" in spec else "none"
-    name = spec.split(":")[-1] + (f"-{layer}" if layer else "")
+    name = spec.split(":")[-1] + (f"-{layer}" if layer else "") + \
+        (f"-{token_tail}" if token_tail else "")
     artifact = work / name
     if not (artifact / "manifest.json").is_file():
         log(f"exporting {spec}{' at ' + layer if layer else ''} -> {artifact}")
-        export_artifact(spec, weights=weights, layer=layer, fmt="both", out=artifact)
+        export_artifact(spec, weights=weights, layer=layer, fmt="both", out=artifact,
+                        token_tail_kind=token_tail)
     whole = work / f"{spec.split(':')[-1]}-whole.onnx"
     if not whole.is_file():
         log(f"exporting the whole {spec} to {whole.name} (the plain-inference baseline)")
         loaded = load_model(spec, weights, None)
         x = torch.zeros(1, 3, *loaded.preprocessing.size)
-        import warnings
-
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with tracing():
             torch.onnx.export(loaded.model.eval(), (x,), str(whole), dynamo=False,
                               opset_version=17, input_names=["input"],
                               output_names=["scores"],
@@ -283,18 +312,27 @@ def export_model(spec: str, layer: str | None, work: Path) -> tuple[Path, Path]:
     return artifact, whole
 
 
+def token_tail_of(artifact: Path) -> str | None:
+    """The tail of a vision transformer's artifact ('class_token', 'sequences'), else None."""
+    return json.loads((artifact / "manifest.json").read_text()).get("token_tail", {}).get("kind")
+
+
 def bench_row(spec: str, layer: str | None, backend: str, args: argparse.Namespace,
               work: Path, throughput: bool, first: bool, check: bool,
-              repeats: int) -> dict[str, Any]:
-    artifact, whole = export_model(spec, layer, work)
+              repeats: int, token_tail: str | None = None) -> dict[str, Any]:
+    artifact, whole = export_model(spec, layer, work, token_tail)
     precision = args.precision if backend == "openvino" else "auto"
+    naive = None
+    if check and token_tail_of(artifact) == "class_token":
+        naive = str(export_model(spec, layer, work, "sequences")[0])
     task = {"kind": "bench", "artifact": str(artifact), "whole": str(whole),
             "backend": backend, "device": args.device, "precision": precision,
-            "repeats": repeats, "throughput": throughput, "check": check}
+            "repeats": repeats, "throughput": throughput, "check": check, "naive": naive}
     log(f"{spec} {layer or ''} on {backend} {args.device}: interleaved predict/explain "
         f"x{repeats}")
     row = {"model": spec.split(":")[-1], "backend": backend, "device": args.device,
-           "precision": precision, "artifact": str(artifact), **run_worker(task)}
+           "precision": precision, "artifact": str(artifact),
+           "tail": token_tail_of(artifact), **run_worker(task)}
     if first:
         cache = Path(tempfile.mkdtemp(prefix=f"cache-{row['model']}-{backend}-", dir=work))
         log(f"{spec} on {backend}: time to first explanation (empty cache, then filled)")
@@ -360,6 +398,12 @@ def fmt(value: Any, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def tail_note(row: dict[str, Any]) -> str:
+    """How a vision transformer's row scores its masked copies, after the model's name."""
+    tail = row.get("tail")
+    return "" if tail is None else f" ({tail.replace('_', ' ')} tail)"
+
+
 def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[str, Any]
            ) -> str:
     """The Markdown tables."""
@@ -375,7 +419,8 @@ def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[st
         c, h, w = r["feature"]
         diffs = [r[k] for k in ("map_diff_pooled", "map_diff_full", "map_diff_graph") if k in r]
         lines.append(
-            f"| {r['model']} | {r['layer']} | {h * w} | {r['backend']} | {r['precision']} "
+            f"| {r['model']}{tail_note(r)} | {r['layer']} | {h * w} | {r['backend']} "
+            f"| {r['precision']} "
             f"| {r['path']} | {r['predict_ms']:.1f} | {r['explain_ms']:.1f} "
             f"| {r['ratio']:.3f} | {fmt(r['graph_ratio'], '.3f')} | {r['general_ratio']:.3f} "
             f"| {r['general_path']} | {fmt(r['drop_ratio'], '.3f')} | {r['rss_mb']:.0f} "
@@ -502,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         for backend in args.backend:
             rows.append(bench_row(spec, None, backend, args, work, throughput=True,
                                   first=True, check=True, repeats=args.repeats))
+        if rows[-1]["tail"] == "class_token":  # ViT-ReciproCAM done naively, for contrast
+            for backend in args.backend:
+                rows.append(bench_row(spec, None, backend, args, work, throughput=False,
+                                      first=False, check=False,
+                                      repeats=max(3, args.repeats // 10),
+                                      token_tail="sequences"))
     if args.layer3:
         for backend in args.backend:
             rows.append(bench_row("resnet50", "layer3", backend, args, work,

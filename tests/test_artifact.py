@@ -200,3 +200,35 @@ def test_oversized_manifest_is_refused_unread(copy):
         fh.truncate(MAX_MANIFEST_BYTES + 1)
     with pytest.raises(ArtifactError, match="manifest larger than"):
         Artifact.load(copy)
+
+
+@pytest.fixture(scope="module")
+def vit_manifest(export_once) -> dict:
+    return json.loads((export_once("toy_models:tiny_vit") / "manifest.json").read_text())
+
+
+def test_a_token_artifact_reads_as_tokens_on_a_grid(export_once):
+    artifact = Artifact.load(export_once("toy_models:tiny_vit"))
+    tokens = artifact.tokens
+    assert (tokens.count, tokens.width, tokens.grid, tokens.prefix) == (17, 16, (4, 4), 1)
+    assert tokens.tail == "class_token" and tokens.masks_name == "masks"
+    assert artifact.feature_shape == (16, 4, 4) and artifact.default_mask == "gaussian"
+    assert artifact.expected_io("g") == ((-1, 17, 16), (-1, -1, 10))
+    assert Artifact.load(export_once("toy_models:tiny_gap")).default_mask == "onehot"
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: m["feature"].update(shape=[17, 16, 1]), "feature.shape' of tokens"),
+    (lambda m: m["feature"].update(grid=[4, 5]), "prefix_tokens \\+ h\\*w"),
+    (lambda m: m["feature"].update(prefix_tokens=2), "prefix_tokens \\+ h\\*w"),
+    (lambda m: m["feature"].update(kind="sequence"), "feature.kind"),
+    (lambda m: m.pop("token_tail"), "token_tail"),
+    (lambda m: m["token_tail"].update(kind="shortcut"), "token_tail"),
+])
+def test_token_schema_violations(vit_manifest, change, match):
+    from reciprocam_ir.artifact import validate_manifest
+
+    manifest = json.loads(json.dumps(vit_manifest))
+    change(manifest)
+    with pytest.raises(ArtifactError, match=match):
+        validate_manifest(manifest)

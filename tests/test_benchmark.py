@@ -146,3 +146,24 @@ def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "CUDAExecutionProvider" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_vit_rows_time_the_shortcut_and_the_masked_sequences(tmp_path):
+    """A vision transformer gets its shortcut row and a masked-sequence row for contrast,
+    and the shortcut's maps are checked against the sequences of the same model."""
+    from conftest import subprocess_env
+
+    out = tmp_path / "vit.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--models", "toy_models:tiny_vit", "--backend",
+         "onnxruntime", "--repeats", "3", "--no-peers", "--no-layer3", "--work-dir",
+         str(tmp_path), "--json", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["tail"], r["path"]) for r in rows] == [
+        ("class_token", "explain graph"), ("sequences", "explain graph")]
+    assert rows[0]["general_path"] == "f, token tail (class token)"
+    assert rows[1]["general_path"] == "f, token tail (sequences)"
+    assert rows[0]["map_diff_full"] < 1e-4 and rows[0]["map_diff_graph"] < 1e-4
+    assert "tiny_vit (sequences tail)" in proc.stdout

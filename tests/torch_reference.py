@@ -26,3 +26,31 @@ def masked_scores(model: torch.nn.Module, layer: str, x: np.ndarray,
         out = model(torch.from_numpy(x).repeat(len(chosen), 1, 1, 1)).double().numpy()
         handle.remove()
     return out
+
+
+def masked_token_scores(model: torch.nn.Module, block: str, x: np.ndarray,
+                        masks: np.ndarray) -> np.ndarray:
+    """(N, num_classes) ViT-ReciproCAM scores of ``model`` (one image ``x``): the stream
+    entering torchvision encoder block ``block`` weighted by [1 | mask n] per token, and the
+    output of its ``ln_1`` (of the unmasked stream) weighted alike, for masks (N, h, w); in
+    the model's own float type (float64 after ``model.double()``)."""
+    module = dict(model.named_modules())[block]
+    ln_1 = module.ln_1
+    dtype = next(model.parameters()).dtype
+    rows = torch.from_numpy(np.asarray(masks).reshape(len(masks), -1)).to(dtype)
+    weights = torch.cat([torch.ones(len(rows), 1, dtype=dtype), rows], dim=1)[:, :, None]
+    stream = []
+
+    def mask_stream(m, args):
+        stream.append(args[0])
+        return (args[0] * weights, *args[1:])
+
+    hooks = [module.register_forward_pre_hook(mask_stream),
+             ln_1.register_forward_hook(lambda m, args, out: m.forward(stream[-1]) * weights)]
+    try:
+        with torch.no_grad():
+            return model(torch.from_numpy(x).to(dtype).repeat(len(rows), 1, 1, 1)
+                         ).double().numpy()
+    finally:
+        for hook in hooks:
+            hook.remove()

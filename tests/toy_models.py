@@ -202,3 +202,113 @@ class ConvHeadNet(nn.Module):
 def conv_head() -> nn.Module:
     torch.manual_seed(0)
     return ConvHeadNet().eval()
+
+
+def tiny_vit(num_layers: int = 2) -> nn.Module:
+    """torchvision's VisionTransformer, tiny: 32x32 input, 8x8 patches (a 4x4 grid, 17
+    tokens of width 16), 2 heads; its zero-initialised head drawn at random."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=num_layers, num_heads=2,
+                              hidden_dim=16, mlp_dim=32, num_classes=10)
+    nn.init.normal_(model.heads.head.weight)
+    nn.init.normal_(model.heads.head.bias)
+    model.reciprocam_input = dict(TOY_INPUT)
+    return model.eval()
+
+
+def tiny_vit_3() -> nn.Module:
+    return tiny_vit(num_layers=3)
+
+
+def tiny_vit_affine() -> nn.Module:
+    """tiny_vit with non-trivial LayerNorm scales and shifts and attention biases (torch
+    initialises them to 1 and 0), so masking a LayerNorm's output differs from its input."""
+    model = tiny_vit()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
+            if isinstance(module, nn.MultiheadAttention):
+                module.in_proj_bias.copy_(0.3 * torch.randn(module.in_proj_bias.shape,
+                                                            generator=generator))
+    return model
+
+
+class MeanPooledViT(nn.Module):
+    """A ViT whose head averages all tokens (no class-token read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vit = tiny_vit()
+        self.reciprocam_input = dict(TOY_INPUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit._process_input(x)
+        tokens = torch.cat([self.vit.class_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return self.vit.heads(self.vit.encoder(tokens).mean(dim=1))
+
+
+def mean_pooled_vit() -> nn.Module:
+    return MeanPooledViT().eval()
+
+
+class TwoTokenViT(MeanPooledViT):
+    """A ViT with two leading tokens (class and distillation, as DeiT): 2 + 16 tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models.vision_transformer import Encoder
+
+        self.vit.encoder = Encoder(18, 2, 2, 16, 32, 0.0, 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit._process_input(x)
+        lead = self.vit.class_token.expand(x.shape[0], 2, -1)
+        return self.vit.heads(self.vit.encoder(torch.cat([lead, tokens], dim=1))[:, 0])
+
+
+def two_token_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return TwoTokenViT().eval()
+
+
+class UnfoldViT(nn.Module):
+    """Patches by unfold and a linear layer (no 4-D patch map) on a 32x48 input: 1 + 24
+    tokens, not 1 + a square, and nothing shows the 4x6 grid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models.vision_transformer import Encoder
+
+        self.embed = nn.Linear(3 * 8 * 8, 16)
+        self.class_token = nn.Parameter(torch.randn(1, 1, 16))
+        self.encoder = Encoder(25, 2, 2, 16, 32, 0.0, 0.0)
+        self.head = nn.Linear(16, 10)
+        self.reciprocam_input = {**TOY_INPUT, "size": (32, 48)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.embed(nn.functional.unfold(x, 8, stride=8).transpose(1, 2))
+        lead = self.class_token.expand(x.shape[0], -1, -1)
+        return self.head(self.encoder(torch.cat([lead, patches], dim=1))[:, 0])
+
+
+def unfold_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return UnfoldViT().eval()
+
+
+def vit_b_32_random() -> nn.Module:
+    """torchvision's ViT-B/32 without weights, seeded (its zeroed head drawn as
+    ``--weights none`` draws it), so that a test can build the same model again."""
+    import torchvision
+
+    from export.model_source import draw_zero_layers
+
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_32(weights=None)
+    draw_zero_layers(model)
+    return model.eval()

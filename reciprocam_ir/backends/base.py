@@ -39,16 +39,20 @@ class BackendError(ValueError):
 
 
 class Graph(ABC):
-    """A compiled graph with one input; safe to call from several threads."""
+    """A compiled graph; safe to call from several threads.
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run the graph on ``x`` (float32) and return its first output as float32."""
-        return np.asarray(self.outputs(x)[0], dtype=np.float32)
+    Graphs take one input, apart from a token artifact's ``g`` (tokens, then mask rows).
+    """
+
+    def __call__(self, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
+        """Run the graph on ``x`` (and ``more`` inputs, in order; float32) and return its
+        first output as float32."""
+        return np.asarray(self.outputs(x, *more)[0], dtype=np.float32)
 
     @abstractmethod
-    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        """Run the graph on ``x`` (float32); every output, in order, as new arrays of its own
-        type (the explain graph's ``targets`` are int64)."""
+    def outputs(self, x: np.ndarray, *more: np.ndarray) -> list[np.ndarray]:
+        """Run the graph on its inputs (float32); every output, in order, as new arrays of
+        its own type (the explain graph's ``targets`` are int64)."""
 
 
 class Backend(ABC):

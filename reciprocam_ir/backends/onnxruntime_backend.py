@@ -20,10 +20,12 @@ PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
 class OnnxRuntimeGraph(Graph):
     def __init__(self, session: ort.InferenceSession) -> None:
         self._session = session
-        self._input = session.get_inputs()[0].name
+        self._inputs = [i.name for i in session.get_inputs()]
 
-    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        return self._session.run(None, {self._input: np.ascontiguousarray(x, np.float32)})
+    def outputs(self, x: np.ndarray, *more: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(None, {name: np.ascontiguousarray(a, np.float32)
+                                        for name, a in zip(self._inputs, (x, *more),
+                                                           strict=True)})
 
 
 class OnnxRuntimeBackend(Backend):

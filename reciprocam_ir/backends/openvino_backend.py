@@ -27,9 +27,10 @@ class OpenVINOGraph(Graph):
             request = self._local.request = self._compiled.create_infer_request()
         return request
 
-    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+    def outputs(self, x: np.ndarray, *more: np.ndarray) -> list[np.ndarray]:
         request = self._request()
-        request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        request.infer({i: np.ascontiguousarray(a, dtype=np.float32)
+                       for i, a in enumerate((x, *more))})
         return [np.array(request.get_output_tensor(i).data, copy=True)
                 for i in range(len(self._compiled.outputs))]
 

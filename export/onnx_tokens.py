@@ -1,0 +1,228 @@
+"""Token cuts of an ONNX vision transformer, and its masked-sequence tail (no torch).
+
+A token cut is a float (B, T, D) tensor that every path from the input to the output flows
+through and that enters a pre-norm attention block: a ``LayerNormalization`` reads it, and
+an ``Add`` reads it and the attention branch that starts at that LayerNorm (a ``Softmax`` on
+the way). ``g`` is rewritten to ViT-ReciproCAM's tail: inputs ``feature`` (B, T, D) and
+``masks`` (M, N); every masked copy of the tokens, with the LayerNorm's output weighted
+alike, runs through the rest of the model; output (B, M, classes).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME, OUTPUT_NAME
+
+from .file_cut import CutPoint, TokenLayout, token_grid
+
+if TYPE_CHECKING:
+    from .onnx_cut import OnnxGraph
+
+LAYER_NORMS = ("LayerNormalization",)
+
+
+def _dims(value: onnx.ValueInfoProto | None) -> list[int | None] | None:
+    if value is None or not value.type.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else None
+            for d in value.type.tensor_type.shape.dim]
+
+
+def _descendants(start: str, users: dict[str, list[onnx.NodeProto]]) -> set[str]:
+    """Tensors computed from ``start``."""
+    seen, stack = set(), [start]
+    while stack:
+        for node in users.get(stack.pop(), ()):
+            for out in node.output:
+                if out and out not in seen:
+                    seen.add(out)
+                    stack.append(out)
+    return seen
+
+
+def find_token_cuts(graph: OnnxGraph, values: dict[str, onnx.ValueInfoProto],
+                    maps: dict[str, tuple[int, ...]]
+                    ) -> tuple[list[CutPoint], list[tuple[CutPoint, str]]]:
+    """The token cuts of ``graph`` in graph order, and those that cannot be explained with
+    the reason (a token count that is not 1 + a grid, a head that pools the tokens).
+
+    ``maps``: the 4-D float tensors' shapes; those made before the first block show the
+    patch grid (the patch embedding)."""
+    nodes = graph.model.graph.node
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    streams = []
+    for node in nodes:
+        for out in node.output:
+            dims = _dims(values.get(out))
+            if dims is None or len(dims) != 3 or None in dims[1:] or \
+                    values[out].type.tensor_type.elem_type != TensorProto.FLOAT:
+                continue
+            ln1 = _attention_block(out, users, graph.producer)
+            if ln1 is not None and graph._all_paths_through(out):
+                streams.append((node, out, dims, ln1))
+    order = {out: i for i, node in enumerate(nodes) for out in node.output}
+    first = order[streams[0][1]] if streams else 0
+    patch_maps = [(d[2], d[3]) for name, d in sorted(maps.items(), key=lambda kv: order[kv[0]])
+                  if order[name] < first]
+    found: list[tuple[CutPoint, str | None]] = []
+    for node, out, dims, ln1 in streams:
+        grid, prefix, problem = token_grid(dims[1], patch_maps)
+        layout = TokenLayout(grid, prefix, ln1) if grid is not None else None
+        aliases = (node.name,) if node.name and len(node.output) == 1 else ()
+        found.append((CutPoint(out, (dims[1], dims[2]), aliases, layout), problem))
+    if found:
+        head = head_problem(graph, values, found[-1][0].shape[0], users)
+        if head is not None:
+            found = [(cut, problem or head) for cut, problem in found]
+    return ([c for c, p in found if p is None], [(c, p) for c, p in found if p is not None])
+
+
+def _attention_block(stream: str, users: dict[str, list[onnx.NodeProto]],
+                     producer: dict[str, onnx.NodeProto]) -> str | None:
+    """The output of the LayerNorm that opens a pre-norm attention block on ``stream``
+    (a Softmax lies between it and the residual Add back onto ``stream``), else None."""
+    readers = users.get(stream, [])
+    norms = [n for n in readers if n.op_type in LAYER_NORMS and n.input[0] == stream]
+    if len(norms) != 1:
+        return None
+    below = _descendants(norms[0].output[0], users)
+    for add in (n for n in readers if n.op_type == "Add"):
+        other = [i for i in add.input if i != stream]
+        if len(other) != 1 or other[0] not in below:
+            continue
+        seen, stack = {other[0]}, [other[0]]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None:
+                continue
+            if node.op_type == "Softmax" and node.output[0] in below:
+                return norms[0].output[0]
+            for i in node.input:
+                if i and i != stream and i not in seen and i in below:
+                    seen.add(i)
+                    stack.append(i)
+    return None
+
+
+def head_problem(graph: OnnxGraph, values: dict[str, onnx.ValueInfoProto], tokens: int,
+                 users: dict[str, list[onnx.NodeProto]]) -> str | None:
+    """Why the head is not explainable, or None: after the last (B, T, D) tensor every path
+    flows through, the scores must not change when the patch tokens do."""
+    import onnxruntime as ort
+
+    streams = [out for node in graph.model.graph.node for out in node.output
+               if (_dims(values.get(out)) or [None])[1:2] == [tokens]
+               and len(_dims(values.get(out))) == 3 and graph._all_paths_through(out)]
+    if not streams:
+        return None
+    last = streams[-1]
+    width = _dims(values[last])[2]
+    try:
+        model = onnx.utils.Extractor(graph._rebound(graph.model, last, graph.output)
+                                     ).extract_model([last], [graph.output])
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        z = rng.standard_normal((2, tokens, width)).astype(np.float32)
+        changed = z.copy()
+        changed[:, 1:] = rng.standard_normal((2, tokens - 1, width))
+        same = np.array_equal(session.run(None, {last: z})[0],
+                              session.run(None, {last: changed})[0])
+    except Exception:  # noqa: BLE001 - a head that cannot run alone is checked by the export
+        return None
+    return None if same else "the head reads the patch tokens, not the class token alone"
+
+
+def masked_sequences(model: onnx.ModelProto, cut: CutPoint) -> onnx.ModelProto:
+    """``g`` (feature → scores) rewritten to (feature, masks) → (B, M, classes): the tokens
+    and the block's first LayerNorm output (of the unmasked tokens) weighted by each mask row
+    (leading tokens 1)."""
+    model = copy.deepcopy(model)
+    graph = model.graph
+    tokens, width = cut.shape
+    layout = cut.tokens
+    nodes: list[onnx.NodeProto] = []
+    consts: list[onnx.TensorProto] = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        consts.append(numpy_helper.from_array(value, f"rc/const/{name}"))
+        return f"rc/const/{name}"
+
+    def node(op: str, inputs: list[str], name: str, **attrs: object) -> str:
+        nodes.append(helper.make_node(op, inputs, [f"rc/{name}"], **attrs))
+        return f"rc/{name}"
+
+    rows = node("Slice", [node("Shape", [MASKS_NAME], "mask_shape"),
+                          const("zero", np.array([0], np.int64)),
+                          const("one", np.array([1], np.int64))], "mask_rows")
+    ones = node("Expand", [const("one_f", np.ones((1, 1), np.float32)),
+                           node("Concat", [rows, const("prefix", np.array([layout.prefix],
+                                                                          np.int64))],
+                                "ones_shape", axis=0)], "ones")
+    weights = node("Concat", [ones, MASKS_NAME], "weights", axis=1)
+    w4 = node("Reshape", [weights, const("w4_shape", np.array([1, -1, tokens, 1], np.int64))],
+              "w4")
+    seq = const("seq_shape", np.array([-1, tokens, width], np.int64))
+    one_image = node("Reshape", [FEATURE_NAME, const("image_shape",
+                                                     np.array([-1, 1, tokens, width], np.int64))],
+                     "feature_4d")
+    stream = node("Reshape", [node("Mul", [one_image, w4], "copies"), seq], "stream")
+    plain = node("Reshape", [node("Mul", [one_image, node("Reshape", [ones, const(
+        "ones_4d", np.array([1, -1, 1, 1], np.int64))], "ones_4d")], "plain_4d"), seq], "plain")
+    per_image = node("Concat", [const("minus_one", np.array([-1], np.int64)), rows,
+                                const("seq_tail", np.array([tokens, width], np.int64))],
+                     "per_image_shape", axis=0)
+    ln1 = node("Reshape", [node("Mul", [node("Reshape", [layout.ln1, per_image], "ln1_4d"), w4],
+                                "ln1_masked_4d"), seq], "ln1_masked")
+    norm = next(n for n in graph.node if layout.ln1 in n.output)
+    _redirect(graph, FEATURE_NAME, stream)
+    norm.input[0] = plain
+    _redirect(graph, layout.ln1, ln1)
+    producer = next(n for n in graph.node if OUTPUT_NAME in n.output)
+    producer.output[:] = ["rc/scores_rows" if o == OUTPUT_NAME else o for o in producer.output]
+    classes = node("Slice", [node("Shape", ["rc/scores_rows"], "rows_shape"),
+                             const("one_2", np.array([1], np.int64)),
+                             const("two", np.array([2], np.int64))], "classes")
+    tail = [helper.make_node("Reshape", ["rc/scores_rows", node(
+        "Concat", [const("minus_one_2", np.array([-1], np.int64)), rows, classes],
+        "scores_shape", axis=0)], [OUTPUT_NAME])]
+    _insert_after(graph, layout.ln1, [n for n in nodes if n.output[0].startswith("rc/ln1")])
+    last = ("rc/rows_shape", "rc/classes", "rc/scores_shape")
+    for index, node in enumerate(n for n in nodes if not n.output[0].startswith("rc/ln1")
+                                 and n.output[0] not in last):
+        graph.node.insert(index, node)
+    graph.node.extend([n for n in nodes if n.output[0] in last] + tail)
+    graph.initializer.extend(consts)
+    graph.input.append(helper.make_tensor_value_info(MASKS_NAME, TensorProto.FLOAT,
+                                                     [MASKS_NAME, tokens - layout.prefix]))
+    out = graph.output[0]
+    del out.type.tensor_type.shape.dim[:]
+    for d in ("batch", MASKS_NAME, "classes"):
+        dim = out.type.tensor_type.shape.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        else:
+            dim.dim_value = d
+    return model
+
+
+def _redirect(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every node of ``graph`` reading ``old`` reads ``new`` instead."""
+    for n in graph.node:
+        n.input[:] = [new if i == old else i for i in n.input]
+
+
+def _insert_after(graph: onnx.GraphProto, tensor: str, new: list[onnx.NodeProto]) -> None:
+    """Put ``new`` right after the node that makes ``tensor`` (keeping topological order)."""
+    index = next(i for i, n in enumerate(graph.node) if tensor in n.output)
+    for offset, node in enumerate(new, 1):
+        graph.node.insert(index + offset, node)
