@@ -6,10 +6,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from reciprocam_ir.masking import DEFAULT_MASK, DEFAULT_WINDOW_SIGMA, DEFAULT_WINDOW_STRENGTH
 from reciprocam_ir.preprocess import INTERPOLATIONS, PAD_POSITIONS
 
 from .errors import ExportError
+from .explain_graph import EXPLAIN_MASKS
 from .file_cut import is_graph_file
 from .staging import FORMATS
 
@@ -35,6 +38,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="artifact folder (default: models/<name>)")
     p.add_argument("--explain-top-k", type=int, default=1, metavar="K",
                    help="classes the explain graph explains: the K best (default 1)")
+    p.add_argument("--explain-mask", choices=EXPLAIN_MASKS, default=DEFAULT_MASK,
+                   help="the map the explain graph computes: onehot (the paper's, logit "
+                        "scores) or window (the renormalised window, softmax scores) "
+                        f"(default {DEFAULT_MASK})")
+    p.add_argument("--explain-mask-sigma", type=float, default=None, metavar="CELLS",
+                   help="window width of --explain-mask window in feature cells "
+                        f"(default {DEFAULT_WINDOW_SIGMA:g})")
+    p.add_argument("--explain-mask-strength", type=float, default=None, metavar="S",
+                   help="strength of --explain-mask window (default "
+                        f"{DEFAULT_WINDOW_STRENGTH:g})")
     p.add_argument("--list-layers", action="store_true",
                    help="print the valid cut points with their feature shapes and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -115,8 +128,15 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
     if args.antialias is not None:
         options["antialias"] = args.antialias == "on"
     return export_graph_file(args.model, args.layer, args.input_size, args.format, args.out,
-                             log, keep_softmax=args.keep_softmax,
-                             explain_top_k=args.explain_top_k, **options)
+                             log, keep_softmax=args.keep_softmax, **explain_options(args),
+                             **options)
+
+
+def explain_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The explain graph's options, as both export paths take them."""
+    return {"explain_top_k": args.explain_top_k, "explain_mask": args.explain_mask,
+            "explain_mask_sigma": args.explain_mask_sigma,
+            "explain_mask_strength": args.explain_mask_strength}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import export_artifact
 
             out = export_artifact(args.model, args.weights, args.layer, args.input_size,
-                                  args.format, args.out, log, args.explain_top_k)
+                                  args.format, args.out, log, **explain_options(args))
     except ExportError as exc:
         print(f"reciprocam-export: error: {exc}", file=sys.stderr)
         return 2

@@ -23,7 +23,17 @@ from reciprocam_ir.artifact import (
     TARGETS_NAME,
     write_manifest,
 )
-from reciprocam_ir.masking import pooling_matrix
+from reciprocam_ir.masking import (
+    DEFAULT_MASK,
+    DEFAULT_WINDOW_STRENGTH,
+    REMOVING_MASKS,
+    check_sigma,
+    check_strength,
+    default_scores,
+    default_sigma,
+    pooling_matrix,
+    spatial_masks,
+)
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
@@ -249,6 +259,49 @@ def write_ir_explain(f_path: Path, tail_path: Path, out: Path,
 
 # ------------------------------------------------------------------ the artifact ---
 
+EXPLAIN_MASKS = ("onehot", "window")
+"""The maps an explain graph can compute: the paper's and the renormalised window."""
+
+
+def explain_spec(top_k: int, mask: str = DEFAULT_MASK, mask_sigma: float | None = None,
+                 mask_strength: float | None = None) -> dict[str, Any]:
+    """The manifest's ``explain`` section for these options, defaults resolved as
+    :class:`~reciprocam_ir.ReciproCAM` resolves them (scores: the mask's own); ExportError
+    naming the exporter's option for a value out of range or one that does not apply."""
+    if mask not in EXPLAIN_MASKS:
+        raise ExportError(f"--explain-mask {mask}: must be one of {', '.join(EXPLAIN_MASKS)}")
+    if mask_sigma is not None and mask == "onehot":
+        raise ExportError("--explain-mask-sigma sets the window of --explain-mask window; "
+                          "the onehot mask has none")
+    if mask_strength is not None and mask != "window":
+        raise ExportError(f"--explain-mask-strength applies to --explain-mask window, not to "
+                          f"the {mask} mask")
+    try:
+        if mask_sigma is not None:
+            check_sigma(mask_sigma)
+        if mask_strength is not None:
+            check_strength(mask_strength)
+    except ValueError as exc:
+        raise ExportError(f"--explain-{str(exc).replace('_', '-')}") from None
+    return {"top_k": top_k, "mask": mask,
+            "mask_sigma": None if mask == "onehot" else float(
+                default_sigma(mask) if mask_sigma is None else mask_sigma),
+            "mask_strength": None if mask != "window" else float(
+                DEFAULT_WINDOW_STRENGTH if mask_strength is None else mask_strength),
+            "scores": default_scores(mask)}
+
+
+def map_kind(spec: dict[str, Any], feature_shape: tuple[int, int, int],
+             outputs_logits: bool) -> MapKind:
+    """The :class:`MapKind` of an ``explain`` section (a model that outputs probabilities is
+    scored as it is, as the runtime does)."""
+    _, h, w = feature_shape
+    masks = None if spec["mask"] == "onehot" else spatial_masks(
+        h, w, spec["mask"], spec["mask_sigma"], spec["mask_strength"])
+    return MapKind(masks, softmax=spec["scores"] == "softmax" and outputs_logits,
+                   negate=spec["mask"] in REMOVING_MASKS)
+
+
 EXPLAIN_FILES = {"onnx": ("explain.onnx", write_onnx_explain),
                  "ir": ("explain.xml", write_ir_explain)}
 BACKEND_OF = {"onnx": "onnxruntime", "ir": "openvino"}
@@ -257,19 +310,25 @@ TOLERANCE = 1e-4
 
 
 def add_explain_graphs(folder: Path, manifest: dict[str, Any], top_k: int,
-                       log: Callable[[str], None]) -> dict[str, Any]:
+                       log: Callable[[str], None], mask: str = DEFAULT_MASK,
+                       mask_sigma: float | None = None,
+                       mask_strength: float | None = None) -> dict[str, Any]:
     """Write ``explain.onnx`` / ``explain.xml`` beside the artifact's graphs (one per format
     it has), check them against the runtime's own paths in f32, and rewrite the manifest.
 
-    ``folder`` already holds a complete artifact (its manifest written); the check loads it
-    with :class:`~reciprocam_ir.ReciproCAM` twice, with and without the explain graph, on two
+    The graph computes the map of ``mask`` (:data:`EXPLAIN_MASKS`; σ and strength as
+    :func:`explain_spec` resolves them), scored as that mask is defined. ``folder`` already
+    holds a complete artifact (its manifest written); the check loads it with
+    :class:`~reciprocam_ir.ReciproCAM` twice, with and without the explain graph, on two
     different seeded inputs, and refuses a graph whose targets or maps differ.
     """
+    spec = explain_spec(top_k, mask, mask_sigma, mask_strength)
     num_classes = manifest["output"]["num_classes"]
     if not 1 <= top_k <= num_classes:
         raise ExportError(f"--explain-top-k {top_k} must be in 1..{num_classes} "
                           "(the model's number of classes)")
     feature_shape = tuple(manifest["feature"]["shape"])
+    kind = map_kind(spec, feature_shape, manifest["output"]["logits"])
     pooled = manifest["g_starts_with_gap"]
     graphs = manifest["graphs"]
     tail = graphs["g_pooled" if pooled else "g"]
@@ -279,16 +338,15 @@ def add_explain_graphs(folder: Path, manifest: dict[str, Any], top_k: int,
             log(f"writing {name}")
             try:
                 write(folder / graphs["f"][fmt], folder / tail[fmt], folder / name,
-                      feature_shape, num_classes, top_k, pooled)
+                      feature_shape, num_classes, top_k, pooled, kind)
             except Exception as exc:  # onnx/OpenVINO raise several kinds
                 raise ExportError(f"cannot build the explain graph {name} "
                                   f"({first_line(exc)})") from None
             explain[fmt] = name
     manifest = write_manifest(folder, {
-        **manifest, "graphs": {**graphs, "explain": explain},
-        "explain": {"top_k": top_k, "mask": "onehot", "mask_sigma": None, "scores": "logits"}})
+        **manifest, "graphs": {**graphs, "explain": explain}, "explain": spec})
     x = verification_input((2, *manifest["input"]["shape"][1:]))
-    errors = {BACKEND_OF[fmt]: _explain_error(folder, BACKEND_OF[fmt], x, top_k)
+    errors = {BACKEND_OF[fmt]: _explain_error(folder, BACKEND_OF[fmt], x, spec)
               for fmt in explain}
     log("check: explain graph max |map difference| = "
         + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
@@ -300,14 +358,18 @@ def add_explain_graphs(folder: Path, manifest: dict[str, Any], top_k: int,
     return write_manifest(folder, {**manifest, "check": check})
 
 
-def _explain_error(folder: Path, backend: str, x: np.ndarray, top_k: int) -> float:
-    """Max |map difference| of the explain graph against the runtime's general path, f32;
-    infinite when the targets differ or the scores differ beyond the export tolerance."""
+def _explain_error(folder: Path, backend: str, x: np.ndarray, spec: dict[str, Any]) -> float:
+    """Max |map difference| of the explain graph against the runtime's general path for the
+    same map, f32; infinite when the targets differ or the scores differ beyond the export
+    tolerance."""
     from reciprocam_ir import ReciproCAM
 
+    top_k = spec["top_k"]
+    options = {"precision": "f32", "mask": spec["mask"], "mask_sigma": spec["mask_sigma"],
+               "mask_strength": spec["mask_strength"], "scores": spec["scores"]}
     try:
-        graph = ReciproCAM(folder, backend=backend, precision="f32")
-        general = ReciproCAM(folder, backend=backend, precision="f32", explain_graph=False)
+        graph = ReciproCAM(folder, backend=backend, **options)
+        general = ReciproCAM(folder, backend=backend, explain_graph=False, **options)
         if graph.graph_path is None:
             return float("inf")
         ours = graph.explain_tensor(x, top_k=top_k)

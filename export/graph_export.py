@@ -23,12 +23,12 @@ from reciprocam_ir.artifact import (
     write_manifest,
 )
 from reciprocam_ir.backends import create_backend
-from reciprocam_ir.masking import masked_batch
+from reciprocam_ir.masking import DEFAULT_MASK, masked_batch
 from reciprocam_ir.messages import first_line
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .errors import ExportError
-from .explain_graph import add_explain_graphs
+from .explain_graph import add_explain_graphs, explain_spec
 from .file_cut import is_graph_file
 from .graph_files import onnx_to_ir
 from .staging import FORMATS, check_destination, staged
@@ -89,6 +89,9 @@ def export_graph_file(
     resize_size: int | None = None,
     resize: str | None = None,
     explain_top_k: int = 1,
+    explain_mask: str = DEFAULT_MASK,
+    explain_mask_sigma: float | None = None,
+    explain_mask_strength: float | None = None,
     **resampling: Any,
 ) -> Path:
     """Cut the ONNX/IR classifier at ``path`` and write its artifact folder; return its path.
@@ -99,10 +102,11 @@ def export_graph_file(
     centre; the default when ``resize_size`` is given) or ``pad``; ``resampling``: the
     other :class:`Preprocessing` fields (``interpolation``, ``antialias``, ``pad_position``,
     ``pad_value``). The artifact also holds the explain graph of the ``explain_top_k`` best
-    classes.
+    classes, for the map of ``explain_mask`` (σ and strength as in ``ReciproCAM``).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
+    explain_spec(explain_top_k, explain_mask, explain_mask_sigma, explain_mask_strength)
     source = str(path)
     if not is_graph_file(source):
         raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
@@ -182,7 +186,8 @@ def export_graph_file(
                       + (", pre-Softmax" if softmax_removed else ""),
                       **check},
         }
-        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
+        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log,
+                           explain_mask, explain_mask_sigma, explain_mask_strength)
     return out
 
 

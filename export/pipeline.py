@@ -17,10 +17,10 @@ from reciprocam_ir.artifact import (
     POOLED_NAME,
     write_manifest,
 )
-from reciprocam_ir.masking import masked_batch
+from reciprocam_ir.masking import DEFAULT_MASK, masked_batch
 
 from .errors import ExportError
-from .explain_graph import add_explain_graphs
+from .explain_graph import add_explain_graphs, explain_spec
 from .graph_cut import CutGraph
 from .graph_files import onnx_to_ir, write_onnx
 from .model_source import LoadedModel, load_model
@@ -46,13 +46,18 @@ def export_artifact(
     out: str | Path | None = None,
     log: Callable[[str], None] = lambda message: None,
     explain_top_k: int = 1,
+    explain_mask: str = DEFAULT_MASK,
+    explain_mask_sigma: float | None = None,
+    explain_mask_strength: float | None = None,
 ) -> Path:
     """Write the artifact folder for ``spec`` cut at ``layer`` and return its path.
 
-    The artifact also holds the explain graph of the ``explain_top_k`` best classes.
+    The artifact also holds the explain graph of the ``explain_top_k`` best classes, for the
+    map of ``explain_mask`` (σ and strength as in ``ReciproCAM``).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
+    explain_spec(explain_top_k, explain_mask, explain_mask_sigma, explain_mask_strength)
     log(f"loading {spec}")
     loaded, graph, example = prepare(spec, weights, size)
     cut = graph.find(layer) if layer else graph.default_cut()
@@ -113,5 +118,6 @@ def export_artifact(
             "graphs": graphs,
             "check": {"input": "seeded standard normal (numpy default_rng(0))", **check},
         }
-        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
+        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log,
+                           explain_mask, explain_mask_sigma, explain_mask_strength)
     return out

@@ -29,8 +29,10 @@ MAX_MANIFEST_BYTES = 16 << 20
 INPUT_NAME, FEATURE_NAME, POOLED_NAME, OUTPUT_NAME = "input", "feature", "pooled", "scores"
 TARGETS_NAME, SALIENCY_NAME = "targets", "saliency"
 """The explain graph's outputs beside ``scores`` (DESIGN.md, "Explain graph")."""
-EXPLAIN_KEYS = ("top_k", "mask", "mask_sigma", "scores")
+EXPLAIN_KEYS = ("top_k", "mask", "mask_sigma", "mask_strength", "scores")
 """The ``explain`` section: what the explain graph computes (K, and the map it is)."""
+EXPLAIN_OPTIONAL_KEYS = ("mask_strength",)
+"""Keys of the ``explain`` section that manifests written before them lack (read as null)."""
 
 
 class ArtifactError(ValueError):
@@ -212,8 +214,9 @@ def validate_manifest(m: Any) -> None:
 
 
 def _validate_explain(section: Any, n_classes: int) -> None:
-    _require(isinstance(section, dict) and set(EXPLAIN_KEYS) <= set(section),
-             f"'explain' must be an object with {', '.join(EXPLAIN_KEYS)}")
+    required = [key for key in EXPLAIN_KEYS if key not in EXPLAIN_OPTIONAL_KEYS]
+    _require(isinstance(section, dict) and set(required) <= set(section),
+             f"'explain' must be an object with {', '.join(required)}")
     k = section["top_k"]
     _require(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n_classes,
              "'explain.top_k' must be an integer in 1..num_classes")
@@ -221,6 +224,10 @@ def _validate_explain(section: Any, n_classes: int) -> None:
     sigma = section["mask_sigma"]
     _require(sigma is None or (isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
                                and 0 < sigma < 1e6), "'explain.mask_sigma' must be null or > 0")
+    strength = section.get("mask_strength")
+    _require(strength is None or (isinstance(strength, (int, float))
+                                  and not isinstance(strength, bool) and 0 < strength < 1e30),
+             "'explain.mask_strength' must be null or > 0")
     _require(section["scores"] in SCORE_KINDS, f"'explain.scores' must be one of {SCORE_KINDS}")
 
 
@@ -362,9 +369,12 @@ class Artifact:
 
     @property
     def explain(self) -> dict[str, Any] | None:
-        """What the explain graph computes (``top_k``, ``mask``, ``mask_sigma``, ``scores``),
-        or None for an artifact without one (exported before it existed)."""
-        return self.manifest.get("explain") if "explain" in self.manifest["graphs"] else None
+        """What the explain graph computes (every key of :data:`EXPLAIN_KEYS`, an optional one
+        absent from the manifest as None), or None for an artifact without one (exported
+        before it existed)."""
+        if "explain" not in self.manifest["graphs"]:
+            return None
+        return {**dict.fromkeys(EXPLAIN_OPTIONAL_KEYS), **self.manifest["explain"]}
 
     def label(self, k: int) -> str:
         labels = self.labels
