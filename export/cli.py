@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import ExportError
 from .input_size import parse_input_size
@@ -16,6 +17,12 @@ from .input_size import parse_input_size
 
 def parser() -> argparse.ArgumentParser:
     # numpy and OpenCV come with these: imported once Ctrl-C is handled
+    from reciprocam_ir.masking import (
+        DEFAULT_MASK,
+        DEFAULT_WINDOW_SIGMA,
+        DEFAULT_WINDOW_STRENGTH,
+        MASK_KINDS,
+    )
     from reciprocam_ir.preprocess import INTERPOLATIONS, PAD_POSITIONS
 
     from .staging import FORMATS
@@ -43,6 +50,17 @@ def parser() -> argparse.ArgumentParser:
                         "torchvision's, reciprocam_labels, or a graph file's metadata)")
     p.add_argument("--explain-top-k", type=int, default=1, metavar="K",
                    help="classes the explain graph explains: the K best (default 1)")
+    p.add_argument("--explain-mask", choices=MASK_KINDS, default=None,
+                   help="the map the explain graph computes: onehot (the paper's, logit "
+                        "scores), window (the renormalised window, softmax scores), gaussian "
+                        f"or drop (default: the runtime's, {DEFAULT_MASK} for maps, gaussian "
+                        "for ViT tokens)")
+    p.add_argument("--explain-mask-sigma", type=float, default=None, metavar="CELLS",
+                   help="window width of --explain-mask gaussian/drop/window in feature cells "
+                        f"(default as the runtime's, {DEFAULT_WINDOW_SIGMA:g} for window)")
+    p.add_argument("--explain-mask-strength", type=float, default=None, metavar="S",
+                   help="strength of --explain-mask window (default "
+                        f"{DEFAULT_WINDOW_STRENGTH:g})")
     p.add_argument("--list-layers", action="store_true",
                    help="print the valid cut points with their feature shapes and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -130,7 +148,14 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
         options["antialias"] = args.antialias == "on"
     return export_graph_file(args.model, args.layer, args.input_size, args.format, args.out,
                              log, keep_softmax=args.keep_softmax, labels=args.labels,
-                             explain_top_k=args.explain_top_k, **options)
+                             **explain_options(args), **options)
+
+
+def explain_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The explain graph's options, as both export paths take them."""
+    return {"explain_top_k": args.explain_top_k, "explain_mask": args.explain_mask,
+            "explain_mask_sigma": args.explain_mask_sigma,
+            "explain_mask_strength": args.explain_mask_strength}
 
 
 @contextmanager
@@ -186,7 +211,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
     from .pipeline import export_artifact
 
     return export_artifact(args.model, args.weights, args.layer, args.input_size, args.format,
-                           args.out, log, labels=args.labels, explain_top_k=args.explain_top_k)
+                           args.out, log, labels=args.labels, **explain_options(args))
 
 
 def main(argv: list[str] | None = None) -> int:

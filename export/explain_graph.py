@@ -24,7 +24,18 @@ from reciprocam_ir.artifact import (
     Artifact,
     write_manifest,
 )
-from reciprocam_ir.masking import DEFAULT_MASK_SIGMA, mask_rows, pooling_matrix, spatial_masks
+from reciprocam_ir.masking import (
+    DEFAULT_WINDOW_STRENGTH,
+    MASK_KINDS,
+    REMOVING_MASKS,
+    check_sigma,
+    check_strength,
+    default_scores,
+    default_sigma,
+    mask_rows,
+    pooling_matrix,
+    spatial_masks,
+)
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
@@ -278,6 +289,49 @@ def write_ir_explain(f_path: Path, tail_path: Path, out: Path,
 
 # ------------------------------------------------------------------ the artifact ---
 
+def explain_spec(top_k: int, mask: str | None = None, mask_sigma: float | None = None,
+                 mask_strength: float | None = None) -> dict[str, Any]:
+    """The manifest's ``explain`` section for these options, defaults resolved as
+    :class:`~reciprocam_ir.ReciproCAM` resolves them (scores: the mask's own; ``mask`` None
+    is resolved later to the artifact's default); ExportError naming the exporter's option
+    for a value out of range or one that does not apply."""
+    if mask is not None and mask not in MASK_KINDS:
+        raise ExportError(f"--explain-mask {mask}: must be one of {', '.join(MASK_KINDS)}")
+    if mask_sigma is not None and mask in (None, "onehot"):
+        raise ExportError("--explain-mask-sigma sets the window of --explain-mask gaussian, "
+                          "drop or window; " + ("the onehot mask has none" if mask
+                                                else "name the mask it sets"))
+    if mask_strength is not None and mask != "window":
+        raise ExportError(f"--explain-mask-strength applies to --explain-mask window, not to "
+                          f"the {mask or 'default'} mask")
+    try:
+        if mask_sigma is not None:
+            check_sigma(mask_sigma)
+        if mask_strength is not None:
+            check_strength(mask_strength)
+    except ValueError as exc:
+        raise ExportError(f"--explain-{str(exc).replace('_', '-')}") from None
+    if mask is None:
+        return {"top_k": top_k, "mask": None}
+    return {"top_k": top_k, "mask": mask,
+            "mask_sigma": None if mask == "onehot" else float(
+                default_sigma(mask) if mask_sigma is None else mask_sigma),
+            "mask_strength": None if mask != "window" else float(
+                DEFAULT_WINDOW_STRENGTH if mask_strength is None else mask_strength),
+            "scores": default_scores(mask)}
+
+
+def map_kind(spec: dict[str, Any], feature_shape: tuple[int, int, int],
+             outputs_logits: bool) -> MapKind:
+    """The :class:`MapKind` of an ``explain`` section (a model that outputs probabilities is
+    scored as it is, as the runtime does)."""
+    _, h, w = feature_shape
+    masks = None if spec["mask"] == "onehot" else spatial_masks(
+        h, w, spec["mask"], spec["mask_sigma"], spec["mask_strength"])
+    return MapKind(masks, softmax=spec["scores"] == "softmax" and outputs_logits,
+                   negate=spec["mask"] in REMOVING_MASKS)
+
+
 EXPLAIN_FILES = {"onnx": ("explain.onnx", write_onnx_explain),
                  "ir": ("explain.xml", write_ir_explain)}
 BACKEND_OF = {"onnx": "onnxruntime", "ir": "openvino"}
@@ -286,12 +340,17 @@ TOLERANCE = 1e-4
 
 
 def add_explain_graphs(folder: Path, manifest: dict[str, Any], top_k: int,
-                       log: Callable[[str], None]) -> dict[str, Any]:
+                       log: Callable[[str], None], mask: str | None = None,
+                       mask_sigma: float | None = None,
+                       mask_strength: float | None = None) -> dict[str, Any]:
     """Write ``explain.onnx`` / ``explain.xml`` beside the artifact's graphs (one per format
     it has), check them against the runtime's own paths in f32, and rewrite the manifest.
 
-    ``folder`` already holds a complete artifact (its manifest written); the check loads it
-    with :class:`~reciprocam_ir.ReciproCAM` twice, with and without the explain graph, on two
+    The graph computes the map of ``mask`` (None: the artifact's default, ``onehot`` for
+    maps, ``gaussian`` for tokens; σ and strength as :func:`explain_spec` resolves them),
+    scored as that mask is defined. ``folder`` already
+    holds a complete artifact (its manifest written); the check loads it with
+    :class:`~reciprocam_ir.ReciproCAM` twice, with and without the explain graph, on two
     different seeded inputs, and refuses a graph whose targets or maps differ.
     """
     num_classes = manifest["output"]["num_classes"]
@@ -302,9 +361,8 @@ def add_explain_graphs(folder: Path, manifest: dict[str, Any], top_k: int,
     feature_shape = artifact.feature_shape
     pooled = artifact.g_starts_with_gap
     tokens = artifact.tokens is not None
-    mask = artifact.default_mask
-    _, h, w = feature_shape
-    kind = MapKind(masks=spatial_masks(h, w, mask)) if mask != "onehot" else MapKind()
+    spec = explain_spec(top_k, mask or artifact.default_mask, mask_sigma, mask_strength)
+    kind = map_kind(spec, feature_shape, artifact.outputs_logits)
     graphs = manifest["graphs"]
     tail = graphs["g_pooled" if pooled else "g"]
     explain = {}
@@ -319,12 +377,9 @@ def add_explain_graphs(folder: Path, manifest: dict[str, Any], top_k: int,
                                   f"({first_line(exc)})") from None
             explain[fmt] = name
     manifest = write_manifest(folder, {
-        **manifest, "graphs": {**graphs, "explain": explain},
-        "explain": {"top_k": top_k, "mask": mask,
-                    "mask_sigma": None if mask == "onehot" else DEFAULT_MASK_SIGMA,
-                    "scores": "logits"}})
+        **manifest, "graphs": {**graphs, "explain": explain}, "explain": spec})
     x = verification_images((2, *manifest["input"]["shape"][1:]))
-    errors = {BACKEND_OF[fmt]: _explain_error(folder, BACKEND_OF[fmt], x, top_k)
+    errors = {BACKEND_OF[fmt]: _explain_error(folder, BACKEND_OF[fmt], x, spec)
               for fmt in explain}
     log("check: explain graph max |map difference| = "
         + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
@@ -336,18 +391,22 @@ def add_explain_graphs(folder: Path, manifest: dict[str, Any], top_k: int,
     return write_manifest(folder, {**manifest, "check": check})
 
 
-def _explain_error(folder: Path, backend: str, x: np.ndarray, top_k: int) -> float:
-    """Max |map difference| of the explain graph against the runtime's general path, f32;
-    infinite when the targets differ or the scores differ beyond the export tolerance."""
+def _explain_error(folder: Path, backend: str, x: np.ndarray, spec: dict[str, Any]) -> float:
+    """Max |map difference| of the explain graph against the runtime's general path for the
+    same map, f32; infinite when the targets differ or the scores differ beyond the export
+    tolerance."""
     from reciprocam_ir import ReciproCAM
     from reciprocam_ir.explainer import MAX_MEMORY_BUDGET_MB
 
+    top_k = spec["top_k"]
+    options = {"precision": "f32", "mask": spec["mask"], "mask_sigma": spec["mask_sigma"],
+               "mask_strength": spec["mask_strength"], "scores": spec["scores"]}
     try:
         # one image a call, with room for its whole explain graph (a ViT's masked sequences
         # take more than the runtime's default budget, which then uses its chunked path)
-        room = {"precision": "f32", "batch_size": 1, "memory_budget_mb": MAX_MEMORY_BUDGET_MB}
-        graph = ReciproCAM(folder, backend=backend, **room)
-        general = ReciproCAM(folder, backend=backend, explain_graph=False, **room)
+        room = {"batch_size": 1, "memory_budget_mb": MAX_MEMORY_BUDGET_MB}
+        graph = ReciproCAM(folder, backend=backend, **options, **room)
+        general = ReciproCAM(folder, backend=backend, explain_graph=False, **options, **room)
         if graph.graph_path is None:
             return float("inf")
         ours = graph.explain_tensor(x, top_k=top_k)

@@ -26,7 +26,7 @@ from reciprocam_ir.artifact import (
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .errors import ExportError
-from .explain_graph import add_explain_graphs
+from .explain_graph import add_explain_graphs, explain_spec
 from .file_cut import is_graph_file
 from .graph_files import declare_output_shape, onnx_to_ir
 from .input_size import InputSize
@@ -96,6 +96,9 @@ def export_graph_file(
     resize: str | None = None,
     labels: str | Path | None = None,
     explain_top_k: int = 1,
+    explain_mask: str | None = None,
+    explain_mask_sigma: float | None = None,
+    explain_mask_strength: float | None = None,
     **resampling: Any,
 ) -> Path:
     """Cut the ONNX/IR classifier at ``path`` and write its artifact folder; return its path.
@@ -107,11 +110,13 @@ def export_graph_file(
     ``resize_size`` is given) or ``pad``; ``resampling``: the other :class:`Preprocessing`
     fields (``interpolation``, ``antialias``, ``pad_position``, ``pad_value``). Class
     names come from the ``labels`` file, else from the graph's metadata when it holds
-    exactly one per class. The artifact also
-    holds the explain graph of the ``explain_top_k`` best classes.
+    exactly one per class. The artifact also holds the explain graph of the
+    ``explain_top_k`` best classes, for the map of ``explain_mask`` (default: the
+    runtime's; σ and strength as in ``ReciproCAM``).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
+    explain_spec(explain_top_k, explain_mask, explain_mask_sigma, explain_mask_strength)
     source = str(path)
     if not is_graph_file(source):
         raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
@@ -209,7 +214,8 @@ def export_graph_file(
                       + (", pre-Softmax" if softmax_removed else ""),
                       **checked},
         }
-        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
+        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log,
+                           explain_mask, explain_mask_sigma, explain_mask_strength)
     return out
 
 

@@ -22,7 +22,7 @@ from reciprocam_ir.artifact import (
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
-from .explain_graph import add_explain_graphs
+from .explain_graph import add_explain_graphs, explain_spec
 from .graph_cut import Cut, CutGraph, Split, TokenBlock
 from .graph_files import declare_output_shape, onnx_to_ir, write_onnx, write_token_tail_onnx
 from .input_size import InputSize
@@ -129,18 +129,23 @@ def export_artifact(
     labels: str | Path | None = None,
     explain_top_k: int = 1,
     token_tail_kind: str | None = None,
+    explain_mask: str | None = None,
+    explain_mask_sigma: float | None = None,
+    explain_mask_strength: float | None = None,
 ) -> Path:
     """Write the artifact folder for ``spec`` cut at ``layer`` and return its path.
 
     ``size`` is the input size, N or (height, width) (default: the model's own). A ``labels``
     file (one name per line, or a JSON list) overrides the model's own names. The artifact
-    also holds the explain graph of the ``explain_top_k`` best classes. For a vision
-    transformer, ``layer`` names a block (the cut is the stream entering it) and
+    also holds the explain graph of the ``explain_top_k`` best classes, for the map of
+    ``explain_mask`` (default: the runtime's; σ and strength as in ``ReciproCAM``). For a
+    vision transformer, ``layer`` names a block (the cut is the stream entering it) and
     ``token_tail_kind`` may ask for the ``sequences`` tail where the class-token shortcut
     would apply (to compare them).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
+    explain_spec(explain_top_k, explain_mask, explain_mask_sigma, explain_mask_strength)
     file_labels = read_labels_file(labels) if labels is not None else None
     log(f"loading {spec}")
     loaded, graph, example = prepare(spec, weights, size)
@@ -220,5 +225,6 @@ def export_artifact(
             "graphs": graphs,
             "check": checked,
         }
-        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log)
+        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log,
+                           explain_mask, explain_mask_sigma, explain_mask_strength)
     return out

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .masking import MASK_KINDS
+from .masking import DEFAULT_MASK, MASK_KINDS
 from .preprocess import Preprocessing
 from .saliency import SCORE_KINDS
 
@@ -37,8 +37,10 @@ TOKEN_TAILS = ("class_token", "sequences")
 block (N vectors), or all masked sequences through the rest of the model."""
 TARGETS_NAME, SALIENCY_NAME = "targets", "saliency"
 """The explain graph's outputs beside ``scores`` (DESIGN.md, "Explain graph")."""
-EXPLAIN_KEYS = ("top_k", "mask", "mask_sigma", "scores")
+EXPLAIN_KEYS = ("top_k", "mask", "mask_sigma", "mask_strength", "scores")
 """The ``explain`` section: what the explain graph computes (K, and the map it is)."""
+EXPLAIN_OPTIONAL_KEYS = ("mask_strength",)
+"""Keys of the ``explain`` section that manifests written before them lack (read as null)."""
 
 
 class ArtifactError(ValueError):
@@ -244,8 +246,9 @@ def _validate_tokens(m: dict[str, Any]) -> None:
 
 
 def _validate_explain(section: Any, n_classes: int) -> None:
-    _require(isinstance(section, dict) and set(EXPLAIN_KEYS) <= set(section),
-             f"'explain' must be an object with {', '.join(EXPLAIN_KEYS)}")
+    required = [key for key in EXPLAIN_KEYS if key not in EXPLAIN_OPTIONAL_KEYS]
+    _require(isinstance(section, dict) and set(required) <= set(section),
+             f"'explain' must be an object with {', '.join(required)}")
     k = section["top_k"]
     _require(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n_classes,
              "'explain.top_k' must be an integer in 1..num_classes")
@@ -253,6 +256,10 @@ def _validate_explain(section: Any, n_classes: int) -> None:
     sigma = section["mask_sigma"]
     _require(sigma is None or (isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
                                and 0 < sigma < 1e6), "'explain.mask_sigma' must be null or > 0")
+    strength = section.get("mask_strength")
+    _require(strength is None or (isinstance(strength, (int, float))
+                                  and not isinstance(strength, bool) and 0 < strength < 1e30),
+             "'explain.mask_strength' must be null or > 0")
     _require(section["scores"] in SCORE_KINDS, f"'explain.scores' must be one of {SCORE_KINDS}")
 
 
@@ -388,8 +395,8 @@ class Artifact:
     @property
     def default_mask(self) -> str:
         """The mask a request gets unless it names one: the authors' 3×3 Gaussian for tokens
-        (ViT-ReciproCAM), the one-hot mask of Eq. 5 for maps."""
-        return "gaussian" if self.tokens is not None else "onehot"
+        (ViT-ReciproCAM), ``masking.DEFAULT_MASK`` (Eq. 5's one-hot) for maps."""
+        return "gaussian" if self.tokens is not None else DEFAULT_MASK
 
     @property
     def num_classes(self) -> int:
@@ -436,9 +443,12 @@ class Artifact:
 
     @property
     def explain(self) -> dict[str, Any] | None:
-        """What the explain graph computes (``top_k``, ``mask``, ``mask_sigma``, ``scores``),
-        or None for an artifact without one (exported before it existed)."""
-        return self.manifest.get("explain") if "explain" in self.manifest["graphs"] else None
+        """What the explain graph computes (every key of :data:`EXPLAIN_KEYS`, an optional one
+        absent from the manifest as None), or None for an artifact without one (exported
+        before it existed)."""
+        if "explain" not in self.manifest["graphs"]:
+            return None
+        return {**dict.fromkeys(EXPLAIN_OPTIONAL_KEYS), **self.manifest["explain"]}
 
     def label(self, k: int) -> str:
         labels = self.labels

@@ -16,7 +16,13 @@ from .artifact import atomic_write_bytes, sha256_file
 from .backends import BackendError, add_engine_arguments
 from .explainer import ReciproCAM
 from .explanation import slug
-from .masking import MASK_KINDS
+from .masking import (
+    DEFAULT_DROP_SIGMA,
+    DEFAULT_MASK_SIGMA,
+    DEFAULT_WINDOW_SIGMA,
+    DEFAULT_WINDOW_STRENGTH,
+    MASK_KINDS,
+)
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError
 from .saliency import SCORE_KINDS
 
@@ -35,15 +41,22 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--all-classes", action="store_true", help="explain every class")
     e.add_argument("--top-k", type=int, default=None,
                    help="explain the k best predicted classes (default 1)")
-    e.add_argument("--scores", choices=SCORE_KINDS, default="logits",
-                   help="score each masked map by raw logits or softmax probabilities")
+    e.add_argument("--scores", choices=SCORE_KINDS, default=None,
+                   help="score each masked map by raw logits or softmax probabilities "
+                        "(default: softmax for --mask window, logits otherwise)")
     e.add_argument("--mask", choices=MASK_KINDS, default=None,
                    help="onehot: keep one position (the paper; the default for CNNs); "
-                        "gaussian: keep a soft window (the default for ViTs); drop: remove a "
-                        "soft window (best with --scores softmax)")
+                        "window: keep a soft window renormalised over the map, at a strength, "
+                        "softmax scores (better maps, see docs/evaluation.md); gaussian: keep "
+                        "a soft window (the default for ViTs); drop: remove a soft window "
+                        "(best with --scores softmax)")
     e.add_argument("--mask-sigma", type=float, default=None, metavar="CELLS",
-                   help="window width of gaussian/drop masks in feature cells "
-                        "(default 0.85 gaussian, 1.5 drop)")
+                   help="window width of gaussian/drop/window masks in feature cells "
+                        f"(default {DEFAULT_MASK_SIGMA:.2f} gaussian, {DEFAULT_DROP_SIGMA:g} drop, "
+                        f"{DEFAULT_WINDOW_SIGMA:g} window)")
+    e.add_argument("--mask-strength", type=float, default=None, metavar="S",
+                   help="strength of the window mask: the kept evidence is S/N of the whole "
+                        f"map's (default {DEFAULT_WINDOW_STRENGTH:g})")
     e.add_argument("--out", default="explanations", help="output folder (default: explanations)")
     e.add_argument("--save-npz", action="store_true", help="also write <stem>.npz per image")
     e.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -106,8 +119,11 @@ def contradiction(args: argparse.Namespace) -> str | None:
         given = "--class" if args.classes is not None else "--all-classes"
         return f"--top-k picks the predicted classes to explain; it cannot be combined with {given}"
     if args.mask_sigma is not None and args.mask in (None, "onehot"):
-        return ("--mask-sigma sets the window of --mask gaussian or drop; "
+        return ("--mask-sigma sets the window of --mask gaussian, drop or window; "
                 + ("the onehot mask has none" if args.mask else "name the mask it sets"))
+    if args.mask_strength is not None and args.mask != "window":
+        return ("--mask-strength sets the strength of --mask window; "
+                + (f"the {args.mask} mask has none" if args.mask else "name the mask"))
     return None
 
 
@@ -158,7 +174,7 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
     try:
         cam = ReciproCAM(args.artifact, backend=args.backend, device=args.device,
                          precision=args.precision, scores=args.scores, mask=args.mask,
-                         mask_sigma=args.mask_sigma,
+                         mask_sigma=args.mask_sigma, mask_strength=args.mask_strength,
                          memory_budget_mb=args.memory_budget_mb, batch_size=args.batch_size,
                          cache_dir=args.cache_dir)
     except (ValueError, MemoryError) as exc:  # ValueError: also ArtifactError, BackendError
@@ -175,8 +191,9 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
         return fail(f"cannot create output folder '{out}': {exc.strerror}")
     options = {"manifest_sha256": cam.artifact.manifest_sha256, "backend": cam.backend.name,
                "device": cam.backend.device, "precision": cam.backend.precision,
-               "targets": targets, "top_k": top_k, "scores": args.scores, "mask": args.mask,
-               "mask_sigma": args.mask_sigma, "save_npz": args.save_npz}
+               "targets": targets, "top_k": top_k, "scores": cam.scores, "mask": cam.mask,
+               "mask_sigma": cam.mask_sigma, "mask_strength": cam.mask_strength,
+               "save_npz": args.save_npz}
     owner: dict[str, Path] = {}
     keys: dict[Path, dict] = {}
     todo, skipped = [], []

@@ -14,9 +14,12 @@ from .backends import Backend, BackendError, Graph, create_backend
 from .backends.base import FeaturesAndScores
 from .explanation import Explanation
 from .masking import (
+    DEFAULT_WINDOW_STRENGTH,
     MASK_KINDS,
     REMOVING_MASKS,
     check_sigma,
+    check_strength,
+    default_scores,
     default_sigma,
     mask_rows,
     masked_batch,
@@ -49,11 +52,13 @@ LayerNorm, query/key/value, attention output and an MLP hidden layer of 4 D): a
 deliberately round estimate for the memory budget."""
 
 
-def check_options(scores: str, memory_budget_mb: float, batch_size: int, mask: str | None,
-                  mask_sigma: float | None) -> None:
+def check_options(scores: str | None, memory_budget_mb: float, batch_size: int,
+                  mask: str | None, mask_sigma: float | None,
+                  mask_strength: float | None = None) -> None:
     """Refuse, before anything is loaded, options that are out of range or contradict each
-    other (ValueError, one line naming the option). ``mask`` None: the artifact's default."""
-    if scores not in SCORE_KINDS:
+    other (ValueError, one line naming the option). ``mask`` None: the artifact's default;
+    ``scores`` None: the mask's own."""
+    if scores is not None and scores not in SCORE_KINDS:
         raise ValueError(f"scores must be one of {SCORE_KINDS}, got {scores!r}")
     if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, Real) \
             or not 0 < memory_budget_mb <= MAX_MEMORY_BUDGET_MB:
@@ -66,10 +71,15 @@ def check_options(scores: str, memory_budget_mb: float, batch_size: int, mask: s
         raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
     if mask_sigma is not None:
         if mask in (None, "onehot"):
-            raise ValueError("mask_sigma applies to the gaussian and drop masks, not to the "
-                             "onehot mask" + ("; name the mask it sets (mask='gaussian' or "
-                                              "'drop')" if mask is None else ""))
+            raise ValueError("mask_sigma applies to the gaussian, drop and window masks, not "
+                             "to the onehot mask" + ("; name the mask it sets (mask='gaussian', "
+                                                     "'drop' or 'window')" if mask is None else ""))
         check_sigma(mask_sigma)
+    if mask_strength is not None:
+        if mask != "window":
+            raise ValueError(f"mask_strength applies to the window mask, not to the {mask} "
+                             "mask")
+        check_strength(mask_strength)
 
 
 class ReciproCAM:
@@ -79,7 +89,8 @@ class ReciproCAM:
     graph for the requests it computes (:meth:`path_for`), else the fastest general path the
     head and backend allow (:attr:`path`). :meth:`explain` may be called from several
     threads at once (each thread gets its own infer request / session run).
-    ``explain_graph=False`` never uses the explain graph (to compare paths).
+    ``explain_graph=False`` never uses the explain graph (to compare paths). ``scores`` None
+    scores masked maps as the mask is defined: softmax for ``window``, logits otherwise.
     """
 
     def __init__(
@@ -88,37 +99,41 @@ class ReciproCAM:
         backend: str | Backend | None = None,
         device: str | None = None,
         precision: str = "auto",
-        scores: str = "logits",
+        scores: str | None = None,
         memory_budget_mb: float = 256.0,
         batch_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         mask: str | None = None,
         mask_sigma: float | None = None,
+        mask_strength: float | None = None,
         cache_dir: str | Path | None = None,
         explain_graph: bool = True,
     ) -> None:
-        check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma)
+        check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma, mask_strength)
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         mask = mask or self.artifact.default_mask
-        check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma)
+        check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma, mask_strength)
         self._tokens = self.artifact.tokens
         self.backend = backend if isinstance(backend, Backend) else create_backend(
             backend, device, precision, cache_dir)
-        self.scores = scores
+        # scores None: the mask's own (softmax for the window, logits otherwise)
+        self.scores = default_scores(mask) if scores is None else scores
         # mask: 'onehot' (Eq. 5), 'gaussian' (the authors' spread variant; ViT-ReciproCAM's,
-        # the default for token artifacts) or 'drop' (a soft window removed instead of
-        # kept); σ in feature cells, see masking.spatial_masks
+        # the default for token artifacts), 'drop' (a soft window removed instead of kept) or
+        # 'window' (a soft window kept, renormalised over the grid, at a strength); σ in
+        # feature cells, see masking.spatial_masks
         self.mask = mask
         self._sigma = mask_sigma
+        self._strength = mask_strength
         self.memory_budget = int(memory_budget_mb * 2**20)
-        self._masks = None if mask == "onehot" else self._spatial_masks(mask_sigma)
+        self._masks = None if mask == "onehot" else self._spatial_masks()
         _, h, w = self.artifact.feature_shape
         self._mask_rows = mask_rows(h * w, self._masks) if self._tokens is not None else None
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.preprocessing = self.artifact.preprocessing
         self.uses_pooled_tail = self.artifact.g_starts_with_gap
-        self._softmax = scores == "softmax" and self.artifact.outputs_logits
+        self._softmax = self.scores == "softmax" and self.artifact.outputs_logits
         self.rows_per_call()  # refuse, up front, a budget that cannot hold one masked map
         self._tail_role = "g_pooled" if self.uses_pooled_tail else "g"
         for role in ("f", self._tail_role):
@@ -185,7 +200,8 @@ class ReciproCAM:
         spec = self.artifact.explain
         if spec is None or spec["mask"] != self.mask or (
                 spec["scores"] == "softmax" and self.artifact.outputs_logits) != self._softmax \
-                or (self.mask != "onehot" and spec["mask_sigma"] != self._mask_sigma()):
+                or (self.mask != "onehot" and spec["mask_sigma"] != self.mask_sigma) \
+                or spec["mask_strength"] != self.mask_strength:
             return None
         try:
             path = self._path("explain")
@@ -206,8 +222,19 @@ class ReciproCAM:
         if shapes is not None:
             self.artifact.check_io(role, shapes)
 
-    def _mask_sigma(self) -> float:
+    @property
+    def mask_sigma(self) -> float | None:
+        """σ of the mask in feature cells (None for the onehot mask)."""
+        if self.mask == "onehot":
+            return None
         return default_sigma(self.mask) if self._sigma is None else float(self._sigma)
+
+    @property
+    def mask_strength(self) -> float | None:
+        """Strength of the window mask (None for the other kinds)."""
+        if self.mask != "window":
+            return None
+        return DEFAULT_WINDOW_STRENGTH if self._strength is None else float(self._strength)
 
     def _features_and_scores(self, fused: FeaturesAndScores | None
                              ) -> Callable[[np.ndarray], Iterator[tuple[np.ndarray, np.ndarray]]]:
@@ -261,8 +288,9 @@ class ReciproCAM:
         path = self._path(role)
         return self.backend.compile(path, self.artifact.graph_digest(path))
 
-    def _spatial_masks(self, sigma: float | None) -> np.ndarray:
-        """The N masks of a gaussian/drop ``mask`` (N² float32), refused above the budget."""
+    def _spatial_masks(self) -> np.ndarray:
+        """The N masks of a gaussian/drop/window ``mask`` (N² float32), refused above the
+        budget."""
         _, h, w = self.artifact.feature_shape
         size = 4 * (h * w) ** 2
         if size > self.memory_budget:
@@ -270,7 +298,8 @@ class ReciproCAM:
                 f"{self.mask} masks of a {h}x{w} feature map take {size / 2**20:.4g} MiB "
                 f"((h*w)^2 float32), above the memory budget of "
                 f"{self.memory_budget / 2**20:g} MiB; raise it or use the onehot mask")
-        return spatial_masks(h, w, kind=self.mask, sigma=sigma)
+        return spatial_masks(h, w, kind=self.mask, sigma=self.mask_sigma,
+                             strength=self.mask_strength)
 
     def _path(self, role: str) -> Path:
         return self.backend.graph_file(self.artifact, role)

@@ -19,6 +19,9 @@ What is measured, per model and backend (medians, batch 1, one 224×224-input im
   the path taken for explicit classes and the other mask kinds (``general path``);
 - ``drop ratio``: ``mask='drop', scores='softmax'`` (softmax over every class) over
   predict, for the last-layer rows;
+- ``window ratio``: ``mask='window'`` (the renormalised window, softmax over every class)
+  over predict, for the last-layer rows: through an explain graph built for the window
+  (a copy of the artifact, ``--explain-mask window``), then through the general path;
 - all are measured side by side, interleaved in one process, alternating order; every
   ratio is the median of the per-repeat ratios (both sides timed under the same load);
 - ``peak RSS``: the peak resident memory of the process that loads the artifact and
@@ -66,7 +69,9 @@ DEFAULT_MODELS = ["resnet50", "resnet18", "mobilenet_v3_large", "efficientnet_b0
                   "export.pretrained:efficientnet_lite0"]
 BACKENDS = ["openvino", "onnxruntime"]
 DROP = {"scores": "softmax", "mask": "drop"}
-"""The beyond-the-paper variant (README → Evaluation), timed beside the paper's."""
+"""A beyond-the-paper variant (docs/evaluation.md), timed beside the paper's."""
+WINDOW = {"mask": "window"}
+"""The renormalised window with its defaults (softmax scores; docs/evaluation.md)."""
 PEER_METHODS = ["GradCAM", "GradCAM++", "torchcam GradCAM", "ScoreCAM"]
 
 
@@ -179,15 +184,21 @@ def worker_main(task: dict[str, Any]) -> dict[str, Any]:
         timed["graph"] = lambda: cam.graph_path.run(x)
     if task["throughput"]:  # the main rows, not the slow earlier-cut ones
         drop = ReciproCAM(artifact, backend=backend, **DROP)
-        timed["drop"] = lambda: drop.explain(rgb)
+        window = ReciproCAM(task["window_artifact"], backend=backend, **WINDOW)
+        window_general = ReciproCAM(artifact, backend=backend, explain_graph=False, **WINDOW)
+        result.update(window_path=window.path_for(None, 1).name,
+                      window_general_path=window_general.path.name)
+        timed.update(drop=lambda: drop.explain(rgb), window=lambda: window.explain(rgb),
+                     window_general=lambda: window_general.explain(rgb))
     samples = interleaved(timed, task["repeats"])
     result.update({f"{name}_ms": median_ms(times) for name, times in samples.items()})
     result.update(ratio=paired_ratio(samples, "explain", "predict"),
                   general_ratio=paired_ratio(samples, "general", "predict"),
                   graph_ratio=paired_ratio(samples, "graph", "whole")
                   if "graph" in samples else None,
-                  drop_ratio=paired_ratio(samples, "drop", "predict")
-                  if "drop" in samples else None)
+                  **{f"{name}_ratio": paired_ratio(samples, name, "predict")
+                     if name in samples else None
+                     for name in ("drop", "window", "window_general")})
     if task["throughput"]:
         images = [sample_image(seed) for seed in range(1, 17)]
 
@@ -317,6 +328,26 @@ def token_tail_of(artifact: Path) -> str | None:
     return json.loads((artifact / "manifest.json").read_text()).get("token_tail", {}).get("kind")
 
 
+def window_artifact(artifact: Path) -> Path:
+    """A copy of ``artifact`` whose explain graph computes the window map (as
+    ``reciprocam-export --explain-mask window`` writes it), made once."""
+    import shutil
+
+    from export.explain_graph import add_explain_graphs
+    from reciprocam_ir.artifact import Artifact
+
+    out = artifact.with_name(artifact.name + "-window")
+    if not (out / "manifest.json").is_file():
+        log(f"building the window's explain graph -> {out.name}")
+        part = artifact.with_name(out.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.copytree(artifact, part)
+        add_explain_graphs(part, Artifact.load(part).manifest, 1, lambda m: None,
+                           mask=WINDOW["mask"])
+        part.rename(out)
+    return out
+
+
 def bench_row(spec: str, layer: str | None, backend: str, args: argparse.Namespace,
               work: Path, throughput: bool, first: bool, check: bool,
               repeats: int, token_tail: str | None = None) -> dict[str, Any]:
@@ -326,6 +357,7 @@ def bench_row(spec: str, layer: str | None, backend: str, args: argparse.Namespa
     if check and token_tail_of(artifact) == "class_token":
         naive = str(export_model(spec, layer, work, "sequences")[0])
     task = {"kind": "bench", "artifact": str(artifact), "whole": str(whole),
+            "window_artifact": str(window_artifact(artifact)) if throughput else None,
             "backend": backend, "device": args.device, "precision": precision,
             "repeats": repeats, "throughput": throughput, "check": check, "naive": naive}
     log(f"{spec} {layer or ''} on {backend} {args.device}: interleaved predict/explain "
@@ -412,9 +444,9 @@ def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[st
              f"{env.get('wall_s', 0):.0f} s", "",
              "| model | layer | N | backend | prec | path | predict ms | explain ms | ratio "
              "| explain graph / model inference | general path ratio | general path "
-             "| drop ratio | peak RSS MiB | first explain s | 2nd start s (cache) | max map diff "
-             "| prec vs f32: map, score |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| drop ratio | window ratio (its explain graph, general path) | peak RSS MiB "
+             "| first explain s | 2nd start s (cache) | max map diff | prec vs f32: map, score |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c, h, w = r["feature"]
         diffs = [r[k] for k in ("map_diff_pooled", "map_diff_full", "map_diff_graph") if k in r]
@@ -423,7 +455,9 @@ def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[st
             f"| {r['precision']} "
             f"| {r['path']} | {r['predict_ms']:.1f} | {r['explain_ms']:.1f} "
             f"| {r['ratio']:.3f} | {fmt(r['graph_ratio'], '.3f')} | {r['general_ratio']:.3f} "
-            f"| {r['general_path']} | {fmt(r['drop_ratio'], '.3f')} | {r['rss_mb']:.0f} "
+            f"| {r['general_path']} | {fmt(r['drop_ratio'], '.3f')} "
+            f"| {fmt(r.get('window_ratio'), '.3f')}, {fmt(r.get('window_general_ratio'), '.3f')} "
+            f"| {r['rss_mb']:.0f} "
             f"| {fmt(r.get('first_s'), '.2f')} | {fmt(r.get('cached_first_s'), '.2f')} "
             f"| {fmt(max(diffs) if diffs else None, '.1e')} "
             f"| {fmt(r.get('precision_map_diff'), '.1e')}, "

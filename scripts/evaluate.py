@@ -60,7 +60,13 @@ RECIPROCAM: dict[str, dict] = {  # method name -> ReciproCAM options (variants o
     "ReciproCAM softmax drop σ1": dict(scores="softmax", mask="drop", mask_sigma=1.0),
     "ReciproCAM softmax drop σ1.5": dict(scores="softmax", mask="drop", mask_sigma=1.5),
     "ReciproCAM softmax drop σ2": dict(scores="softmax", mask="drop", mask_sigma=2.0),
+    "ReciproCAM logits window σ0.85": dict(scores="logits", mask="window"),
+    "ReciproCAM softmax window σ0.85 s2": dict(mask="window", mask_strength=2.0),
+    "ReciproCAM softmax window σ0.85 s4": dict(mask="window"),
+    "ReciproCAM softmax window σ1.5 s4": dict(mask="window", mask_sigma=1.5),
 }
+WINDOW = "ReciproCAM softmax window σ0.85 s4"
+"""The runtime's ``mask="window"`` with its defaults (softmax scores, σ 0.85, strength 4)."""
 GRADCAMS = ("GradCAM", "GradCAM++", "ScoreCAM")
 SANITY_STAGES: list[tuple[str, list[str]]] = [  # cascading from the head; cumulative
     ("_fc", ["_fc"]),
@@ -193,8 +199,9 @@ def reciprocam_explainer(cam: ReciproCAM) -> Explain:
 #
 # Maps computed here in numpy from f's output F (C, h, w) and the affine head (W, b) that
 # follows the GAP (Lite0's ``g_pooled``): each is what g would give on some set of masked
-# maps, so it costs no more network passes than ReciproCAM. None met the goal (README →
-# Evaluation lists each with its numbers); they stay here so that the table can be re-made.
+# maps, so it costs no more network passes than ReciproCAM. None met the goal
+# (docs/evaluation.md lists each with its numbers); they stay here so that the table can be
+# re-made.
 
 HeadMap = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
 
@@ -204,45 +211,49 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
-def _window_average(h: int, w: int, sigma: float) -> np.ndarray:
-    """(N, N): row n averages positions with Gaussian weights around n (renormalised at borders)."""
-    m = spatial_masks(h, w, "gaussian", sigma).reshape(h * w, h * w).astype(np.float64)
-    return m / m.sum(axis=1, keepdims=True)
-
-
 def keep_window(sigma: float | None, strength: float | None, factor: int = 1) -> HeadMap:
-    """Keep a window around n, rescaled as if it filled the map, and score it.
+    """Keep a window around n, at a strength, and score it (numpy, on the affine head).
 
-    The window is one position (``sigma`` None) or a Gaussian average renormalised at the
-    border; ``strength`` s scales the kept evidence to s/N of the whole map (s = 1 is
+    The window is one position (``sigma`` None) or the runtime's ``mask="window"`` masks
+    (:func:`~reciprocam_ir.masking.spatial_masks`: a Gaussian over the whole grid renormalised
+    to sum 1); ``strength`` s scales the kept evidence to s/N of the whole map (s = 1 is
     ReciproCAM's one-hot GAP, s = N "as if it filled the map"); None scores logits, else the
     softmax over all classes. ``factor`` > 1 evaluates sub-positions: the class logits of
     bilinearly interpolated features (exact, because W is linear).
     """
     def fn(feature: np.ndarray, weight: np.ndarray, bias: np.ndarray, c: int) -> np.ndarray:
         k, (ch, h, w) = len(bias), feature.shape
-        z = weight @ feature.reshape(ch, h * w)  # (K, N): W·F_n
-        if sigma is not None:
-            z = z @ _window_average(h, w, sigma).T
+        n = h * w
+        z = weight @ feature.reshape(ch, n)  # (K, N): W·F_n
+        if sigma is None:
+            z = z * (1.0 if strength is None else strength)
+        else:  # z_n = Σ_m M_n(m)·W·F_m with M_n = s·w_n, the runtime's masks
+            z = z @ _window_masks(h, w, sigma, strength).T
         z = z.reshape(k, h, w)
         if factor > 1:
             rows, cols = M._interp_matrix(h, h * factor), M._interp_matrix(w, w * factor)
             z = np.einsum("ih,khw,jw->kij", rows, z, cols)
         if strength is None:
             return _minmax(z[c])
-        return _minmax(softmax(z * (strength / (h * w)) + bias[:, None, None], axis=0)[c])
+        return _minmax(softmax(z / n + bias[:, None, None], axis=0)[c])
     return fn
 
 
+def _window_masks(h: int, w: int, sigma: float, strength: float | None) -> np.ndarray:
+    """(N, N) float64: the runtime's ``window`` masks s·w_n as rows."""
+    return spatial_masks(h, w, "window", sigma, strength).reshape(h * w, h * w).astype(
+        np.float64)
+
+
 def keep_minus_drop(sigma: float, strength: float) -> HeadMap:
-    """Contrast: the class's softmax probability with the window around n kept (as
-    :func:`keep_window`) minus with it removed (as the runtime's ``mask='drop'``)."""
+    """Contrast: the class's softmax probability with the window around n kept (the runtime's
+    ``mask='window'``) minus with it removed (as the runtime's ``mask='drop'``)."""
     def fn(feature: np.ndarray, weight: np.ndarray, bias: np.ndarray, c: int) -> np.ndarray:
         ch, h, w = feature.shape
         n = h * w
         z = weight @ feature.reshape(ch, n)  # (K, N): W·F_n
         window = 1.0 - spatial_masks(h, w, "drop", sigma).reshape(n, n).astype(np.float64)
-        kept = z @ _window_average(h, w, sigma).T * (strength / n) + bias[:, None]
+        kept = z @ _window_masks(h, w, sigma, strength).T / n + bias[:, None]
         removed = (z.sum(axis=1) / n + bias)[:, None] - z @ window.T / n
         contrast = softmax(kept, axis=0)[c] - softmax(removed, axis=0)[c]
         return _minmax(contrast.reshape(h, w))
@@ -283,14 +294,11 @@ def powered(options: dict, power: float) -> HeadMap:
 
 SHAPING = "map shaping"  # a candidate whose ranking equals another's: may not be selected
 CANDIDATES: dict[str, tuple[HeadMap, str]] = {
-    "keep renormalised gaussian σ0.85, logits": (keep_window(0.85, None), ""),
-    "keep renormalised gaussian σ1.5, logits": (keep_window(1.5, None), ""),
+    "keep window σ1.5, logits": (keep_window(1.5, None), ""),
     "keep one-hot, softmax at strength 4": (keep_window(None, 4.0), ""),
     "keep one-hot, softmax at strength 16": (keep_window(None, 16.0), ""),
     "keep one-hot, softmax at strength N": (keep_window(None, 49.0), ""),
     "keep sub-position ×4, softmax at strength 16": (keep_window(None, 16.0, 4), ""),
-    "keep renormalised gaussian σ0.85, softmax at strength 4": (keep_window(0.85, 4.0), ""),
-    "keep renormalised gaussian σ1.5, softmax at strength 4": (keep_window(1.5, 4.0), ""),
     "keep minus drop σ1.5 (keep at strength 4), softmax": (keep_minus_drop(1.5, 4.0), ""),
     "Score-CAM at the cut (feature space)": (feature_scorecam, ""),
     "CAM of positive weights": (positive_cam, ""),
@@ -587,8 +595,8 @@ def verdict(name: str, tables: list[tuple[list[str], dict[str, dict[str, float]]
         if name not in rows:
             continue
         me = rows[name]
-        for peer in ("GradCAM", "ScoreCAM"):
-            if peer not in rows:
+        for peer in (PAPER, "GradCAM", "ScoreCAM"):
+            if peer not in rows or peer == name:
                 continue
             p = rows[peer]
             checks = [("ADCC", me["adcc"] > p["adcc"], me["adcc"], p["adcc"]),
@@ -648,8 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = quick_samples(samples)
     if args.images:
         samples = [s for s in samples if s.name in args.images]
-    quick_methods = [PAPER, "ReciproCAM softmax drop σ1.5", "keep one-hot, softmax at strength 4",
-                     "GradCAM"]
+    quick_methods = [PAPER, WINDOW, "keep one-hot, softmax at strength 4", "GradCAM"]
     methods = args.methods or (quick_methods if args.quick else
                                list(RECIPROCAM) + list(CANDIDATES) + list(GRADCAMS))
     steps = 10 if args.quick else args.steps
@@ -724,7 +731,9 @@ def main(argv: list[str] | None = None) -> int:
             title = (f"{scope} ({len(imgs)} images)" if k == 0 else
                      f"{scope}, images with every method ({len(imgs)}: {', '.join(imgs)})")
             md += ["", f"### {title}", "", markdown_table(rows)]
-        md += ["", f"{selected} on the {scope}:"] + verdict(selected, scope_tabs, sanity)
+        for name in dict.fromkeys([selected, WINDOW]):
+            if name in results:
+                md += ["", f"{name} on the {scope}:"] + verdict(name, scope_tabs, sanity)
     (args.out / "results.md").write_text("\n".join(md) + "\n")
     sanity_md = ["| Randomised down to | " + " | ".join(next(iter(sanity.values()), {})) + " |"]
     sanity_md.append("|" + "---|" * (len(next(iter(sanity.values()), {})) + 1))
@@ -748,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
                     ("average_drop", "increase", "coherency", "complexity", "adcc")] + [
                     f"{r.insertion[i]:.6f}", f"{r.deletion[i]:.6f}"])
     shown = scorecam_subset(samples) if not args.quick else samples
-    in_figure = list(dict.fromkeys([PAPER, selected, "GradCAM", "GradCAM++", "ScoreCAM"]))
+    in_figure = list(dict.fromkeys([PAPER, WINDOW, selected, "GradCAM", "GradCAM++", "ScoreCAM"]))
     figure(shown, {n: results[n] for n in in_figure if n in results}, args.out / "figure.png",
            ov, labels, targets[[samples.index(s) for s in shown]])
     print("\n".join(md))

@@ -35,6 +35,7 @@ def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
 def test_quick_run_prints_the_table_and_progress(quick_run):
     proc, _ = quick_run
     assert "| model | layer | N | backend |" in proc.stdout
+    assert "| window ratio (its explain graph, general path) |" in proc.stdout
     assert "16 images" in proc.stdout
     assert "[benchmark" in proc.stderr and "[benchmark" not in proc.stdout
 
@@ -45,10 +46,14 @@ def test_quick_run_numbers_are_positive_and_finite(quick_run):
     assert {r["backend"] for r in rows} == {"openvino", "onnxruntime"}
     assert all(r["model"] == "resnet18" and r["layer"] == "layer4" for r in rows)
     for r in rows:
-        for key in ("predict_ms", "explain_ms", "drop_ms", "predict16_ms", "explain16_ms", "rss_mb",
-                    "first_s", "cached_first_s"):
+        for key in ("predict_ms", "explain_ms", "drop_ms", "window_ms", "window_general_ms",
+                    "window_ratio", "window_general_ratio", "predict16_ms", "explain16_ms",
+                    "rss_mb", "first_s", "cached_first_s"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["backend"], key, r[key])
         assert r["feature"] == [512, 7, 7]
+        # the window through its own explain graph, and (softmax) through the fused rows
+        assert r["window_path"] == "explain graph", r
+        assert r["window_general_path"] == "f+pooled tail fused", r
         assert 50 < r["rss_mb"] < 4096
     assert result["peers"] == []
 

@@ -98,7 +98,7 @@ def test_bad_files_are_reported_and_the_rest_is_done(capsys, resnet18_dir, image
     (("--mask", "gaussian", "--mask-sigma", "inf"), "mask_sigma must be a number of feature"),
     (("--mask", "drop", "--mask-sigma", "nan"), "mask_sigma must be a number of feature"),
     (("--batch-size", "0"), "batch_size must be an integer of at least 1, got 0"),
-    (("--mask-sigma", "-5"), "--mask-sigma sets the window of --mask gaussian or drop"),
+    (("--mask-sigma", "-5"), "--mask-sigma sets the window of --mask gaussian, drop or window"),
     (("--class", "5", "--top-k", "3"), "cannot be combined with --class"),
     (("--all-classes", "--top-k", "2"), "cannot be combined with --all-classes"),
     (("--class", "3", "--all-classes"), "--class and --all-classes both choose"),

@@ -30,24 +30,28 @@ def test_quick_evaluation_writes_tables_sanity_and_figure(lite0_dir, tmp_path):
     assert [t["images"] for t in scopes["report half"]] == [["rocket+flower"]]
     rows = scopes["whole set"][0]["rows"]
     assert "ScoreCAM" not in rows
-    assert {"ReciproCAM logits one-hot", "ReciproCAM softmax drop σ1.5",
-            "keep one-hot, softmax at strength 4", "GradCAM"} == set(rows)
+    window = "ReciproCAM softmax window σ0.85 s4"
+    assert {"ReciproCAM logits one-hot", window, "keep one-hot, softmax at strength 4",
+            "GradCAM"} == set(rows)
     assert results["selected"] in rows and results["selected"] != "GradCAM"
     for row in rows.values():
         assert row["n"] == 2
         for key in ("average_drop", "coherency", "complexity", "adcc", "adcc_of_means",
                     "insertion", "deletion", "increase"):
             assert 0.0 <= row[key] <= 1.0, (key, row)
-    assert rows["ReciproCAM softmax drop σ1.5"]["ms"] > 0 and rows["GradCAM"]["ms"] > 0
+    assert rows[window]["ms"] > 0 and rows["GradCAM"]["ms"] > 0
     assert math.isnan(rows["keep one-hot, softmax at strength 4"]["ms"])  # numpy, not timed
     assert list(results["sanity"]) == ["_fc"]
+    assert set(results["sanity"]["_fc"]) == set(rows)  # the window's sanity numbers included
     for rho in results["sanity"]["_fc"].values():
         assert -1.0 <= rho <= 1.0
+    assert f"{window} on the report half:" in proc.stdout
+    assert "sanity check: max |ρ| over stages" in proc.stdout
     table = (out / "results.md").read_text()
     assert "| Method | n | Avg Drop" in table and "### report half (1 images)" in table
     assert f"{results['selected']} on the report half:" in table and "vs GradCAM" in table
     figure = cv2.imread(str(out / "figure.png"))
-    shown = len({"ReciproCAM logits one-hot", results["selected"], "GradCAM"})
+    shown = len({"ReciproCAM logits one-hot", window, results["selected"], "GradCAM"})
     assert figure is not None and figure.shape[1] == 160 * (shown + 1)
     csv_rows = (out / "per_image.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + 2 * len(rows) and ",rocket+flower,report," in "\n".join(csv_rows)
@@ -98,22 +102,30 @@ def test_candidates_against_the_runtime_and_by_hand(lite0_dir, photos):
     by_hand = (by_hand - by_hand.min()) / (by_hand.max() - by_hand.min())
     np.testing.assert_allclose(E.keep_window(None, 4.0)(feature, weight, bias, c), by_hand,
                                atol=1e-9)
-    # a renormalised Gaussian window average of the CAM, by loops
+    # the renormalised window (over the whole grid) of the CAM, by loops
     cam_map = np.einsum("c,chw->hw", weight[c], feature)
     sigma = 1.5
-    r = max(1, int(np.floor(2 * sigma)))
     smooth = np.zeros((7, 7))
     for i in range(7):
         for j in range(7):
             num = den = 0.0
-            for a in range(max(0, i - r), min(7, i + r + 1)):
-                for b in range(max(0, j - r), min(7, j + r + 1)):
+            for a in range(7):
+                for b in range(7):
                     k = np.exp(-((a - i) ** 2 + (b - j) ** 2) / (2 * sigma**2))
                     num, den = num + k * cam_map[a, b], den + k
             smooth[i, j] = num / den
     smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
     np.testing.assert_allclose(E.keep_window(1.5, None)(feature, weight, bias, c), smooth,
-                               atol=1e-9)
+                               atol=1e-6)
+    # the runtime's mask="window" (softmax, σ 0.85, strength 4) is the numpy candidate, on
+    # both backends and on its two pooled paths (affine rows for logits, fused for softmax)
+    for backend in ("openvino", "onnxruntime"):
+        for scores, strength in (("softmax", 4.0), ("logits", None)):
+            window = ReciproCAM(lite0_dir, backend=backend, precision="f32", mask="window",
+                                scores=scores)
+            np.testing.assert_allclose(
+                E.keep_window(0.85, strength)(feature, weight, bias, c),
+                window.explain(photos["chelsea"], targets=c).saliency[0, 0], atol=1e-5)
     minmax = E._minmax
     # CAM of positive weights, channel by channel
     pos = sum(max(weight[c, k], 0.0) * feature[k] for k in range(feature.shape[0]))
@@ -137,8 +149,8 @@ def test_candidates_against_the_runtime_and_by_hand(lite0_dir, photos):
     for i in range(7):
         for j in range(7):
             num, den = np.zeros(len(bias)), 0.0
-            for a in range(max(0, i - r), min(7, i + r + 1)):
-                for b in range(max(0, j - r), min(7, j + r + 1)):
+            for a in range(7):
+                for b in range(7):
                     k = np.exp(-((a - i) ** 2 + (b - j) ** 2) / (2 * sigma**2))
                     num, den = num + k * (weight @ feature[:, a, b]), den + k
             p_kept[i, j] = softmax(4.0 * num / den / n + bias)[c]

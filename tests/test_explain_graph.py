@@ -15,8 +15,8 @@ import toy_models
 from conftest import read_manifest
 from reciprocam_ir import ReciproCAM
 from reciprocam_ir.paths import ExplainGraph
-from reciprocam_ir.saliency import normalise
-from torch_reference import masked_scores
+from reciprocam_ir.saliency import normalise, softmax
+from torch_reference import explicit_window_masks, masked_scores
 
 BACKENDS = ("openvino", "onnxruntime")
 TAILS = {"affine GAP head": "tiny_gap", "pooled MLP head": "tiny_mlp_head",
@@ -70,7 +70,7 @@ def test_the_artifact_describes_its_explain_graph(artifacts):
     manifest = read_manifest(artifacts["tiny_gap"])
     assert manifest["graphs"]["explain"] == {"onnx": "explain.onnx", "ir": "explain.xml"}
     assert manifest["explain"] == {"top_k": 3, "mask": "onehot", "mask_sigma": None,
-                                   "scores": "logits"}
+                                   "mask_strength": None, "scores": "logits"}
     assert set(manifest["check"]["explain_max_abs_map_error"]) == set(BACKENDS)
     assert {"explain.onnx", "explain.xml", "explain.bin"} <= set(manifest["files"])
 
@@ -125,7 +125,8 @@ def test_requests_it_does_not_compute_take_the_general_path(artifacts, backend):
     explicit = cam.explain(image, targets=[1, 2])
     top = cam.explain(image, top_k=5)
     assert explicit.saliency.shape[1] == 2 and top.saliency.shape[1] == 5
-    for options in ({"mask": "gaussian"}, {"scores": "softmax"}, {"mask": "drop"}):
+    for options in ({"mask": "gaussian"}, {"scores": "softmax"}, {"mask": "drop"},
+                    {"mask": "window"}):
         assert ReciproCAM(folder, backend=backend, **options).graph_path is None
 
 
@@ -216,3 +217,117 @@ def test_explain_tensor_equals_explain_on_the_same_input(artifacts, photos, expl
         single.overlay(0)
     with pytest.raises(ValueError, match=r"inputs must be shaped \(B, 3, 32, 32\)"):
         cam.explain_tensor(np.zeros((1, 32, 32, 3), np.float32))
+
+
+# ------------------------------------------------------------- the window's explain graph
+
+WINDOW = {"mask": "window", "mask_sigma": 1.2, "mask_strength": 64.0}
+"""The toys' masked probabilities barely vary at strength 4; at N (64) they vary enough to
+compare normalised maps at 1e-4 (real models: ~1e-6 at the defaults, the export check)."""
+
+
+@pytest.fixture(scope="module")
+def window_artifacts(export_once) -> dict[str, object]:
+    return {factory: export_once(f"toy_models:{factory}", fmt="both", explain_top_k=3,
+                                 explain_mask="window", explain_mask_sigma=1.2,
+                                 explain_mask_strength=64.0)
+            for factory in TAILS.values()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tail", TAILS)
+def test_window_maps_equal_the_runtime_paths_and_torch(window_artifacts, tail, backend):
+    folder = window_artifacts[TAILS[tail]]
+    assert read_manifest(folder)["explain"] == {"top_k": 3, "mask": "window", "mask_sigma": 1.2,
+                                                "mask_strength": 64.0, "scores": "softmax"}
+    cam = ReciproCAM(folder, backend=backend, precision="f32", **WINDOW)
+    assert isinstance(cam.path_for(None, 3), ExplainGraph)
+    x = inputs(cam, 3)
+    exp = cam.explain_tensor(x, top_k=3)
+    general = ReciproCAM(folder, backend=backend, precision="f32", explain_graph=False,
+                         **WINDOW)
+    assert not isinstance(general.path, ExplainGraph)
+    expected = general.explain_tensor(x, top_k=3)
+    np.testing.assert_array_equal(exp.targets, expected.targets)
+    np.testing.assert_allclose(exp.scores, expected.scores, atol=1e-5)
+    np.testing.assert_allclose(exp.saliency, expected.saliency, atol=1e-4)
+
+    model = getattr(toy_models, TAILS[tail])()
+    layer = cam.artifact.manifest["target_layer"]
+    for i in range(3):
+        scores = softmax(masked_scores(model, layer, x[i : i + 1], lambda h, w: (
+            explicit_window_masks(h, w, 1.2, 64.0))))
+        reference = normalise(scores[:, exp.targets[i]]).reshape(exp.saliency[i].shape)
+        np.testing.assert_allclose(exp.saliency[i], reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_window_graph_serves_only_its_own_map(window_artifacts, backend):
+    folder = window_artifacts["tiny_gap"]
+    assert isinstance(ReciproCAM(folder, backend=backend, **WINDOW).graph_path, ExplainGraph)
+    for options in ({}, {**WINDOW, "mask_sigma": 0.85}, {**WINDOW, "mask_strength": 4.0},
+                    {**WINDOW, "scores": "logits"}, {"mask": "drop", "mask_sigma": 1.2}):
+        assert ReciproCAM(folder, backend=backend, **options).graph_path is None, options
+
+
+def test_a_manifest_without_mask_strength_is_still_served(artifacts, tmp_path):
+    """Artifacts exported before the window recorded no ``explain.mask_strength``."""
+    folder = tmp_path / "older"
+    shutil.copytree(artifacts["tiny_gap"], folder)
+    manifest = read_manifest(folder)
+    del manifest["explain"]["mask_strength"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert isinstance(ReciproCAM(folder, backend="onnxruntime").graph_path, ExplainGraph)
+    manifest["explain"]["mask_strength"] = -1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="'explain.mask_strength' must be null or > 0"):
+        ReciproCAM(folder, backend="onnxruntime")
+
+
+def test_graph_file_export_builds_the_window_graph_from_the_command_line(tmp_path, photos):
+    from export import cli
+    from graph_models import tiny_classifier
+
+    onnx_path = tiny_classifier(tmp_path / "tiny.onnx")
+    out = tmp_path / "window"
+    assert cli.main([str(onnx_path), "--out", str(out), "--format", "onnx", "-q",
+                     "--explain-mask", "window", "--explain-mask-sigma", "1.2",
+                     "--explain-mask-strength", "64", "--explain-top-k", "2"]) == 0
+    assert read_manifest(out)["explain"] == {"top_k": 2, "mask": "window", "mask_sigma": 1.2,
+                                             "mask_strength": 64.0, "scores": "softmax"}
+    images = list(photos.values())
+    cam = ReciproCAM(out, backend="onnxruntime", precision="f32", **WINDOW)
+    general = ReciproCAM(out, backend="onnxruntime", precision="f32", explain_graph=False,
+                         **WINDOW)
+    assert isinstance(cam.path_for(None, 2), ExplainGraph)
+    ours, theirs = cam.explain(images, top_k=2), general.explain(images, top_k=2)
+    np.testing.assert_array_equal(ours.targets, theirs.targets)
+    np.testing.assert_allclose(ours.saliency, theirs.saliency, atol=1e-4)
+
+
+def test_the_torch_export_command_takes_the_window_options(tmp_path):
+    from export import cli
+
+    out = tmp_path / "gap"
+    assert cli.main(["toy_models:tiny_gap", "--out", str(out), "--format", "onnx", "-q",
+                     "--explain-mask", "window"]) == 0
+    assert read_manifest(out)["explain"] == {"top_k": 1, "mask": "window", "mask_sigma": 0.85,
+                                             "mask_strength": 4.0, "scores": "softmax"}
+    assert isinstance(ReciproCAM(out, backend="onnxruntime", mask="window").graph_path,
+                      ExplainGraph)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--explain-mask-sigma", "1"), "--explain-mask-sigma sets the window of --explain-mask "
+                                    "window; the onehot mask has none"),
+    (("--explain-mask-strength", "2"), "--explain-mask-strength applies to --explain-mask "
+                                       "window, not to the onehot mask"),
+    (("--explain-mask", "window", "--explain-mask-strength", "0"),
+     "--explain-mask-strength must be a number in (0, 1e+06], got 0.0"),
+    (("--explain-mask", "window", "--explain-mask-sigma", "100"),
+     "--explain-mask-sigma must be a number of feature cells in (0, 64], got 100.0"),
+])
+def test_bad_explain_mask_options_are_refused(capsys, tmp_path, args, message):
+    from conftest import export_refused
+
+    assert message in export_refused(capsys, tmp_path, "toy_models:tiny_gap", *args)

@@ -244,15 +244,16 @@ def test_classes_and_top_k_together_are_refused(graph_artifacts, image):
     assert cam.explain(image, targets=[1, 2]).targets.tolist() == [[1, 2]]
 
 
-def test_gaussian_masks_count_against_the_budget(graph_artifacts):
+@pytest.mark.parametrize("mask", ["gaussian", "window"])
+def test_weighted_masks_count_against_the_budget(graph_artifacts, mask):
     """The N² masks of a 64x64 map (64 MiB) are refused under a 32 MiB budget, unbuilt."""
     import tracemalloc
 
     tracemalloc.start()
     try:
-        with pytest.raises(MemoryError, match=r"gaussian masks of a 64x64 feature map take "
+        with pytest.raises(MemoryError, match=rf"{mask} masks of a 64x64 feature map take "
                                               r"64 MiB .* above the memory budget of 32 MiB"):
-            ReciproCAM(graph_artifacts["wide"], backend="onnxruntime", mask="gaussian",
+            ReciproCAM(graph_artifacts["wide"], backend="onnxruntime", mask=mask,
                        memory_budget_mb=32)
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -54,3 +54,15 @@ def masked_token_scores(model: torch.nn.Module, block: str, x: np.ndarray,
     finally:
         for hook in hooks:
             hook.remove()
+def explicit_window_masks(h: int, w: int, sigma: float = 0.85,
+                          strength: float = 4.0) -> np.ndarray:
+    """The renormalised window by loops: s·exp(−d²/2σ²) over the whole grid, each mask
+    divided by its own sum (so a border mask holds as much as an inner one)."""
+    masks = np.zeros((h * w, h, w))
+    for n in range(h * w):
+        i, j = divmod(n, w)
+        for a in range(h):
+            for b in range(w):
+                masks[n, a, b] = np.exp(-((a - i) ** 2 + (b - j) ** 2) / (2 * sigma**2))
+        masks[n] *= strength / masks[n].sum()
+    return masks
