@@ -123,7 +123,7 @@ def contradiction(args: argparse.Namespace) -> str | None:
                 + ("the onehot mask has none" if args.mask else "name the mask it sets"))
     if args.mask_strength is not None and args.mask != "window":
         return ("--mask-strength sets the strength of --mask window; "
-                + (f"the {args.mask} mask has none" if args.mask else "name the mask"))
+                + (f"the {args.mask} mask has none" if args.mask else "name the mask it sets"))
     return None
 
 

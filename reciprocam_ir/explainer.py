@@ -77,8 +77,9 @@ def check_options(scores: str | None, memory_budget_mb: float, batch_size: int,
         check_sigma(mask_sigma)
     if mask_strength is not None:
         if mask != "window":
-            raise ValueError(f"mask_strength applies to the window mask, not to the {mask} "
-                             "mask")
+            raise ValueError("mask_strength applies to the window mask, not to the "
+                             + (f"{mask} mask" if mask else "default mask; name it "
+                                "(mask='window')"))
         check_strength(mask_strength)
 
 

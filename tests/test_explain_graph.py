@@ -319,9 +319,10 @@ def test_the_torch_export_command_takes_the_window_options(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (("--explain-mask-sigma", "1"), "--explain-mask-sigma sets the window of --explain-mask "
-                                    "window; the onehot mask has none"),
+                                    "gaussian, drop or window; name the mask it sets"),
+    (("--explain-mask", "onehot", "--explain-mask-sigma", "1"), "the onehot mask has none"),
     (("--explain-mask-strength", "2"), "--explain-mask-strength applies to --explain-mask "
-                                       "window, not to the onehot mask"),
+                                       "window, not to the default mask"),
     (("--explain-mask", "window", "--explain-mask-strength", "0"),
      "--explain-mask-strength must be a number in (0, 1e+06], got 0.0"),
     (("--explain-mask", "window", "--explain-mask-sigma", "100"),

@@ -143,7 +143,8 @@ def test_scores_follow_the_mask_unless_given(flatten_dir):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"mask_strength": 2.0}, "mask_strength applies to the window mask, not to the onehot"),
+    ({"mask_strength": 2.0}, "mask_strength applies to the window mask, not to the default"),
+    ({"mask": "onehot", "mask_strength": 2.0}, "not to the onehot mask"),
     ({"mask": "drop", "mask_strength": 2.0}, "not to the drop mask"),
     ({"mask": "window", "mask_strength": 0.0}, "mask_strength must be a number"),
     ({"mask": "window", "mask_strength": float("nan")}, "mask_strength must be a number"),
@@ -169,7 +170,8 @@ def test_cli_mask_window_writes_the_api_maps(capsys, lite0_dir, photos, tmp_path
     np.testing.assert_allclose(np.load(out / "coffee.npz")["saliency"], api.saliency[0], atol=1e-6)
     for args, message in (
             (["--mask-strength", "3"], "--mask-strength sets the strength of --mask window; "
-                                       "the onehot mask has none"),
+                                       "name the mask it sets"),
+            (["--mask", "onehot", "--mask-strength", "3"], "the onehot mask has none"),
             (["--mask", "gaussian", "--mask-strength", "3"], "the gaussian mask has none"),
             (["--mask", "window", "--mask-strength", "-1"], "mask_strength must be a number")):
         code = cli.main(["explain", str(lite0_dir), str(path), "--out", str(tmp_path / "x"),
