@@ -114,7 +114,7 @@ def _decode(data: np.ndarray, header: ImageHeader, max_pixels: int) -> np.ndarra
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Pixel values as 0..255, by the rule README documents (never saturating).
+    """Pixel values as 0..255, by the rule docs/robustness.md documents (never saturating).
 
     8-bit is kept; 16-bit unsigned maps its full range 0..65535. Any other depth (signed
     integers, floats) maps the first of these ranges that holds all its values: [0, 1]

@@ -30,7 +30,7 @@ What is measured, per model and backend (medians, batch 1, one 224×224-input im
   fresh process, with an empty compile cache (OpenVINO ``CACHE_DIR``, ONNX Runtime
   optimised model; the first start fills it) and at a second start with it filled;
 - 16-image throughput: ``explain`` of 16 images against plain inference of the same
-  16 in batches of 8;
+  16, both in batches of ``--batch-size`` (8);
 - a check that the fast path (GAP shortcut, fused into one graph where the backend can)
   gives the same maps as the slow path (``g`` on all N masked maps), in f32;
 - vision transformers (``--models vit_b_16``): the artifact cut at the last block explains
@@ -161,7 +161,7 @@ def worker_main(task: dict[str, Any]) -> dict[str, Any]:
         return {"import_s": import_s, "first_s": time.perf_counter() - start}
 
     backend = create_backend(backend_name, device, precision)
-    cam = ReciproCAM(artifact, backend=backend)
+    cam = ReciproCAM(artifact, backend=backend, batch_size=task["batch_size"])
     general = ReciproCAM(artifact, backend=backend, explain_graph=False)
     result: dict[str, Any] = {"path": cam.path_for(None, 1).name,
                               "general_path": general.path.name,
@@ -292,10 +292,11 @@ def run_worker(task: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- parent (torch) ------
 
-def export_model(spec: str, layer: str | None, work: Path, token_tail: str | None = None
-                 ) -> tuple[Path, Path]:
+def export_model(spec: str, layer: str | None, work: Path, token_tail: str | None = None,
+                 fmt: str = "both") -> tuple[Path, Path]:
     """Artifact folder and whole-model ONNX for ``spec`` (random weights for torchvision);
-    ``token_tail`` 'sequences': a vision transformer with the masked-sequence tail."""
+    ``token_tail`` 'sequences': a vision transformer with the masked-sequence tail; ``fmt``
+    'onnx' where OpenVINO is not measured (and need not be installed)."""
     import torch
 
     from export.graph_files import tracing
@@ -308,7 +309,7 @@ def export_model(spec: str, layer: str | None, work: Path, token_tail: str | Non
     artifact = work / name
     if not (artifact / "manifest.json").is_file():
         log(f"exporting {spec}{' at ' + layer if layer else ''} -> {artifact}")
-        export_artifact(spec, weights=weights, layer=layer, fmt="both", out=artifact,
+        export_artifact(spec, weights=weights, layer=layer, fmt=fmt, out=artifact,
                         token_tail_kind=token_tail)
     whole = work / f"{spec.split(':')[-1]}-whole.onnx"
     if not whole.is_file():
@@ -351,19 +352,21 @@ def window_artifact(artifact: Path) -> Path:
 def bench_row(spec: str, layer: str | None, backend: str, args: argparse.Namespace,
               work: Path, throughput: bool, first: bool, check: bool,
               repeats: int, token_tail: str | None = None) -> dict[str, Any]:
-    artifact, whole = export_model(spec, layer, work, token_tail)
+    formats = "both" if "openvino" in args.backend else "onnx"
+    artifact, whole = export_model(spec, layer, work, token_tail, formats)
     precision = args.precision if backend == "openvino" else "auto"
     naive = None
     if check and token_tail_of(artifact) == "class_token":
-        naive = str(export_model(spec, layer, work, "sequences")[0])
+        naive = str(export_model(spec, layer, work, "sequences", formats)[0])
     task = {"kind": "bench", "artifact": str(artifact), "whole": str(whole),
             "window_artifact": str(window_artifact(artifact)) if throughput else None,
             "backend": backend, "device": args.device, "precision": precision,
-            "repeats": repeats, "throughput": throughput, "check": check, "naive": naive}
+            "repeats": repeats, "throughput": throughput, "check": check, "naive": naive,
+            "batch_size": args.batch_size}
     log(f"{spec} {layer or ''} on {backend} {args.device}: interleaved predict/explain "
         f"x{repeats}")
     row = {"model": spec.split(":")[-1], "backend": backend, "device": args.device,
-           "precision": precision, "artifact": str(artifact),
+           "precision": precision, "batch_size": args.batch_size, "artifact": str(artifact),
            "tail": token_tail_of(artifact), **run_worker(task)}
     if first:
         cache = Path(tempfile.mkdtemp(prefix=f"cache-{row['model']}-{backend}-", dir=work))
@@ -464,13 +467,15 @@ def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[st
             f"{fmt(r.get('precision_score_rel'), '.1e')} |")
     with_tp = [r for r in rows if "explain16_ms" in r]
     if with_tp:
-        lines += ["", "16 images (explain top-1 vs plain inference in batches of 8):", "",
-                  "| model | backend | predict img/s | explain img/s | throughput ratio |",
-                  "|---|---|---|---|---|"]
+        lines += ["", f"16 images (explain top-1 vs plain inference in batches of "
+                  f"{rows[0].get('batch_size', 8)}):", "",
+                  "| model | backend | predict img/s | explain img/s | explain ms per image "
+                  "| throughput ratio |",
+                  "|---|---|---|---|---|---|"]
         for r in with_tp:
             p, e = 16e3 / r["predict16_ms"], 16e3 / r["explain16_ms"]
             lines.append(f"| {r['model']} | {r['backend']} | {p:.1f} | {e:.1f} "
-                         f"| {r['throughput_ratio']:.3f} |")
+                         f"| {r['explain16_ms'] / 16:.2f} | {r['throughput_ratio']:.3f} |")
     if peers:
         ours = {r["backend"]: r for r in rows
                 if r["model"] == peers[0]["model"].split(":")[-1]
@@ -488,8 +493,10 @@ def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[st
     return "\n".join(lines)
 
 
-def environment() -> dict[str, Any]:
+def environment(device: str = "CPU") -> dict[str, Any]:
+    import importlib
     import platform
+    from importlib.metadata import version
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -500,15 +507,25 @@ def environment() -> dict[str, Any]:
     except OSError:
         pass
     versions = []
-    for name in ("openvino", "onnxruntime", "torch"):
+    for name in ("openvino", "onnxruntime"):  # the module imported, whichever wheel holds it
         try:
-            from importlib.metadata import version
-
-            versions.append(f"{name} {version(name)}")
+            versions.append(f"{name} {importlib.import_module(name).__version__}")
         except Exception:  # noqa: BLE001 - a missing engine is simply not listed
             pass
-    return {"machine": f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}",
-            "engines": ", ".join(versions), "load_start": load_average()}
+    try:
+        versions.append(f"torch {version('torch')}")
+    except Exception:  # noqa: BLE001
+        pass
+    machine = f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
+    if device == "CUDA":
+        try:
+            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version",
+                                  "--format=csv,noheader"], capture_output=True, text=True,
+                                 timeout=30).stdout.strip().replace("\n", "; ")
+            machine += f"; GPU {gpu}"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {"machine": machine, "engines": ", ".join(versions), "load_start": load_average()}
 
 
 def load_average() -> str:
@@ -541,6 +558,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir())
                                                   / "reciprocam-benchmark"),
                         help="where exported artifacts and caches go")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images per call in the 16-image throughput rows (default 8)")
     parser.add_argument("--json", dest="json_out", default=None, help="also write JSON here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -552,6 +571,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.repeats = args.repeats or 30
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if not 1 <= args.batch_size <= 16:
+        parser.error("--batch-size must be between 1 and 16")
     args.device = args.device.upper()
     if args.backend is None:
         args.backend = ["onnxruntime"] if args.device == "CUDA" else BACKENDS
@@ -573,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    env = environment()
+    env = environment(args.device)
     log(f"{env['machine']}; {env['engines']}; work dir {work}")
     started = time.perf_counter()
     rows = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -51,6 +52,15 @@ def export_refused(capsys, tmp_path: Path, *args: str) -> str:
     assert code != 0 and len(err) == 1 and err[0].startswith("reciprocam-export: error:"), err
     assert not out.exists() and not list(tmp_path.glob(".refused*"))
     return err[0]
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test interrupts: SIGINT handled as in a terminal.
+
+    A shell starts background jobs with SIGINT ignored, children inherit that, and Python
+    then never raises KeyboardInterrupt; a test suite started with ``&`` would see every
+    Ctrl-C lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def subprocess_env() -> dict[str, str]:

@@ -40,6 +40,22 @@ def test_cuda_without_onnxruntime_gpu_is_a_clear_error():
         create_backend("onnxruntime", "CUDA")
 
 
+def test_a_silent_fallback_to_the_cpu_is_refused(resnet18_dir):
+    """ONNX Runtime only warns when the CUDA provider cannot start and runs on the CPU: the
+    backend refuses such a session instead of timing or serving the CPU as CUDA. Here the
+    provider is missing from a CPU-only build, which falls back the same way."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has onnxruntime-gpu with CUDA")
+    backend = create_backend("onnxruntime", "CPU")
+    backend.device, backend.providers = "CUDA", ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    artifact = Artifact.load(resnet18_dir)
+    with pytest.raises(BackendError, match=r"could not run f\.onnx on CUDA: "
+                                           r"CUDAExecutionProvider did not start"):
+        backend.compile(artifact.graph_path("f", "onnx"))
+
+
 def test_engines_agree_on_f(resnet18_dir):
     artifact = Artifact.load(resnet18_dir)
     x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)

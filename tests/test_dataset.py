@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from conftest import import_blocker, subprocess_env
+from conftest import default_sigint, import_blocker, subprocess_env
 from reciprocam_ir import ReciproCAM, cli
 from reciprocam_ir.dataset import SCHEMA, DatasetError, explain_dataset, list_sources
 
@@ -223,7 +223,8 @@ def test_an_interrupted_run_resumes_to_the_full_set(capsys, ray_session, resnet1
     args = [str(resnet18_dir), str(tmp_path / "images"), "--out", str(out), "--precision",
             "f32", "--rows-per-file", "2", "--batch-size", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "reciprocam_ir.cli", "explain-dataset",
-                             *args], stderr=subprocess.PIPE, text=True, env=subprocess_env())
+                             *args], stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 240
     while not list(out.glob("*.parquet")) and proc.poll() is None \
             and time.monotonic() < deadline:

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import BIN
+from conftest import BIN, default_sigint
 from reciprocam_ir import ReciproCAM
 from reciprocam_ir.artifact import ArtifactError, validate_manifest
 from reciprocam_ir.preprocess import ImageError, read_image
@@ -131,7 +131,8 @@ def test_interrupted_folder_run_keeps_complete_outputs_and_resumes(resnet18_dir,
     out = tmp_path / "out"
     cmd = [str(BIN / "reciprocam"), "explain", str(resnet18_dir), str(images), "--out",
            str(out), "--batch-size", "1", "--backend", "onnxruntime"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / ".reciprocam").glob("*.json"))
                                          if (out / ".reciprocam").is_dir() else []) < 3:
@@ -205,7 +206,8 @@ def test_ctrl_c_during_start_up_is_one_line(resnet18_dir, tmp_path, photos):
     cv2.imwrite(str(image), photos["chelsea"])
     proc = subprocess.Popen([str(BIN / "reciprocam"), "explain", str(resnet18_dir), str(image),
                              "--out", str(out), "--backend", "openvino"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     maps = Path(f"/proc/{proc.pid}/maps")
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:

@@ -15,9 +15,17 @@ BACKENDS = {
 }
 
 
+def is_installed(package: str) -> bool:
+    """True when ``package`` can be imported; a broken or blocked one counts as missing."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def available_backends() -> list[str]:
     """Backends whose engine is installed, preferred first."""
-    return [name for name, (pkg, _, _) in BACKENDS.items() if importlib.util.find_spec(pkg)]
+    return [name for name, (pkg, _, _) in BACKENDS.items() if is_installed(pkg)]
 
 
 def create_backend(
@@ -40,7 +48,7 @@ def create_backend(
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r} (choose from {tuple(BACKENDS)})")
     package, module, cls = BACKENDS[name]
-    if importlib.util.find_spec(package) is None:
+    if not is_installed(package):
         raise BackendError(f"backend {name!r} needs the {package} package: pip install .[{name}]")
     impl = getattr(importlib.import_module(module, __name__), cls)
     return impl(device, precision, cache_dir)

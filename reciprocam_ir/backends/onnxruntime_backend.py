@@ -92,10 +92,12 @@ class OnnxRuntimeBackend(Backend):
         cached = self.cached_path(path, digest)
         if cached is not None and cached.is_file():
             try:
-                return OnnxRuntimeGraph(ort.InferenceSession(
-                    str(cached), self._options(optimise=False), providers=self.providers))
+                session = ort.InferenceSession(str(cached), self._options(optimise=False),
+                                               providers=self.providers)
             except Exception:  # noqa: BLE001 - a damaged entry is rebuilt below
                 cached.unlink(missing_ok=True)
+            else:
+                return OnnxRuntimeGraph(self._on_device(session, path))
         options = self._options()
         partial = None
         if cached is not None:
@@ -120,7 +122,17 @@ class OnnxRuntimeBackend(Backend):
                 os.replace(partial, cached)
             except OSError:  # an unwritable cache only means the next start optimises again
                 partial.unlink(missing_ok=True)
-        return OnnxRuntimeGraph(session)
+        return OnnxRuntimeGraph(self._on_device(session, path))
+
+    def _on_device(self, session: ort.InferenceSession, path: Path) -> ort.InferenceSession:
+        """``session``, refused when ONNX Runtime fell back to the CPU from the device asked
+        for (it only warns when, say, the CUDA or cuDNN libraries cannot be loaded)."""
+        if self.providers[0] not in session.get_providers():
+            raise BackendError(
+                f"ONNX Runtime could not run {path.name} on {self.device}: "
+                f"{self.providers[0]} did not start (see ONNX Runtime's warning above: are "
+                "the CUDA and cuDNN libraries it needs installed?)")
+        return session
 
     def io_shapes(self, path: Path, digest: str | None = None) -> tuple[Shape, Shape] | None:
         """Read with the ``onnx`` package where installed, so that checking a graph that may
@@ -159,7 +171,7 @@ class OnnxRuntimeBackend(Backend):
                                            providers=self.providers)
         except Exception:  # noqa: BLE001 - a graph that cannot be fused runs unfused
             return None
-        return OnnxRuntimeGraph(session)
+        return OnnxRuntimeGraph(self._on_device(session, f_path))
 
     def affine_tail(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         """Read with the ``onnx`` package where installed (ONNX Runtime does not show weights)."""
