@@ -40,6 +40,7 @@ def test_cuda_without_onnxruntime_gpu_is_a_clear_error():
         create_backend("onnxruntime", "CUDA")
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider")  # ONNX Runtime's own warning
 def test_a_silent_fallback_to_the_cpu_is_refused(resnet18_dir):
     """ONNX Runtime only warns when the CUDA provider cannot start and runs on the CPU: the
     backend refuses such a session instead of timing or serving the CPU as CUDA. Here the
