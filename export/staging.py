@@ -11,7 +11,6 @@ Torch-free, so the graph-file exporter (``.onnx`` / ``.xml``) shares it with the
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -20,12 +19,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from reciprocam_ir.artifact import MANIFEST_NAME, default_mode
+from reciprocam_ir.artifact import MANIFEST_NAME, OLD_INFIX, default_mode, interrupted_exports
 
 from .errors import ExportError
 
 FORMATS = ("onnx", "ir", "both")
-PARTIAL, OLD = ".partial-", ".old-"
+PARTIAL, OLD = ".partial-", OLD_INFIX
 
 
 def artifact_files(folder: Path) -> set[str]:
@@ -63,8 +62,7 @@ def recover_interrupted(out: Path) -> None:
     had already moved into the new one) becomes ``out`` again. Died after: only leftovers of
     the old artifact remain, removed (any other entry moves into ``out`` first).
     """
-    pattern = f".{glob.escape(out.name)}{OLD}*"
-    for old in sorted(out.parent.glob(pattern)):
+    for old in interrupted_exports(out):
         staging = out.parent / old.name[len(f".{out.name}{OLD}"):]
         try:
             if not out.exists():

@@ -43,6 +43,15 @@ EXPLAIN_OPTIONAL_KEYS = ("mask_strength",)
 """Keys of the ``explain`` section that manifests written before them lack (read as null)."""
 
 
+OLD_INFIX = ".old-"
+"""An export moves the folder it replaces aside as ``.NAME.old-*`` until the new one is in."""
+
+
+def interrupted_exports(folder: Path) -> list[Path]:
+    """The ``.NAME.old-*`` folders an interrupted export left beside ``folder``, sorted."""
+    return sorted(folder.parent.glob(f".{glob.escape(folder.name)}{OLD_INFIX}*"))
+
+
 class ArtifactError(ValueError):
     """An artifact folder that is missing, malformed, or does not match its manifest."""
 
@@ -293,7 +302,7 @@ class Artifact:
         folder = Path(folder)
         path = folder / MANIFEST_NAME
         if not folder.is_dir():
-            left = sorted(folder.parent.glob(f".{glob.escape(folder.name)}.old-*"))
+            left = interrupted_exports(folder)
             hint = (f"; an interrupted export left it as '{left[0].name}' beside it: run the "
                     "export again to put it back") if left else ""
             raise ArtifactError(f"{folder}: not an artifact folder (no such directory{hint})")
@@ -302,7 +311,7 @@ class Artifact:
         try:
             with open(path, "rb") as fh:
                 too_large = os.fstat(fh.fileno()).st_size > MAX_MANIFEST_BYTES
-                data = b"" if too_large else fh.read()
+                data = b"" if too_large else fh.read(MAX_MANIFEST_BYTES + 1)
             if too_large or len(data) > MAX_MANIFEST_BYTES:
                 raise ArtifactError(f"{path}: manifest larger than "
                                     f"{MAX_MANIFEST_BYTES >> 20} MiB, refused")

@@ -208,8 +208,8 @@ def explain_dataset(
     """
     check_pool(workers, cpus_per_worker)
     files = None if isinstance(source, ray.data.Dataset) else list_sources(source)
-    options = checked_options(artifact, targets, top_k, backend, device, precision,
-                              batch_size, max_pixels, overlays)
+    options, _ = checked_options(artifact, targets, top_k, backend, device, precision,
+                                 batch_size, max_pixels, overlays)
     if files is not None:
         source = ray.data.from_items([{"path": p} for p in files])
     return rows_of(source, options, workers, cpus_per_worker)
@@ -236,22 +236,24 @@ def rows_of(source: ray.data.Dataset, options: ExplainOptions, workers: int,
 
 def checked_options(artifact: str | Path, targets: Targets, top_k: int, backend: str | None,
                     device: str | None, precision: str, batch_size: int, max_pixels: int,
-                    overlays: str | Path | None) -> ExplainOptions:
-    """Check every option by building one ReciproCAM here, before Ray starts anything.
+                    overlays: str | Path | None) -> tuple[ExplainOptions, str]:
+    """Check every option by building one ReciproCAM here, before Ray starts anything; also
+    the sha256 of the manifest it loaded.
 
     Raises ArtifactError, BackendError, ValueError (one line each) for a bad option.
     """
     options = ExplainOptions(str(Path(artifact).resolve()), targets, top_k, backend, device,
                              precision, batch_size, max_pixels,
                              str(Path(overlays).resolve()) if overlays is not None else None)
-    options.explainer().check_targets(targets, top_k)
+    cam = options.explainer()
+    cam.check_targets(targets, top_k)
     if overlays is not None:
         try:
             Path(overlays).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatasetError(f"cannot create overlay folder '{overlays}': {exc.strerror}"
                                ) from None
-    return options
+    return options, cam.artifact.manifest_sha256
 
 
 @dataclass
@@ -319,14 +321,14 @@ def write_explanations(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be 0 or more, got {limit}")
     files = list_sources(sources)
-    options = checked_options(artifact, targets, top_k, backend, device, precision,
-                              batch_size, max_pixels, overlays)
+    options, manifest_sha256 = checked_options(artifact, targets, top_k, backend, device,
+                                               precision, batch_size, max_pixels, overlays)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DatasetError(f"cannot create output folder '{out}': {exc.strerror}") from None
-    settings = run_settings(options.artifact, options.targets, options.top_k)
+    settings = run_settings(options.artifact, manifest_sha256, options.targets, options.top_k)
     with OutputLock(out):
         done, recorded = existing_rows(out)
         changed = differences(recorded, settings) if recorded is not None else []

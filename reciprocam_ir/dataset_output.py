@@ -7,7 +7,6 @@ Part of the ``[ray]`` extra (pyarrow, Ray Data's ``Datasink``); imported only th
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -117,17 +116,17 @@ def existing_rows(out_dir: Path) -> tuple[set[str], dict[str, Any] | None]:
     return done, settings
 
 
-def run_settings(artifact: str, targets: Any, top_k: int) -> dict[str, Any]:
-    """What a row means: the artifact (by its manifest's digest) and the classes asked for.
+def run_settings(artifact: str, manifest_sha256: str, targets: Any, top_k: int
+                 ) -> dict[str, Any]:
+    """What a row means: the artifact (by its manifest's digest, as the loaded artifact
+    recorded it) and the classes asked for.
 
     A re-run into the same folder must match these; backend, device, precision, batch size
     and workers may change between runs.
     """
-    manifest = Path(artifact) / "manifest.json"
     if targets is not None and not isinstance(targets, str):
         targets = [int(t) for t in np.atleast_1d(np.asarray(targets))]
-    return {"artifact": artifact,
-            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+    return {"artifact": artifact, "manifest_sha256": manifest_sha256,
             "targets": targets, "top_k": top_k if targets is None else None}
 
 

@@ -113,7 +113,6 @@ class ReciproCAM:
         check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma, mask_strength)
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         mask = mask or self.artifact.default_mask
-        check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma, mask_strength)
         self._tokens = self.artifact.tokens
         self.backend = backend if isinstance(backend, Backend) else create_backend(
             backend, device, precision, cache_dir)
@@ -205,7 +204,7 @@ class ReciproCAM:
                 or spec["mask_strength"] != self.mask_strength:
             return None
         try:
-            path = self._path("explain")
+            self._path("explain")  # refused when no file of this backend's format
         except BackendError:
             return None
         per_image = (self.artifact.feature_shape[1] * self.artifact.feature_shape[2] + 1) \
@@ -213,8 +212,8 @@ class ReciproCAM:
         if per_image > self.memory_budget:
             return None
         self._check_io("explain")
-        return ExplainGraph(self.backend.compile(path, self.artifact.graph_digest(path)).outputs,
-                            spec["top_k"], self.memory_budget // per_image)
+        return ExplainGraph(self._compile("explain").outputs, spec["top_k"],
+                            self.memory_budget // per_image)
 
     def _check_io(self, role: str) -> None:
         """Refuse graph ``role`` when its declared shapes contradict the manifest."""

@@ -174,14 +174,7 @@ def pooling_matrix(n: int, masks: np.ndarray | None = None) -> np.ndarray:
     average of F (row 0) on the exact GAP of every masked map (row n + 1: M_n / N, one-hot
     when ``masks`` is None) — :func:`pooled_masked` / :func:`weighted_pooled_masked` with the
     unmasked row first, as one matrix that the backends' fused graphs embed."""
-    matrix = np.zeros((n + 1, n), np.float32)
-    matrix[0] = 1.0
-    if masks is None:
-        matrix[1:][np.arange(n), np.arange(n)] = 1.0
-    else:
-        matrix[1:] = np.asarray(masks, np.float32).reshape(n, n)
-    matrix /= np.float32(n)
-    return matrix
+    return mask_rows(n, masks) / np.float32(n)
 
 
 def mask_rows(n: int, masks: np.ndarray | None = None) -> np.ndarray:

@@ -12,7 +12,7 @@ from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from ..artifact import Artifact
-from ..backends import Backend, BackendError, create_backend
+from ..backends import Backend, BackendError
 from ..explainer import ReciproCAM
 from ..explanation import Explanation
 from ..messages import first_line
@@ -77,8 +77,7 @@ class ExplainerModel(Model):
         s = self.settings
         self.cam = ReciproCAM(s["artifact"], backend=s["backend"], device=s["device"],
                               precision=s["precision"], max_pixels=s["max_pixels"])
-        backend = create_backend(s["backend"], s["device"], s["precision"])
-        self.classifier = Classifier(self.cam.artifact, backend)
+        self.classifier = Classifier(self.cam.artifact, self.cam.backend)
         self.ready = True
         return self.ready
 
