@@ -94,13 +94,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def print_cuts(cuts: list[tuple[str, tuple[int, ...] | str, tuple[str, ...]]],
-               default: str) -> None:
-    """The valid cuts as a table: name, feature shape (or its description), other names; the
-    default marked."""
+def print_cuts(cuts: list[tuple[str, str, tuple[str, ...]]], default: str) -> None:
+    """The valid cuts as a table: name, feature description, other names; the default
+    marked."""
     width = max([40, *(len(name) + 2 for name, _, _ in cuts)])
-    shown = [shape if isinstance(shape, str) else " x ".join(map(str, shape))
-             for _, shape, _ in cuts]
+    shown = [description for _, description, _ in cuts]
     column = max([20, *(len(s) + 1 for s in shown)])
     print(f"{'layer':<{width}} {'feature (C x h x w)':<{column}} also named")
     for (name, _, aliases), shape in zip(cuts, shown, strict=True):

@@ -348,8 +348,8 @@ def add_explain_graphs(folder: Path, manifest: dict[str, Any], top_k: int,
 
     The graph computes the map of ``mask`` (None: the artifact's default, ``onehot`` for
     maps, ``gaussian`` for tokens; σ and strength as :func:`explain_spec` resolves them),
-    scored as that mask is defined. ``folder`` already
-    holds a complete artifact (its manifest written); the check loads it with
+    scored as that mask is defined. ``folder`` holds the artifact's graphs and ``manifest``
+    describes them (written to the folder or not: it is written here); the check loads it with
     :class:`~reciprocam_ir.ReciproCAM` twice, with and without the explain graph, on two
     different seeded inputs, and refuses a graph whose targets or maps differ.
     """

@@ -64,6 +64,14 @@ class TokenLayout:
     ln1: str
 
 
+def feature_description(shape: tuple[int, ...], grid: tuple[int, int] | None) -> str:
+    """A cut's feature as ``--list-layers`` shows it: C x h x w, or T x D tokens with their
+    grid (``grid`` given for token cuts)."""
+    if grid is None:
+        return " x ".join(map(str, shape))
+    return f"{shape[0]} x {shape[1]} tokens ({grid[0]}x{grid[1]} grid)"
+
+
 @dataclass(frozen=True)
 class CutPoint:
     """A valid cut: its name (tensor name for ONNX, node name for IR) and feature (C, h, w),
@@ -77,10 +85,8 @@ class CutPoint:
     @property
     def description(self) -> str:
         """The feature as ``--list-layers`` shows it."""
-        if self.tokens is None:
-            return " x ".join(map(str, self.shape))
-        h, w = self.tokens.grid
-        return f"{self.shape[0]} x {self.shape[1]} tokens ({h}x{w} grid)"
+        return feature_description(self.shape, None if self.tokens is None
+                                   else self.tokens.grid)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ ViT-ReciproCAM masks (:mod:`.token_tail`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 from collections import Counter
@@ -26,7 +27,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
-from .file_cut import token_grid
+from .file_cut import feature_description, token_grid
 
 _ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", F.relu: "relu", torch.relu: "relu",
                 F.relu6: "relu6"}
@@ -93,10 +94,7 @@ class Cut:
     @property
     def description(self) -> str:
         """The feature as ``--list-layers`` shows it: C x h x w, or tokens with their grid."""
-        if self.block is None:
-            return " x ".join(map(str, self.shape))
-        h, w = self.block.grid
-        return f"{self.shape[0]} x {self.shape[1]} tokens ({h}x{w} grid)"
+        return feature_description(self.shape, None if self.block is None else self.block.grid)
 
 
 @dataclass
@@ -336,6 +334,12 @@ class CutGraph:
         reason = self.why_invalid(block.input)
         if reason is not None:
             return reason
+        return self._head_problem
+
+    @functools.cached_property
+    def _head_problem(self) -> str | None:
+        """Why the head after the last block is not explainable, or None: one check serves
+        every block (it runs the head)."""
         from .token_tail import head_problem
 
         return head_problem(self, list(self.blocks.values())[-1])

@@ -21,7 +21,6 @@ from reciprocam_ir.artifact import (
     OUTPUT_NAME,
     POOLED_NAME,
     sha256_file,
-    write_manifest,
 )
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
@@ -214,7 +213,7 @@ def export_graph_file(
                       + (", pre-Softmax" if softmax_removed else ""),
                       **checked},
         }
-        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log,
+        add_explain_graphs(staging, manifest, explain_top_k, log,
                            explain_mask, explain_mask_sigma, explain_mask_strength)
     return out
 

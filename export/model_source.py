@@ -69,12 +69,11 @@ def apply_weights(model: nn.Module, path: str | Path) -> None:
         raise ExportError(f"weights file '{path}' does not match the model: {detail}") from None
 
 
-def _torchvision_preprocessing(weights: Any, size: int | None) -> Preprocessing:
-    """The weights' own ``transforms()`` (resize, crop, interpolation, antialias) as a manifest."""
+def _torchvision_preprocessing(weights: Any) -> Preprocessing:
+    """The weights' own ``transforms()`` (resize, crop, interpolation, antialias) as a manifest;
+    :func:`~export.input_size.at_input_size` scales it to another input size."""
     t = weights.transforms()
     crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
-    if size is not None and size != crop:
-        resize, crop = int(round(size * resize / crop)), size
     return Preprocessing(size=(crop, crop), resize="shorter_side_crop", resize_size=resize,
                          mean=tuple(t.mean), std=tuple(t.std),
                          interpolation=t.interpolation.value, antialias=bool(t.antialias))
@@ -124,7 +123,7 @@ def load_torchvision(name: str, weights: str | None, size: tuple[int, int] | Non
             source = str(Path(choice).resolve())
     labels = list(default.meta.get("categories") or []) or None
     return LoadedModel(model, name, {"model": name, "weights": source},
-                       at_input_size(_torchvision_preprocessing(default, None), size), labels)
+                       at_input_size(_torchvision_preprocessing(default), size), labels)
 
 
 def draw_zero_layers(model: nn.Module) -> None:

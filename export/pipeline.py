@@ -17,19 +17,25 @@ from reciprocam_ir.artifact import (
     MASKS_NAME,
     OUTPUT_NAME,
     POOLED_NAME,
-    write_manifest,
 )
 from reciprocam_ir.messages import first_line
 
 from .errors import ExportError
 from .explain_graph import add_explain_graphs, explain_spec
-from .graph_cut import Cut, CutGraph, Split, TokenBlock
+from .graph_cut import Cut, CutGraph, Split
 from .graph_files import declare_output_shape, onnx_to_ir, write_onnx, write_token_tail_onnx
 from .input_size import InputSize
 from .labels import check_count, read_labels_file
 from .model_source import LoadedModel, load_model
 from .staging import FORMATS, check_destination, staged
-from .token_tail import CLASS_TOKEN, SEQUENCES, class_token_tail, hooked_scores, sequences_tail
+from .token_tail import (
+    CLASS_TOKEN,
+    SEQUENCES,
+    class_token_tail,
+    hooked_scores,
+    sequences_tail,
+    token_weights,
+)
 from .verify import (
     Reference,
     check_graphs,
@@ -86,7 +92,8 @@ def torch_reference(loaded: LoadedModel, split: Split) -> Reference:
             else:
                 masked = check_mask_rows(block.grid)
                 masked_scores = hooked_scores(loaded.model, block, torch.from_numpy(images[:1]),
-                                              _weights(masked, block)).numpy()
+                                              token_weights(torch.from_numpy(masked),
+                                                            block.prefix)).numpy()
     except ExportError:
         raise
     except Exception as exc:  # the model's own errors on the second image
@@ -96,12 +103,6 @@ def torch_reference(loaded: LoadedModel, split: Split) -> Reference:
         hook.remove()
     check_input_dependence(scores, loaded.name)
     return Reference(images, scores, masked, masked_scores, feature)
-
-
-def _weights(rows: np.ndarray, block: TokenBlock) -> torch.Tensor:
-    """(M, T) token weights of mask rows (M, N): the leading tokens keep weight 1."""
-    rows = torch.from_numpy(rows)
-    return torch.cat([torch.ones(len(rows), block.prefix), rows], dim=1)
 
 
 def token_tail(graph: CutGraph, cut: Cut, kind: str | None) -> tuple[str, nn.Module]:
@@ -225,6 +226,6 @@ def export_artifact(
             "graphs": graphs,
             "check": checked,
         }
-        add_explain_graphs(staging, write_manifest(staging, manifest), explain_top_k, log,
+        add_explain_graphs(staging, manifest, explain_top_k, log,
                            explain_mask, explain_mask_sigma, explain_mask_strength)
     return out

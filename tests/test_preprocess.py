@@ -49,7 +49,7 @@ def test_torchvision_weights_recipe_on_photos(photos, weights):
     The old OpenCV path (no antialiasing, rounded long side, floored crop offset, the
     weights' bicubic dropped) was 0.016-0.14 off on average, up to 2.45.
     """
-    p = _torchvision_preprocessing(weights, None)
+    p = _torchvision_preprocessing(weights)
     assert p.interpolation == weights.transforms().interpolation.value
     for name, rgb in photos.items():
         diff = np.abs(p(rgb) - _torchvision(weights.transforms(), rgb))
