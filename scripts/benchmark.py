@@ -299,7 +299,7 @@ def export_model(spec: str, layer: str | None, work: Path, token_tail: str | Non
     'onnx' where OpenVINO is not measured (and need not be installed)."""
     import torch
 
-    from export.graph_files import tracing
+    from export.graph_files import write_onnx
     from export.model_source import load_model
     from export.pipeline import export_artifact
 
@@ -315,12 +315,8 @@ def export_model(spec: str, layer: str | None, work: Path, token_tail: str | Non
     if not whole.is_file():
         log(f"exporting the whole {spec} to {whole.name} (the plain-inference baseline)")
         loaded = load_model(spec, weights, None)
-        x = torch.zeros(1, 3, *loaded.preprocessing.size)
-        with tracing():
-            torch.onnx.export(loaded.model.eval(), (x,), str(whole), dynamo=False,
-                              opset_version=17, input_names=["input"],
-                              output_names=["scores"],
-                              dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}})
+        write_onnx(loaded.model.eval(), torch.zeros(1, 3, *loaded.preprocessing.size), whole,
+                   "input", "scores")
     return artifact, whole
 
 
@@ -355,8 +351,8 @@ def bench_row(spec: str, layer: str | None, backend: str, args: argparse.Namespa
     formats = "both" if "openvino" in args.backend else "onnx"
     artifact, whole = export_model(spec, layer, work, token_tail, formats)
     precision = args.precision if backend == "openvino" else "auto"
-    naive = None
-    if check and token_tail_of(artifact) == "class_token":
+    tail, naive = token_tail_of(artifact), None
+    if check and tail == "class_token":
         naive = str(export_model(spec, layer, work, "sequences", formats)[0])
     task = {"kind": "bench", "artifact": str(artifact), "whole": str(whole),
             "window_artifact": str(window_artifact(artifact)) if throughput else None,
@@ -367,7 +363,7 @@ def bench_row(spec: str, layer: str | None, backend: str, args: argparse.Namespa
         f"x{repeats}")
     row = {"model": spec.split(":")[-1], "backend": backend, "device": args.device,
            "precision": precision, "batch_size": args.batch_size, "artifact": str(artifact),
-           "tail": token_tail_of(artifact), **run_worker(task)}
+           "tail": tail, **run_worker(task)}
     if first:
         cache = Path(tempfile.mkdtemp(prefix=f"cache-{row['model']}-{backend}-", dir=work))
         log(f"{spec} on {backend}: time to first explanation (empty cache, then filled)")

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from reciprocam_ir.paths import AffineRows
-from toy_models import tiny_mlp_head
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "benchmark.py"
@@ -104,11 +103,8 @@ def test_affine_rows_equal_separate_graphs(quick_run, backend_name):
 
 
 @pytest.fixture(scope="module")
-def mlp_head_artifact(tmp_path_factory) -> Path:
-    from export.pipeline import export_artifact
-
-    return export_artifact(tiny_mlp_head(), layer="body", fmt="both",
-                           out=tmp_path_factory.mktemp("mlp") / "mlp")
+def mlp_head_artifact(export_once) -> Path:
+    return export_once("toy_models:tiny_mlp_head", fmt="both")  # cut at "body", the default
 
 
 @pytest.mark.parametrize("backend_name", ["openvino", "onnxruntime"])

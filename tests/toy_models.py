@@ -218,10 +218,6 @@ def tiny_vit(num_layers: int = 2) -> nn.Module:
     return model.eval()
 
 
-def tiny_vit_3() -> nn.Module:
-    return tiny_vit(num_layers=3)
-
-
 def tiny_vit_affine() -> nn.Module:
     """tiny_vit with non-trivial LayerNorm scales and shifts and attention biases (torch
     initialises them to 1 and 0), so masking a LayerNorm's output differs from its input."""
