@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from . import dataset_cli
 from .artifact import atomic_write_bytes, sha256_file
-from .backends import BackendError, add_engine_arguments
+from .backends import add_engine_arguments
 from .explainer import ReciproCAM
 from .explanation import slug
 from .masking import (
@@ -233,21 +233,15 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
                 except ImageError as exc:
                     failures.append((str(path), str(exc).removeprefix(f"{path}: ")))
                     bar.update(1)
-            groups = [loaded] if loaded else []
-            while groups:
-                group = groups.pop(0)
-                try:
-                    exp = cam.explain([rgb for rgb, _ in group], targets, top_k,
-                                      names=[str(path) for _, path in group])
-                except (FloatingPointError, BackendError, RuntimeError) as exc:
-                    if len(group) > 1:
-                        groups[:0] = [[item] for item in group]
-                        continue
-                    name = str(group[0][1])
-                    failures.append((name, str(exc).removeprefix(f"{name}: ")))
+            batch = [path for _, path in loaded]
+            for group, exp in cam.explain_isolating([rgb for rgb, _ in loaded], targets, top_k,
+                                                    [str(path) for path in batch]):
+                if isinstance(exp, Exception):
+                    name = str(batch[group[0]])
+                    failures.append((name, str(exp).removeprefix(f"{name}: ")))
                     bar.update(1)
                     continue
-                for i, (_, path) in enumerate(group):
+                for i, path in enumerate(batch[k] for k in group):
                     files = exp.save_one(i, out, save_npz=args.save_npz)
                     record = {**exp.summary(i), "files": [str(f) for f in files]}
                     done_record(out, exp.stem(i)).parent.mkdir(exist_ok=True)

@@ -143,20 +143,16 @@ class ExplainBatch:
 
     def _explain(self, images: list[tuple[int, np.ndarray]], rows: list[dict]) -> None:
         """Explain the decoded images together; a batch that fails is retried one by one."""
-        groups = [images] if images else []
-        while groups:
-            group = groups.pop(0)
-            names = [overlay_stem(rows[i]["path"]) for i, _ in group]
-            try:
-                exp = self.cam.explain([rgb for _, rgb in group], self.options.targets,
-                                       self.options.top_k, names=names)
-            except (FloatingPointError, BackendError, RuntimeError, ValueError) as exc:
-                if len(group) > 1:
-                    groups[:0] = [[item] for item in group]
-                    continue
-                rows[group[0][0]]["error"] = first_line(exc).removeprefix(f"{names[0]}: ")
+        indices = [i for i, _ in images]
+        names = [overlay_stem(rows[i]["path"]) for i in indices]
+        for group, exp in self.cam.explain_isolating(
+                [rgb for _, rgb in images], self.options.targets, self.options.top_k, names,
+                errors=(FloatingPointError, BackendError, RuntimeError, ValueError)):
+            if isinstance(exp, Exception):
+                rows[indices[group[0]]]["error"] = first_line(exp).removeprefix(
+                    f"{names[group[0]]}: ")
                 continue
-            for j, (i, _) in enumerate(group):
+            for j, i in enumerate(indices[k] for k in group):
                 targets = exp.targets[j].astype(np.int64)
                 rows[i].update(
                     targets=targets,

@@ -472,6 +472,34 @@ class ReciproCAM:
         return self._explanation(results, names, rgbs,
                                  [self.preprocessing.crop_box(*rgb.shape[:2]) for rgb in rgbs])
 
+    def explain_isolating(
+        self,
+        images: Sequence[np.ndarray],
+        targets: Targets,
+        top_k: int,
+        names: Sequence[str],
+        errors: tuple[type[Exception], ...] = (FloatingPointError, BackendError, RuntimeError),
+    ) -> Iterator[tuple[list[int], Explanation | Exception]]:
+        """Explain ``images`` as one batch; when the batch raises one of ``errors``, each image
+        alone, so that one bad image (NaN scores, an engine error) costs only itself.
+
+        Yields (indices into ``images``, their Explanation) for each group explained, and
+        ([index], the exception) for each image that failed on its own.
+        """
+        groups = [list(range(len(images)))] if len(images) else []
+        while groups:
+            group = groups.pop(0)
+            try:
+                exp = self.explain([images[i] for i in group], targets, top_k,
+                                   names=[names[i] for i in group])
+            except errors as exc:
+                if len(group) > 1:
+                    groups[:0] = [[i] for i in group]
+                else:
+                    yield group, exc
+                continue
+            yield group, exp
+
     def explain_tensor(self, inputs: np.ndarray, targets: Targets = None,
                        top_k: int = 1) -> Explanation:
         """Explain inputs already preprocessed the deployment's own way.

@@ -282,3 +282,19 @@ def test_the_fused_pooling_matrix_counts_against_the_budget(graph_artifacts, ima
     assert exp.saliency.shape == (1, 2, 64, 64)
     np.testing.assert_array_equal(exp.targets, reference.targets)
     np.testing.assert_allclose(exp.saliency, reference.saliency, atol=1e-5)
+
+
+def test_explain_isolating_retries_a_failed_batch_image_by_image(export_once):
+    """One image with NaN scores fails alone; its batch neighbours are explained as when
+    explained on their own."""
+    folder = export_once("toy_models:bright_nan", fmt="onnx")
+    cam = ReciproCAM(folder, backend="onnxruntime")
+    dark = [np.full((32, 32, 3), v, np.uint8) for v in (0, 20)]
+    images = [dark[0], np.full((32, 32, 3), 255, np.uint8), dark[1]]
+    results = list(cam.explain_isolating(images, None, 1, ["a", "b", "c"]))
+    assert [group for group, _ in results] == [[0], [1], [2]]
+    assert isinstance(results[1][1], FloatingPointError)
+    for (_, exp), image in zip([results[0], results[2]], dark, strict=True):
+        np.testing.assert_allclose(exp.saliency, cam.explain(image).saliency, atol=1e-6)
+    assert [g for g, _ in cam.explain_isolating(dark, None, 1, ["a", "c"])] == [[0, 1]]
+    assert list(cam.explain_isolating([], None, 1, [])) == []
