@@ -217,9 +217,9 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
         print(f"reciprocam: {len(skipped)} images already explained in {out}, skipped "
               "(--overwrite to redo)", file=sys.stderr)
         if args.json:
-            for path, record in skipped:
-                print(json.dumps({"path": str(path), "top": record.get("top"),
-                                  "explained": record.get("explained"),
+            for path, record in skipped:  # as when explained: the summary, full file paths
+                print(json.dumps({**{k: v for k, v in record.items() if k != "key"},
+                                  "path": str(path),
                                   "files": [str(out / n) for n in record["files"]]}),
                       flush=True)
     progress["total"] = len(todo)

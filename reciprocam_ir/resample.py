@@ -14,9 +14,9 @@ import numpy as np
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 FEW_TAPS = 8
+"""Up to this many taps an output is a weighted sum of gathered rows; beyond, block products."""
 SMALL_PRODUCT = 1 << 18
 """Multiply-adds of one matrix product; OpenBLAS multithreads only above 4 × 65536."""
-"""Up to this many taps an output is a weighted sum of gathered rows; beyond, block products."""
 
 
 def _triangle(x: np.ndarray) -> np.ndarray:
