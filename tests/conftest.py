@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +64,20 @@ def default_sigint() -> None:
     then never raises KeyboardInterrupt; a test suite started with ``&`` would see every
     Ctrl-C lost."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interrupt_when(cmd: list[str], ready: Callable[[subprocess.Popen], bool],
+                   wait_s: float = 120, poll_s: float = 0.05, **popen) -> tuple[int, str]:
+    """Run ``cmd`` and press Ctrl-C once (SIGINT) as soon as ``ready(process)`` holds, the
+    process has ended or ``wait_s`` have passed; its exit code and standard error."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
+                            **popen)
+    deadline = time.monotonic() + wait_s
+    while proc.poll() is None and time.monotonic() < deadline and not ready(proc):
+        time.sleep(poll_s)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
 
 
 def subprocess_env() -> dict[str, str]:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -18,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from conftest import default_sigint, import_blocker, subprocess_env
+from conftest import import_blocker, interrupt_when, subprocess_env
 from reciprocam_ir import ReciproCAM, cli
 from reciprocam_ir.dataset import SCHEMA, DatasetError, explain_dataset, list_sources
 
@@ -222,16 +220,10 @@ def test_an_interrupted_run_resumes_to_the_full_set(capsys, ray_session, resnet1
     out = tmp_path / "out"
     args = [str(resnet18_dir), str(tmp_path / "images"), "--out", str(out), "--precision",
             "f32", "--rows-per-file", "2", "--batch-size", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "reciprocam_ir.cli", "explain-dataset",
-                             *args], stderr=subprocess.PIPE, text=True, env=subprocess_env(),
-                            preexec_fn=default_sigint)
-    deadline = time.monotonic() + 240
-    while not list(out.glob("*.parquet")) and proc.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    code, err = interrupt_when([sys.executable, "-m", "reciprocam_ir.cli", "explain-dataset",
+                                *args], lambda _: bool(list(out.glob("*.parquet"))),
+                               wait_s=240, env=subprocess_env())
+    assert code == 130, err[-2000:]
     assert "interrupted" in err and "re-run to finish" in err
     partial = read_rows(out)
     assert 0 < len(partial) < 40

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import threading
-import time
 
 import cv2
 import numpy as np
@@ -16,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import BIN, default_sigint
+from conftest import BIN, interrupt_when
 from reciprocam_ir import ReciproCAM
 from reciprocam_ir.artifact import ArtifactError, validate_manifest
 from reciprocam_ir.preprocess import ImageError, read_image
@@ -131,17 +129,11 @@ def test_interrupted_folder_run_keeps_complete_outputs_and_resumes(resnet18_dir,
     out = tmp_path / "out"
     cmd = [str(BIN / "reciprocam"), "explain", str(resnet18_dir), str(images), "--out",
            str(out), "--batch-size", "1", "--backend", "onnxruntime"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / ".reciprocam").glob("*.json"))
-                                         if (out / ".reciprocam").is_dir() else []) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
+    code, err = interrupt_when(cmd, lambda _: len(list((out / ".reciprocam").glob("*.json")))
+                               >= 3, stdout=subprocess.PIPE)
+    if code == 0:
         pytest.skip("the run finished before the interrupt arrived")
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
     pngs = sorted(out.glob("*.png"))
     assert 3 <= len(pngs) < 80
@@ -204,24 +196,18 @@ def test_ctrl_c_during_start_up_is_one_line(resnet18_dir, tmp_path, photos):
 
     image, out = tmp_path / "cat.png", tmp_path / "out"
     cv2.imwrite(str(image), photos["chelsea"])
-    proc = subprocess.Popen([str(BIN / "reciprocam"), "explain", str(resnet18_dir), str(image),
-                             "--out", str(out), "--backend", "openvino"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
-    maps = Path(f"/proc/{proc.pid}/maps")
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
+    def plugin_mapped(proc: subprocess.Popen) -> bool:
         try:
-            if "libopenvino_intel_cpu_plugin" in maps.read_text():
-                break
-        except OSError:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
+            return "libopenvino_intel_cpu_plugin" in Path(f"/proc/{proc.pid}/maps").read_text()
+        except OSError:  # the process is gone
+            return True
+
+    code, err = interrupt_when([str(BIN / "reciprocam"), "explain", str(resnet18_dir),
+                                str(image), "--out", str(out), "--backend", "openvino"],
+                               plugin_mapped, poll_s=0.005, stdout=subprocess.PIPE)
+    if code == 0:
         pytest.skip("start-up finished before the interrupt arrived")
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert err.strip().splitlines() == [
         "reciprocam: interrupted during start-up; no image was explained"], err
     assert not out.exists()
