@@ -14,12 +14,9 @@ import numpy as np
 
 from reciprocam_ir import __version__
 from reciprocam_ir.artifact import (
-    FEATURE_NAME,
     FORMAT_VERSION,
     INPUT_NAME,
-    MASKS_NAME,
     OUTPUT_NAME,
-    POOLED_NAME,
     sha256_file,
 )
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -27,9 +24,10 @@ from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .errors import ExportError
 from .explain_graph import add_explain_graphs, explain_spec
 from .file_cut import is_graph_file
-from .graph_files import declare_output_shape, onnx_to_ir
+from .graph_files import declare_output_shape, declared_outputs, write_ir
 from .input_size import InputSize
 from .labels import graph_labels, read_labels_file
+from .manifest_entries import feature_entry, graphs_entry, tail_entries
 from .staging import FORMATS, check_destination, staged
 from .verify import (
     Reference,
@@ -155,18 +153,12 @@ def export_graph_file(
         files = graph.write(cut, staging, keep_softmax)
         errors = {}
         if kind == "onnx":
-            declared = {"f": cut.shape, "g": (num_classes,), "g_pooled": (num_classes,)}
-            if cut.tokens is not None:
-                declared["g"] = (MASKS_NAME, num_classes)
+            declared = declared_outputs(cut.shape, num_classes, cut.tokens is not None)
             for role, onnx_path in files.items():
                 declare_output_shape(onnx_path, declared[role])
             errors["onnxruntime"] = check("onnxruntime", files, ref, source)
             if fmt in ("ir", "both"):
-                ir_files = {}
-                for role, onnx_path in files.items():
-                    log(f"writing {role}.xml")
-                    ir_files[role] = staging / f"{role}.xml"
-                    onnx_to_ir(onnx_path, ir_files[role], source)
+                ir_files = write_ir(files, staging, source, log)
                 # OpenVINO's own run of the original graph, converted as f and g were:
                 # INT8 kernels differ between runtimes and conversion paths
                 from .ir_cut import IrGraph
@@ -182,9 +174,6 @@ def export_graph_file(
         else:
             errors["openvino"] = check("openvino", files, ref, source)
         checked = judge(errors, ref, source, log, cut.name)
-        graphs = {role: {**({"onnx": f"{role}.onnx"} if fmt != "ir" else {}),
-                         **({"ir": f"{role}.xml"} if fmt != "onnx" else {})} for role in files}
-        pooled = "g_pooled" in files
         layout = cut.tokens
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -197,18 +186,14 @@ def export_graph_file(
             "target_layer": cut.name,
             "input": {"name": INPUT_NAME, "source_name": graph.input.name,
                       **preprocessing.to_dict()},
-            "feature": {"name": FEATURE_NAME, "shape": list(cut.shape)} if layout is None else {
-                "name": FEATURE_NAME, "kind": "tokens", "shape": list(cut.shape),
-                "grid": list(layout.grid), "prefix_tokens": layout.prefix},
+            "feature": feature_entry(cut.shape, layout),
             "output": {"name": OUTPUT_NAME, "num_classes": num_classes,
                        "logits": not (graph.softmax_input is not None and keep_softmax),
                        "softmax_removed": softmax_removed},
             "labels": names,
-            "g_starts_with_gap": pooled,
-            "pooled": {"name": POOLED_NAME, "shape": [cut.shape[0]]} if pooled else None,
-            **({"token_tail": {"kind": "sequences", "masks_name": MASKS_NAME}}
-               if layout is not None else {}),
-            "graphs": graphs,
+            **tail_entries(cut.shape, "g_pooled" in files,
+                           "sequences" if layout is not None else None),
+            "graphs": graphs_entry(files, fmt),
             "check": {"reference": "the original graph run by the same runtime"
                       + (", pre-Softmax" if softmax_removed else ""),
                       **checked},

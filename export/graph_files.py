@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,6 +78,28 @@ def onnx_to_ir(onnx_path: Path, xml_path: Path, source: str) -> None:
     except Exception as exc:  # OpenVINO's frontends raise several kinds
         raise ExportError(f"{source}: OpenVINO cannot convert {onnx_path.name} "
                           f"({first_line(exc)}); try --format onnx") from None
+
+
+def declared_outputs(feature_shape: Sequence[int], num_classes: int, tokens: bool
+                     ) -> dict[str, tuple[int | str, ...]]:
+    """Each role's output shape after the batch axis, as :func:`declare_output_shape` writes
+    it: f the feature, g the classes (per mask row for a token tail), g_pooled the classes."""
+    from reciprocam_ir.artifact import MASKS_NAME
+
+    return {"f": tuple(feature_shape),
+            "g": (MASKS_NAME, num_classes) if tokens else (num_classes,),
+            "g_pooled": (num_classes,)}
+
+
+def write_ir(onnx_files: dict[str, Path], folder: Path, source: str,
+             log: Callable[[str], None]) -> dict[str, Path]:
+    """``role.xml`` in ``folder`` for each ONNX graph of ``onnx_files`` (role → path)."""
+    ir_files = {}
+    for role, path in onnx_files.items():
+        log(f"writing {role}.xml")
+        ir_files[role] = folder / f"{role}.xml"
+        onnx_to_ir(path, ir_files[role], source)
+    return ir_files
 
 
 def declare_output_shape(path: Path, dims: Sequence[int | str]) -> None:

@@ -14,7 +14,6 @@ from reciprocam_ir.artifact import (
     FEATURE_NAME,
     FORMAT_VERSION,
     INPUT_NAME,
-    MASKS_NAME,
     OUTPUT_NAME,
     POOLED_NAME,
 )
@@ -23,9 +22,16 @@ from reciprocam_ir.messages import first_line
 from .errors import ExportError
 from .explain_graph import add_explain_graphs, explain_spec
 from .graph_cut import Cut, CutGraph, Split
-from .graph_files import declare_output_shape, onnx_to_ir, write_onnx, write_token_tail_onnx
+from .graph_files import (
+    declare_output_shape,
+    declared_outputs,
+    write_ir,
+    write_onnx,
+    write_token_tail_onnx,
+)
 from .input_size import InputSize
 from .labels import check_count, read_labels_file
+from .manifest_entries import feature_entry, graphs_entry, tail_entries
 from .model_source import LoadedModel, load_model
 from .staging import FORMATS, check_destination, staged
 from .token_tail import (
@@ -173,9 +179,7 @@ def export_artifact(
     with torch.no_grad():
         feature = split.f(example)
     check = check_graphs if block is None else check_token_graphs
-    declared = {"f": cut.shape, "g": (graph.num_classes,), "g_pooled": (graph.num_classes,)}
-    if block is not None:
-        declared["g"] = (MASKS_NAME, graph.num_classes)
+    declared = declared_outputs(cut.shape, graph.num_classes, block is not None)
 
     with staged(out) as staging:
         modules = {"f": (split.f, example, INPUT_NAME, FEATURE_NAME),
@@ -193,19 +197,13 @@ def export_artifact(
                 write_onnx(module, inp, onnx_files[role], in_name, out_name)
             declare_output_shape(onnx_files[role], declared[role])
         errors = {"onnxruntime": check("onnxruntime", onnx_files, ref, loaded.name)}
-        ir_files = {}
         if fmt in ("ir", "both"):
-            for role, path in onnx_files.items():
-                log(f"writing {role}.xml")
-                ir_files[role] = staging / f"{role}.xml"
-                onnx_to_ir(path, ir_files[role], loaded.source["model"])
+            ir_files = write_ir(onnx_files, staging, loaded.source["model"], log)
             errors["openvino"] = check("openvino", ir_files, ref, loaded.name)
         if fmt == "ir":
             for path in onnx_files.values():
                 path.unlink()
         checked = judge(errors, ref, loaded.name, log, cut.name)
-        graphs = {role: {**({"onnx": f"{role}.onnx"} if fmt != "ir" else {}),
-                         **({"ir": f"{role}.xml"} if ir_files else {})} for role in modules}
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": loaded.name,
@@ -213,17 +211,12 @@ def export_artifact(
                        "torch": torch.__version__},
             "target_layer": cut.name,
             "input": {"name": INPUT_NAME, **loaded.preprocessing.to_dict()},
-            "feature": {"name": FEATURE_NAME, "shape": list(cut.shape)} if block is None else {
-                "name": FEATURE_NAME, "kind": "tokens", "shape": list(cut.shape),
-                "grid": list(block.grid), "prefix_tokens": block.prefix},
+            "feature": feature_entry(cut.shape, block),
             "output": {"name": OUTPUT_NAME, "num_classes": graph.num_classes, "logits": True},
             "labels": names,
-            "g_starts_with_gap": split.g_pooled is not None,
-            "pooled": {"name": POOLED_NAME, "shape": [cut.shape[0]]}
-            if split.g_pooled is not None else None,
-            **({"token_tail": {"kind": tail_kind, "masks_name": MASKS_NAME}}
-               if block is not None else {}),
-            "graphs": graphs,
+            **tail_entries(cut.shape, split.g_pooled is not None,
+                           tail_kind if block is not None else None),
+            "graphs": graphs_entry(modules, fmt),
             "check": checked,
         }
         add_explain_graphs(staging, manifest, explain_top_k, log,
