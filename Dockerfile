@@ -9,9 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/reciprocam
+# The serve subset of the tested lock (requirements/serve.txt, made by scripts/lock.sh): the
+# image built next month has the versions tested today.
+COPY requirements/serve.txt ./requirements/
+RUN pip install --require-hashes --no-deps -r requirements/serve.txt
 COPY pyproject.toml setup.cfg README.md ./
 COPY reciprocam_ir ./reciprocam_ir
-RUN pip install ".[serve]" \
+RUN pip install --no-deps . \
     && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
     && useradd --uid 1000 --no-create-home --shell /usr/sbin/nologin reciprocam
 

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import warnings
 from typing import Any
 
 import numpy as np
+from fastapi.exceptions import FastAPIDeprecationWarning
 from kserve import Model
 from kserve.errors import InferenceError, InvalidInput
+from kserve.logging import KSERVE_LOGGER_NAME, configure_logging
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from ..artifact import Artifact
@@ -19,6 +24,14 @@ from ..messages import first_line
 from ..preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from . import payload
 from .payload import ImageRequest
+
+# KServe's routes use FastAPI's deprecated ORJSONResponse: the warning, on every request, is
+# KServe's to fix, not the user's; this code uses FastAPI only through KServe. Here, not in
+# server.py: the --workers children import this module too.
+warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
+
+logger = logging.getLogger(f"{KSERVE_LOGGER_NAME}.reciprocam_ir")
+"""Under KServe's logger, so that its records share the server log's handler and format."""
 
 PREDICT_TOP_K = 5
 """Classes per image that ``:predict`` returns unless ``parameters.top_k`` says otherwise."""
@@ -79,12 +92,16 @@ class ExplainerModel(Model):
                               precision=s["precision"], max_pixels=s["max_pixels"])
         self.classifier = Classifier(self.cam.artifact, self.cam.backend)
         self.ready = True
+        logger.info("model %s ready in process %d: %s on %s", self.name, os.getpid(),
+                    self.cam.artifact.folder, self.cam.backend)
         return self.ready
 
     def __getstate__(self) -> dict[str, Any]:
         return {"settings": self.settings, "latency_logging": self.enable_latency_logging}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if not logging.getLogger(KSERVE_LOGGER_NAME).handlers:  # a --workers child
+            configure_logging()
         self.__init__(**state["settings"])
         self.enable_latency_logging = state["latency_logging"]
         self.load()

@@ -12,6 +12,7 @@ import socket
 import sys
 
 from kserve import ModelServer
+from kserve.logging import configure_logging
 
 from ..artifact import Artifact, ArtifactError
 from ..backends import BackendError
@@ -78,6 +79,7 @@ def load_models(args: argparse.Namespace) -> list[ExplainerModel]:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until stopped (SIGINT or SIGTERM); exit code 2 with one line if it cannot start."""
+    configure_logging()  # KServe's handlers and format, before the models log their start-up
     try:
         models = load_models(args)
     except (ArtifactError, BackendError, StartupError, ValueError, MemoryError) as exc:
