@@ -13,8 +13,7 @@ fi
 # uv installs the lock; it comes from the lock too (its pin and hashes), through pip.
 uv_pin=$(grep -m1 '^uv==' "$LOCK" | cut -d' ' -f1)
 if [ "$(.venv/bin/uv --version 2>/dev/null | cut -d' ' -f2)" != "${uv_pin#uv==}" ]; then
-  awk '/^uv==/ {p = 1} p && !/^ *(uv==|--hash)/ {exit} p' "$LOCK" \
-    | sed 's/ *\\$//' > .venv/uv-requirement.txt
+  awk '/^uv==/ {p = 1} p && !/^ *(uv==|--hash)/ {exit} p' "$LOCK" > .venv/uv-requirement.txt
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
     --no-deps -r .venv/uv-requirement.txt
 fi
