@@ -15,7 +15,7 @@ uv_pin=$(grep -m1 '^uv==' "$LOCK" | cut -d' ' -f1)
 if [ "$(.venv/bin/uv --version 2>/dev/null | cut -d' ' -f2)" != "${uv_pin#uv==}" ]; then
   awk '/^uv==/ {p = 1} p && !/^ *(uv==|--hash)/ {exit} p' "$LOCK" > .venv/uv-requirement.txt
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
-    --no-deps -r .venv/uv-requirement.txt
+    --no-deps -r .venv/uv-requirement.txt 2> >(grep -v "^WARNING: Location" >&2)
 fi
 source scripts/uv_env.sh
 "$UV" pip sync --quiet --python .venv/bin/python --require-hashes "$LOCK"
