@@ -25,6 +25,11 @@ from .masking import (
 )
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError
 from .saliency import SCORE_KINDS
+from .serving.budget import (
+    DEFAULT_DECODE_THREADS,
+    DEFAULT_PROCESS_PIXELS,
+    DEFAULT_REQUEST_PIXELS,
+)
 from .targets import DEFAULT_MAX_TARGETS
 
 
@@ -32,7 +37,8 @@ def add_mask_arguments(p: argparse.ArgumentParser) -> None:
     """The map's options, shared by ``explain`` and ``serve`` (unset: the artifact's own)."""
     p.add_argument("--scores", choices=SCORE_KINDS, default=None,
                    help="score each masked map by raw logits or softmax probabilities "
-                        "(default: the mask's own: softmax for window, logits otherwise)")
+                        "(default: with --mask, the mask's own: softmax for window, logits "
+                        "otherwise; without, the artifact's)")
     p.add_argument("--mask", choices=MASK_KINDS, default=None,
                    help="default: the artifact's own map (the mask, sigma, strength and scores "
                         "its explain graph was exported with). onehot: keep one position "
@@ -89,6 +95,9 @@ def parser() -> argparse.ArgumentParser:
                    help="artifact folders written by reciprocam-export")
     s.add_argument("--name", action="append", default=None,
                    help="model name in the URLs, once per artifact (default: the manifest's)")
+    s.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="interface HTTP and gRPC listen on (default: %(default)s, this machine "
+                        "only; 0.0.0.0: every interface, as in a container)")
     s.add_argument("--http-port", type=int, default=8080, metavar="PORT",
                    help="v1 and v2 REST, health, /metrics (default: 8080)")
     s.add_argument("--grpc-port", type=int, default=8081, metavar="PORT",
@@ -98,6 +107,16 @@ def parser() -> argparse.ArgumentParser:
                    help="HTTP server processes, each with its own compiled model")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="refuse larger images (default: %(default)s)")
+    s.add_argument("--request-pixels", type=int, default=DEFAULT_REQUEST_PIXELS, metavar="N",
+                   help="refuse a request whose images have more pixels together "
+                        "(default: %(default)s)")
+    s.add_argument("--process-pixels", type=int, default=DEFAULT_PROCESS_PIXELS, metavar="N",
+                   help="pixels the requests in flight in one process may hold together; "
+                        "beyond, a request is refused with 429 (default: %(default)s)")
+    s.add_argument("--decode-threads", type=int, default=DEFAULT_DECODE_THREADS, metavar="N",
+                   help="images decoded at once per process (default: %(default)s)")
+    add_mask_arguments(s)
+    add_max_targets_argument(s)
     dataset_cli.add_parser(sub)
     return p
 
