@@ -17,5 +17,5 @@ RUN pip install ".[serve]" \
 
 USER 1000
 EXPOSE 8080 8081
-ENTRYPOINT ["reciprocam", "serve"]
+ENTRYPOINT ["reciprocam", "serve", "--host", "0.0.0.0"]
 CMD ["/mnt/models"]

@@ -174,6 +174,15 @@ class ExplainerModel(Model):
                                f"than the {self.request_pixels}-pixel limit of one request")
         return total
 
+    def _decode(self, encoded: list[bytes]) -> list[np.ndarray]:
+        images = []
+        for i, data in enumerate(encoded):
+            try:
+                images.append(decode_image(data, self.max_pixels))
+            except ImageError as exc:
+                raise InvalidInput(f"image {i}: {first_line(exc)}") from None
+        return images
+
     async def predict(self, request: ImageRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None
                       ) -> dict | InferResponse:
