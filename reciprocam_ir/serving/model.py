@@ -18,7 +18,7 @@ from ..explanation import Explanation
 from ..image_header import read_header
 from ..image_reader import check_header
 from ..messages import first_line
-from ..preprocess import DEFAULT_MAX_PIXELS, ImageError
+from ..preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from ..targets import DEFAULT_MAX_TARGETS
 from . import payload
 from .budget import (
