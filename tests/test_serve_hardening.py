@@ -325,8 +325,9 @@ def test_v2_binary_output_parameter_is_known(server, photo):
 def test_listens_on_loopback_only_by_default(server):
     import psutil
 
-    listening = {(c.laddr.ip.removeprefix("::ffff:"), c.laddr.port) for c in psutil.Process(server.process.pid)
-                 .connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    sockets = psutil.Process(server.process.pid).connections(kind="inet")
+    listening = {(c.laddr.ip.removeprefix("::ffff:"), c.laddr.port) for c in sockets
+                 if c.status == psutil.CONN_LISTEN}
     ours = {(ip, port) for ip, port in listening if port in (server.http, server.grpc)}
     assert ours == {("127.0.0.1", server.http), ("127.0.0.1", server.grpc)}, listening
 
