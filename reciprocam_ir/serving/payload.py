@@ -3,8 +3,10 @@
 v1 (``:predict``, ``:explain``): ``{"instances": [{"image_bytes": {"b64": ...}}, ...],
 "parameters": {"top_k": K} | {"targets": [c, ...]}}``. v2 (``/v2/models/NAME/infer``): one
 BYTES input ``image`` of base64 strings, shape [B] or [B, 1]; request parameters ``top_k``
-(int) or ``targets`` (an int, ``"all"`` or ``"c1,c2,..."``: v2 parameters are scalars).
-Every refusal is a :class:`kserve.errors.InvalidInput` (HTTP 400) with one line.
+(int) or ``targets`` (an int, ``"all"`` or ``"c1,c2,..."`` in ASCII digits: v2 parameters
+are scalars), and the binary extension's ``binary_data_output``; requested ``outputs`` pick
+the tensors answered. Unknown parameters and outputs are refused on both protocols. Every
+refusal is a :class:`kserve.errors.InvalidInput` (HTTP 400) with one line.
 """
 
 from __future__ import annotations
