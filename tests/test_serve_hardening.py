@@ -371,6 +371,7 @@ def explain_graph_answer(folder: Path, rgb: np.ndarray, cam: ReciproCAM) -> list
 
 
 def test_window_artifact_means_its_own_map_everywhere(export_once, tmp_path, capsys):
+    """API, CLI, dataset actor and server give the explain graph's map by default."""
     from reciprocam_ir import cli
 
     folder = export_once("toy_models:tiny_gap", fmt="both", explain_mask="window",
@@ -394,6 +395,16 @@ def test_window_artifact_means_its_own_map_everywhere(export_once, tmp_path, cap
     capsys.readouterr()
     np.testing.assert_allclose(np.load(tmp_path / "out" / "a.npz")["saliency"], saliency[0],
                                atol=1e-3)
+
+    import pyarrow as pa
+
+    from reciprocam_ir.dataset import ExplainBatch, ExplainOptions
+
+    rows = ExplainBatch(ExplainOptions(str(folder), top_k=2, precision="f32"))(
+        pa.table({"path": [str(path)]}))
+    assert rows.column("error")[0].as_py() is None
+    np.testing.assert_allclose(np.reshape(rows.column("saliency")[0].as_py(), saliency[0].shape),
+                               saliency[0], atol=1e-3)
 
     srv = Server(folder, tmp_path / "server.log", "--name", "toy")
     try:
