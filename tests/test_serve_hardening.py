@@ -294,6 +294,22 @@ def test_requested_outputs_over_grpc_and_rest(server, photo):
     assert status == 200 and sorted(outputs_of(body)) == ["saliency", "scores"]
 
 
+def test_grpc_raw_contents_take_image_bytes(server, cam, photo):
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    tensor = pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc}") as channel:
+        response = GRPCInferenceServiceStub(channel).ModelInfer(pb.ModelInferRequest(
+            model_name="resnet18", inputs=[tensor],
+            raw_input_contents=[struct.pack("<I", len(photo)) + photo]), timeout=120)
+    raw = dict(zip([o.name for o in response.outputs], response.raw_output_contents,
+                   strict=True))
+    np.testing.assert_allclose(np.frombuffer(raw["saliency"], np.float32).reshape(1, 1, 7, 7),
+                               cam.explain(decode_image(photo)).saliency, rtol=TOL, atol=TOL)
+
+
 # item 11: strict v2 parameters
 
 

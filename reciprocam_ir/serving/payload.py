@@ -84,6 +84,20 @@ def decode_base64(text: Any, where: str) -> bytes:
     return data
 
 
+def element_bytes(item: Any, where: str) -> bytes:
+    """One v2 BYTES element: base64 text, or, where it comes as bytes (gRPC contents and
+    ``raw_input_contents``), the image file itself when it is not base64 (the decoder then
+    judges it)."""
+    if isinstance(item, bytes):
+        try:
+            return decode_base64(item, where)
+        except InvalidInput:
+            if item:
+                return item
+            raise
+    return decode_base64(item, where)
+
+
 def v1_request(body: Any) -> ImageRequest:
     """``{"instances": [...], "parameters": {...}}`` → an :class:`ImageRequest`.
 
@@ -135,7 +149,7 @@ def v2_request(request: InferRequest) -> ImageRequest:
     except (ValueError, TypeError):
         raise InvalidInput(f"input {IMAGE_INPUT!r}: data does not match its shape {shape}") \
             from None
-    encoded = [decode_base64(item, f"image {i}") for i, item in enumerate(data)]
+    encoded = [element_bytes(item, f"image {i}") for i, item in enumerate(data)]
     parameters = to_http_parameters(request.parameters) if request.parameters else {}
     unknown = sorted(set(parameters) - set(V2_PARAMETERS))
     if unknown:
