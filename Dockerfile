@@ -21,5 +21,5 @@ RUN pip install --no-deps . \
 
 USER 1000
 EXPOSE 8080 8081
-ENTRYPOINT ["reciprocam", "serve"]
+ENTRYPOINT ["reciprocam", "serve", "--host", "0.0.0.0"]
 CMD ["/mnt/models"]

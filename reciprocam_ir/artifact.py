@@ -403,8 +403,13 @@ class Artifact:
 
     @property
     def default_mask(self) -> str:
-        """The mask a request gets unless it names one: the authors' 3×3 Gaussian for tokens
-        (ViT-ReciproCAM), ``masking.DEFAULT_MASK`` (Eq. 5's one-hot) for maps."""
+        """The mask a request gets unless it names one: the explain graph's (one artifact,
+        one explanation, wherever it runs); for an artifact without one, the authors' 3×3
+        Gaussian for tokens (ViT-ReciproCAM), ``masking.DEFAULT_MASK`` (Eq. 5's one-hot) for
+        maps."""
+        explain = self.explain
+        if explain is not None:
+            return explain["mask"]
         return "gaussian" if self.tokens is not None else DEFAULT_MASK
 
     @property

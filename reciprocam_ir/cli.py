@@ -25,6 +25,41 @@ from .masking import (
 )
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError
 from .saliency import SCORE_KINDS
+from .serving.budget import (
+    DEFAULT_DECODE_THREADS,
+    DEFAULT_PROCESS_PIXELS,
+    DEFAULT_REQUEST_PIXELS,
+)
+from .targets import DEFAULT_MAX_TARGETS
+
+
+def add_mask_arguments(p: argparse.ArgumentParser) -> None:
+    """The map's options, shared by ``explain`` and ``serve`` (unset: the artifact's own)."""
+    p.add_argument("--scores", choices=SCORE_KINDS, default=None,
+                   help="score each masked map by raw logits or softmax probabilities "
+                        "(default: with --mask, the mask's own: softmax for window, logits "
+                        "otherwise; without, the artifact's)")
+    p.add_argument("--mask", choices=MASK_KINDS, default=None,
+                   help="default: the artifact's own map (the mask, sigma, strength and scores "
+                        "its explain graph was exported with). onehot: keep one position "
+                        "(the paper; the default for CNNs); window: keep a soft window "
+                        "renormalised over the map, at a strength, "
+                        "softmax scores (better maps, see docs/evaluation.md); gaussian: keep "
+                        "a soft window (the default for ViTs); drop: remove a soft window "
+                        "(best with --scores softmax)")
+    p.add_argument("--mask-sigma", type=float, default=None, metavar="CELLS",
+                   help="window width of gaussian/drop/window masks in feature cells "
+                        f"(default {DEFAULT_MASK_SIGMA:.2f} gaussian, {DEFAULT_DROP_SIGMA:g} drop, "
+                        f"{DEFAULT_WINDOW_SIGMA:g} window)")
+    p.add_argument("--mask-strength", type=float, default=None, metavar="S",
+                   help="strength of the window mask: the kept evidence is S/N of the whole "
+                        f"map's (default {DEFAULT_WINDOW_STRENGTH:g})")
+
+
+def add_max_targets_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-targets", type=int, default=DEFAULT_MAX_TARGETS, metavar="N",
+                   help="refuse to explain more than N classes per image (after removing "
+                        "repeated ones; default: %(default)s)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,22 +76,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--all-classes", action="store_true", help="explain every class")
     e.add_argument("--top-k", type=int, default=None,
                    help="explain the k best predicted classes (default 1)")
-    e.add_argument("--scores", choices=SCORE_KINDS, default=None,
-                   help="score each masked map by raw logits or softmax probabilities "
-                        "(default: softmax for --mask window, logits otherwise)")
-    e.add_argument("--mask", choices=MASK_KINDS, default=None,
-                   help="onehot: keep one position (the paper; the default for CNNs); "
-                        "window: keep a soft window renormalised over the map, at a strength, "
-                        "softmax scores (better maps, see docs/evaluation.md); gaussian: keep "
-                        "a soft window (the default for ViTs); drop: remove a soft window "
-                        "(best with --scores softmax)")
-    e.add_argument("--mask-sigma", type=float, default=None, metavar="CELLS",
-                   help="window width of gaussian/drop/window masks in feature cells "
-                        f"(default {DEFAULT_MASK_SIGMA:.2f} gaussian, {DEFAULT_DROP_SIGMA:g} drop, "
-                        f"{DEFAULT_WINDOW_SIGMA:g} window)")
-    e.add_argument("--mask-strength", type=float, default=None, metavar="S",
-                   help="strength of the window mask: the kept evidence is S/N of the whole "
-                        f"map's (default {DEFAULT_WINDOW_STRENGTH:g})")
+    add_mask_arguments(e)
+    add_max_targets_argument(e)
     e.add_argument("--out", default="explanations", help="output folder (default: explanations)")
     e.add_argument("--save-npz", action="store_true", help="also write <stem>.npz per image")
     e.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -74,6 +95,9 @@ def parser() -> argparse.ArgumentParser:
                    help="artifact folders written by reciprocam-export")
     s.add_argument("--name", action="append", default=None,
                    help="model name in the URLs, once per artifact (default: the manifest's)")
+    s.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="interface HTTP and gRPC listen on (default: %(default)s, this machine "
+                        "only; 0.0.0.0: every interface, as in a container)")
     s.add_argument("--http-port", type=int, default=8080, metavar="PORT",
                    help="v1 and v2 REST, health, /metrics (default: 8080)")
     s.add_argument("--grpc-port", type=int, default=8081, metavar="PORT",
@@ -83,6 +107,16 @@ def parser() -> argparse.ArgumentParser:
                    help="HTTP server processes, each with its own compiled model")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="refuse larger images (default: %(default)s)")
+    s.add_argument("--request-pixels", type=int, default=DEFAULT_REQUEST_PIXELS, metavar="N",
+                   help="refuse a request whose images have more pixels together "
+                        "(default: %(default)s)")
+    s.add_argument("--process-pixels", type=int, default=DEFAULT_PROCESS_PIXELS, metavar="N",
+                   help="pixels the requests in flight in one process may hold together; "
+                        "beyond, a request is refused with 429 (default: %(default)s)")
+    s.add_argument("--decode-threads", type=int, default=DEFAULT_DECODE_THREADS, metavar="N",
+                   help="images decoded at once per process (default: %(default)s)")
+    add_mask_arguments(s)
+    add_max_targets_argument(s)
     dataset_cli.add_parser(sub)
     return p
 
@@ -118,6 +152,11 @@ def contradiction(args: argparse.Namespace) -> str | None:
     if args.top_k is not None and (args.classes is not None or args.all_classes):
         given = "--class" if args.classes is not None else "--all-classes"
         return f"--top-k picks the predicted classes to explain; it cannot be combined with {given}"
+    return mask_contradiction(args)
+
+
+def mask_contradiction(args: argparse.Namespace) -> str | None:
+    """Mask options that do not apply to the mask chosen (``explain`` and ``serve``)."""
     if args.mask_sigma is not None and args.mask in (None, "onehot"):
         return ("--mask-sigma sets the window of --mask gaussian, drop or window; "
                 + ("the onehot mask has none" if args.mask else "name the mask it sets"))
@@ -176,13 +215,15 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
                          precision=args.precision, scores=args.scores, mask=args.mask,
                          mask_sigma=args.mask_sigma, mask_strength=args.mask_strength,
                          memory_budget_mb=args.memory_budget_mb, batch_size=args.batch_size,
-                         cache_dir=args.cache_dir)
+                         cache_dir=args.cache_dir, max_targets=args.max_targets)
     except (ValueError, MemoryError) as exc:  # ValueError: also ArtifactError, BackendError
-        return fail(str(exc))
+        return fail(str(exc).replace("max_targets", "--max-targets"))
     try:
-        cam.check_targets(targets, top_k)
+        targets = cam.check_targets(targets, top_k)
     except ValueError as exc:
-        return fail(f"{'--class' if args.classes is not None else '--top-k'}: {exc}")
+        given = "--class" if args.classes is not None else \
+            "--all-classes" if args.all_classes else "--top-k"
+        return fail(f"{given}: {exc}")
     paths, failures = image_paths(args.images)
     out = Path(args.out)
     try:

@@ -40,6 +40,7 @@ from .paths import (
 )
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError, as_rgb, read_image
 from .saliency import SCORE_KINDS
+from .targets import DEFAULT_MAX_TARGETS, check_max_targets, checked_targets
 
 ImageLike = str | Path | np.ndarray
 MAX_MEMORY_BUDGET_MB = float(1 << 20)
@@ -109,10 +110,18 @@ class ReciproCAM:
         mask_strength: float | None = None,
         cache_dir: str | Path | None = None,
         explain_graph: bool = True,
+        max_targets: int = DEFAULT_MAX_TARGETS,
     ) -> None:
         check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma, mask_strength)
+        check_max_targets(max_targets)
+        self.max_targets = int(max_targets)
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
-        mask = mask or self.artifact.default_mask
+        if mask is None:  # the artifact's own explanation: its explain graph's mask and scores
+            mask = self.artifact.default_mask
+            spec = self.artifact.explain
+            if spec is not None:
+                mask_sigma, mask_strength = spec["mask_sigma"], spec["mask_strength"]
+                scores = spec["scores"] if scores is None else scores
         self._tokens = self.artifact.tokens
         self.backend = backend if isinstance(backend, Backend) else create_backend(
             backend, device, precision, cache_dir)
@@ -409,30 +418,13 @@ class ReciproCAM:
         """
         return self.scoring.maps(masked)
 
-    def check_targets(self, targets: Targets, top_k: int) -> None:
-        """Refuse, before any work, a request that names no valid classes (ValueError, one line).
+    def check_targets(self, targets: Targets, top_k: int) -> Targets:
+        """The targets to explain, checked and de-duplicated (:func:`targets.checked_targets`:
+        ValueError, one line, for classes out of range or more than ``max_targets``).
 
         Every entry point (API, CLI, server, dataset) calls this with the user's options.
         """
-        num_classes = self.artifact.num_classes
-        if targets is not None and top_k not in (None, 1):
-            raise ValueError(f"top_k={top_k!r} applies only to the predicted classes "
-                             "(targets=None); the classes to explain are given")
-        if targets is None:
-            if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) \
-                    or not 1 <= top_k <= num_classes:
-                raise ValueError(f"top_k must be an integer in 1..{num_classes}, got {top_k!r}")
-            return
-        if isinstance(targets, str):
-            if targets != "all":
-                raise ValueError(f"targets must be None, 'all', or class indices, got {targets!r}")
-            return
-        chosen = np.atleast_1d(np.asarray(targets))
-        if chosen.size == 0 or chosen.ndim != 1 or not np.issubdtype(chosen.dtype, np.integer):
-            raise ValueError(f"targets must be class indices, got {targets!r}")
-        bad = chosen[(chosen < 0) | (chosen >= num_classes)]
-        if bad.size:
-            raise ValueError(f"class {int(bad[0])} out of range (model has {num_classes} classes)")
+        return checked_targets(targets, top_k, self.artifact.num_classes, self.max_targets)
 
     def resolve_targets(self, unmasked: np.ndarray, targets: Targets, top_k: int) -> np.ndarray:
         """Class indices to explain for one image (options checked by :meth:`check_targets`)."""
@@ -454,8 +446,9 @@ class ReciproCAM:
         top_k: int = 1,
         names: Sequence[str] | None = None,
     ) -> Explanation:
-        """Explain one image or a list: ``targets`` None (top_k predicted), an int, ints, 'all'."""
-        self.check_targets(targets, top_k)
+        """Explain one image or a list: ``targets`` None (top_k predicted), an int, ints, 'all'
+        (duplicates explained once)."""
+        targets = self.check_targets(targets, top_k)
         if isinstance(images, (str, Path, np.ndarray)):
             images = [images]
         loaded = [self.load(image) for image in images]
@@ -508,7 +501,7 @@ class ReciproCAM:
         manifest's layout is NHWC; one input may omit B. The result has maps and scores but
         no images, so overlays are unavailable.
         """
-        self.check_targets(targets, top_k)
+        targets = self.check_targets(targets, top_k)
         x = np.asarray(inputs, dtype=np.float32)
         expected = tuple(self.artifact.manifest["input"]["shape"][1:])
         if x.ndim == len(expected):

@@ -265,8 +265,13 @@ def test_window_maps_equal_the_runtime_paths_and_torch(window_artifacts, tail, b
 def test_the_window_graph_serves_only_its_own_map(window_artifacts, backend):
     folder = window_artifacts["tiny_gap"]
     assert isinstance(ReciproCAM(folder, backend=backend, **WINDOW).graph_path, ExplainGraph)
-    for options in ({}, {**WINDOW, "mask_sigma": 0.85}, {**WINDOW, "mask_strength": 4.0},
-                    {**WINDOW, "scores": "logits"}, {"mask": "drop", "mask_sigma": 1.2}):
+    default = ReciproCAM(folder, backend=backend)  # the artifact's own map (issue 23, item 8)
+    assert isinstance(default.graph_path, ExplainGraph)
+    assert (default.mask, default.mask_sigma, default.mask_strength, default.scores) == (
+        "window", 1.2, 64.0, "softmax")
+    for options in ({"mask": "onehot"}, {**WINDOW, "mask_sigma": 0.85},
+                    {**WINDOW, "mask_strength": 4.0}, {**WINDOW, "scores": "logits"},
+                    {"mask": "drop", "mask_sigma": 1.2}, {"scores": "logits"}):
         assert ReciproCAM(folder, backend=backend, **options).graph_path is None, options
 
 

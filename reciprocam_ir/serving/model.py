@@ -20,9 +20,19 @@ from ..artifact import Artifact
 from ..backends import Backend, BackendError
 from ..explainer import ReciproCAM
 from ..explanation import Explanation
+from ..image_header import read_header
+from ..image_reader import check_header
 from ..messages import first_line
 from ..preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from ..targets import DEFAULT_MAX_TARGETS
 from . import payload
+from .budget import (
+    DEFAULT_DECODE_THREADS,
+    DEFAULT_PROCESS_PIXELS,
+    DEFAULT_REQUEST_PIXELS,
+    decode_pool,
+    process_budget,
+)
 from .payload import ImageRequest
 
 # KServe's routes use FastAPI's deprecated ORJSONResponse: the warning, on every request, is
@@ -35,6 +45,10 @@ logger = logging.getLogger(f"{KSERVE_LOGGER_NAME}.reciprocam_ir")
 
 PREDICT_TOP_K = 5
 """Classes per image that ``:predict`` returns unless ``parameters.top_k`` says otherwise."""
+
+
+class ServerBusy(InvalidInput):
+    """The process's pixel budget is taken by requests in flight: HTTP 429, retry later."""
 
 
 class Classifier:
@@ -77,11 +91,23 @@ class ExplainerModel(Model):
 
     def __init__(self, name: str, artifact: Artifact, backend: str | None = None,
                  device: str | None = None, precision: str = "auto",
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, mask: str | None = None,
+                 mask_sigma: float | None = None, mask_strength: float | None = None,
+                 scores: str | None = None, max_targets: int = DEFAULT_MAX_TARGETS,
+                 request_pixels: int = DEFAULT_REQUEST_PIXELS,
+                 process_pixels: int = DEFAULT_PROCESS_PIXELS,
+                 decode_threads: int = DEFAULT_DECODE_THREADS) -> None:
         super().__init__(name)
         self.settings = {"name": name, "artifact": artifact, "backend": backend,
-                         "device": device, "precision": precision, "max_pixels": max_pixels}
+                         "device": device, "precision": precision, "max_pixels": max_pixels,
+                         "mask": mask, "mask_sigma": mask_sigma, "mask_strength": mask_strength,
+                         "scores": scores, "max_targets": max_targets,
+                         "request_pixels": request_pixels, "process_pixels": process_pixels,
+                         "decode_threads": decode_threads}
         self.max_pixels = max_pixels
+        self.request_pixels = request_pixels
+        self.process_pixels = process_pixels
+        self.decode_threads = decode_threads
         self.cam: ReciproCAM | None = None
         self.classifier: Classifier | None = None
 
@@ -89,7 +115,10 @@ class ExplainerModel(Model):
         """Compile the explainer and the plain classifier (ArtifactError, BackendError, ...)."""
         s = self.settings
         self.cam = ReciproCAM(s["artifact"], backend=s["backend"], device=s["device"],
-                              precision=s["precision"], max_pixels=s["max_pixels"])
+                              precision=s["precision"], max_pixels=s["max_pixels"],
+                              mask=s["mask"], mask_sigma=s["mask_sigma"],
+                              mask_strength=s["mask_strength"], scores=s["scores"],
+                              max_targets=s["max_targets"])
         self.classifier = Classifier(self.cam.artifact, self.cam.backend)
         self.ready = True
         logger.info("model %s ready in process %d: %s on %s", self.name, os.getpid(),
@@ -122,17 +151,45 @@ class ExplainerModel(Model):
 
     async def preprocess(self, body: Any, headers: dict[str, str] | None = None
                          ) -> ImageRequest:
-        """Parse the request, check its options, then decode its images (in a worker thread)."""
+        """Parse the request and check its options and its images' headers, reserve their
+        pixels in the process's budget, then decode them (on the decoding threads)."""
         request = payload.v2_request(body) if isinstance(body, InferRequest) \
             else payload.v1_request(body)
         try:
-            self.cam.check_targets(request.targets,
-                                   1 if request.top_k is None else request.top_k)
+            request.targets = self.cam.check_targets(
+                request.targets, 1 if request.top_k is None else request.top_k)
         except ValueError as exc:
             raise InvalidInput(first_line(exc)) from None
-        request.images = await asyncio.to_thread(self._decode, request.encoded)
+        pixels = self._pixels(request.encoded)
+        budget = process_budget(self.process_pixels)
+        if not budget.reserve(pixels):
+            raise ServerBusy(f"server busy: the images in flight hold {budget.used} of its "
+                             f"{budget.limit} pixels, this request needs {pixels}; retry later")
+        request.pixels, request.release = pixels, budget.release
+        try:
+            request.images = await asyncio.get_running_loop().run_in_executor(
+                decode_pool(self.decode_threads), self._decode, request.encoded)
+        except BaseException:
+            request.done()
+            raise
         request.encoded = []
         return request
+
+    def _pixels(self, encoded: list[bytes]) -> int:
+        """Pixels the images' headers state, each checked as the reader checks it; refused
+        beyond the request's budget."""
+        total = 0
+        for i, data in enumerate(encoded):
+            try:
+                header = read_header(lambda offset, n, data=data: data[offset : offset + n])
+                check_header(header, len(data), self.max_pixels)
+            except ImageError as exc:
+                raise InvalidInput(f"image {i}: {first_line(exc)}") from None
+            total += header.width * header.height
+        if total > self.request_pixels:
+            raise InvalidInput(f"the request's {len(encoded)} images have {total} pixels, more "
+                               f"than the {self.request_pixels}-pixel limit of one request")
+        return total
 
     def _decode(self, encoded: list[bytes]) -> list[np.ndarray]:
         images = []
@@ -147,20 +204,28 @@ class ExplainerModel(Model):
                       response_headers: dict[str, str] | None = None
                       ) -> dict | InferResponse:
         """v1: the top classes of each image; v2 ``infer``: scores, targets and maps."""
-        if request.infer_request is not None:
-            exp = await self._explain(request)
-            return payload.infer_response(request.infer_request, exp, self.name)
-        if request.targets is not None:
-            raise InvalidInput(":predict takes parameter top_k only (targets are for :explain)")
-        num_classes = self.cam.artifact.num_classes
-        top_k = min(PREDICT_TOP_K, num_classes) if request.top_k is None else request.top_k
-        scores = await self._run(self.classifier, request.images)
-        return payload.predictions(scores, top_k, self.cam.artifact.label)
+        try:
+            if request.infer_request is not None:
+                exp = await self._explain(request)
+                return payload.infer_response(request.infer_request, exp, self.name)
+            if request.targets is not None:
+                raise InvalidInput(":predict takes parameter top_k only "
+                                   "(targets are for :explain)")
+            num_classes = self.cam.artifact.num_classes
+            top_k = min(PREDICT_TOP_K, num_classes) if request.top_k is None \
+                else request.top_k
+            scores = await self._run(self.classifier, request.images)
+            return payload.predictions(scores, top_k, self.cam.artifact.label)
+        finally:
+            request.done()
 
     async def explain(self, request: ImageRequest, headers: dict[str, str] | None = None
                       ) -> dict:
         """v1: per image the explained classes, their scores and saliency maps."""
-        return payload.explanations(await self._explain(request))
+        try:
+            return payload.explanations(await self._explain(request))
+        finally:
+            request.done()
 
     async def _explain(self, request: ImageRequest) -> Explanation:
         top_k = 1 if request.top_k is None else request.top_k

@@ -3,8 +3,10 @@
 v1 (``:predict``, ``:explain``): ``{"instances": [{"image_bytes": {"b64": ...}}, ...],
 "parameters": {"top_k": K} | {"targets": [c, ...]}}``. v2 (``/v2/models/NAME/infer``): one
 BYTES input ``image`` of base64 strings, shape [B] or [B, 1]; request parameters ``top_k``
-(int) or ``targets`` (an int, ``"all"`` or ``"c1,c2,..."``: v2 parameters are scalars).
-Every refusal is a :class:`kserve.errors.InvalidInput` (HTTP 400) with one line.
+(int) or ``targets`` (an int, ``"all"`` or ``"c1,c2,..."`` in ASCII digits: v2 parameters
+are scalars), and the binary extension's ``binary_data_output``; requested ``outputs`` pick
+the tensors answered. Unknown parameters and outputs are refused on both protocols. Every
+refusal is a :class:`kserve.errors.InvalidInput` (HTTP 400) with one line.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +34,9 @@ from ..explanation import Explanation
 IMAGE_INPUT = "image"
 OUTPUTS = ("scores", "targets", "saliency")
 V1_PARAMETERS = ("top_k", "targets")
+V2_PARAMETERS = ("top_k", "targets", "binary_data_output")
+"""v2 request parameters: ours, and the binary-data extension's."""
+CLASS_INDEX = re.compile(r"[0-9]{1,9}")
 INSTANCE_FORM = '{"image_bytes": {"b64": "<base64 image>"}}'
 
 Targets = int | list[int] | str | None
@@ -49,6 +55,16 @@ class ImageRequest:
     top_k: int | None = None
     infer_request: InferRequest | None = None
     images: list[np.ndarray] = field(default_factory=list)
+    pixels: int = 0
+    """Pixels reserved for its images in the process's budget, given back by :meth:`done`."""
+    release: Callable[[int], None] | None = None
+
+    def done(self) -> None:
+        """Give back the reserved pixels (once) and drop the decoded images."""
+        if self.release is not None:
+            self.release(self.pixels)
+            self.release = None
+        self.images = []
 
 
 def decode_base64(text: Any, where: str) -> bytes:
@@ -66,6 +82,20 @@ def decode_base64(text: Any, where: str) -> bytes:
     if not data:
         raise InvalidInput(f"{where}: empty image")
     return data
+
+
+def element_bytes(item: Any, where: str) -> bytes:
+    """One v2 BYTES element: base64 text, or, where it comes as bytes (gRPC contents and
+    ``raw_input_contents``), the image file itself when it is not base64 (the decoder then
+    judges it)."""
+    if isinstance(item, bytes):
+        try:
+            return decode_base64(item, where)
+        except InvalidInput:
+            if item:
+                return item
+            raise
+    return decode_base64(item, where)
 
 
 def v1_request(body: Any) -> ImageRequest:
@@ -119,17 +149,31 @@ def v2_request(request: InferRequest) -> ImageRequest:
     except (ValueError, TypeError):
         raise InvalidInput(f"input {IMAGE_INPUT!r}: data does not match its shape {shape}") \
             from None
-    encoded = [decode_base64(item, f"image {i}") for i, item in enumerate(data)]
+    encoded = [element_bytes(item, f"image {i}") for i, item in enumerate(data)]
     parameters = to_http_parameters(request.parameters) if request.parameters else {}
+    unknown = sorted(set(parameters) - set(V2_PARAMETERS))
+    if unknown:
+        raise InvalidInput(f"unknown parameter {unknown[0][:40]!r} "
+                           f"(known: {', '.join(V2_PARAMETERS)})")
+    asked = sorted({output.name for output in request.request_outputs or []} - set(OUTPUTS))
+    if asked:
+        raise InvalidInput(f"unknown output {asked[0][:40]!r} (outputs: {', '.join(OUTPUTS)})")
     targets = parameters.get("targets")
     if isinstance(targets, str) and targets != "all":
-        try:
-            targets = [int(part) for part in targets.split(",")]
-        except ValueError:
-            raise InvalidInput(f"parameter targets must be a class index, 'all' or "
-                               f"'c1,c2,...', got {targets!r}") from None
+        targets = class_list(targets)
     return ImageRequest(encoded, *explain_options(targets, parameters.get("top_k")),
                         infer_request=request)
+
+
+def class_list(text: str) -> list[int]:
+    """``"c1,c2,..."`` → class indices: ASCII digits only (no ``_``, signs or other scripts'
+    digits, which ``int`` would take)."""
+    parts = text.split(",")
+    if not all(CLASS_INDEX.fullmatch(part.strip(" ")) for part in parts):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise InvalidInput(f"parameter targets must be a class index, 'all' or 'c1,c2,...' "
+                           f"(ASCII digits), got {shown!r}")
+    return [int(part) for part in parts]
 
 
 def explain_options(targets: Any, top_k: Any) -> tuple[Targets, int | None]:
@@ -160,11 +204,13 @@ def explanations(exp: Explanation) -> dict:
 
 
 def infer_response(request: InferRequest, exp: Explanation, model_name: str) -> InferResponse:
-    """v2: tensors ``scores`` (B, num_classes), ``targets`` (B, K), ``saliency`` (B, K, h, w)."""
+    """v2: tensors ``scores`` (B, num_classes), ``targets`` (B, K), ``saliency`` (B, K, h, w),
+    only those the request's ``outputs`` name when it names some (REST and gRPC alike)."""
     arrays = {"scores": exp.scores.astype(np.float32), "targets": exp.targets.astype(np.int64),
               "saliency": exp.saliency.astype(np.float32)}
+    asked = {output.name for output in request.request_outputs or []}
     outputs = []
-    for name in OUTPUTS:
+    for name in (name for name in OUTPUTS if not asked or name in asked):
         array = arrays[name]
         output = InferOutput(name=name, shape=list(array.shape),
                              datatype="INT64" if array.dtype == np.int64 else "FP32")

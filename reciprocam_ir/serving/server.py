@@ -11,12 +11,13 @@ import re
 import socket
 import sys
 
-from kserve import ModelServer
 from kserve.logging import configure_logging
 
 from ..artifact import Artifact, ArtifactError
 from ..backends import BackendError
+from ..cli import mask_contradiction
 from ..messages import first_line
+from .listen import HostModelServer
 from .model import ExplainerModel
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -27,16 +28,21 @@ class StartupError(ValueError):
     """A server that cannot start as asked."""
 
 
-def check_port(port: int, flag: str) -> None:
-    """Refuse a port that is out of range or taken, as the server would bind it (all hosts)."""
+def check_port(host: str, port: int, flag: str) -> None:
+    """Refuse a port that is out of range or taken on ``host``, as the server would bind it."""
     if not 1 <= port <= 65535:
         raise StartupError(f"{flag} {port}: not a port number (1..65535)")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as exc:
+        raise StartupError(f"--host {host}: not an address of this machine "
+                           f"({getattr(exc, 'strerror', None) or exc})") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("0.0.0.0", port))
+            probe.bind(address)
         except OSError as exc:
-            raise StartupError(f"{flag} {port}: cannot listen there "
+            raise StartupError(f"{flag} {port}: cannot listen there on {host} "
                                f"({exc.strerror or exc})") from None
 
 
@@ -59,19 +65,34 @@ def model_names(artifacts: list[Artifact], names: list[str] | None) -> list[str]
 
 def load_models(args: argparse.Namespace) -> list[ExplainerModel]:
     """Check the start-up options and compile one model per artifact."""
-    if args.workers < 1:
-        raise StartupError(f"--workers must be at least 1, got {args.workers}")
-    if args.max_pixels < 1:
-        raise StartupError(f"--max-pixels must be at least 1, got {args.max_pixels}")
+    for flag, value in (("--workers", args.workers), ("--max-pixels", args.max_pixels),
+                        ("--max-targets", args.max_targets),
+                        ("--request-pixels", args.request_pixels),
+                        ("--process-pixels", args.process_pixels),
+                        ("--decode-threads", args.decode_threads)):
+        if value < 1:
+            raise StartupError(f"{flag} must be at least 1, got {value}")
+    if args.process_pixels < args.request_pixels:
+        raise StartupError(f"--process-pixels {args.process_pixels} is below --request-pixels "
+                           f"{args.request_pixels}: no request of the largest size could run")
+    problem = mask_contradiction(args)
+    if problem:
+        raise StartupError(problem)
     if args.http_port == args.grpc_port:
         raise StartupError(f"--http-port and --grpc-port are both {args.http_port}")
-    check_port(args.http_port, "--http-port")
-    check_port(args.grpc_port, "--grpc-port")
+    check_port(args.host, args.http_port, "--http-port")
+    check_port(args.host, args.grpc_port, "--grpc-port")
     artifacts = [Artifact.load(folder) for folder in args.artifacts]
     models = []
     for name, artifact in zip(model_names(artifacts, args.name), artifacts, strict=True):
         model = ExplainerModel(name, artifact, backend=args.backend, device=args.device,
-                               precision=args.precision, max_pixels=args.max_pixels)
+                               precision=args.precision, max_pixels=args.max_pixels,
+                               mask=args.mask, mask_sigma=args.mask_sigma,
+                               mask_strength=args.mask_strength, scores=args.scores,
+                               max_targets=args.max_targets,
+                               request_pixels=args.request_pixels,
+                               process_pixels=args.process_pixels,
+                               decode_threads=args.decode_threads)
         model.load()
         models.append(model)
     return models
@@ -85,6 +106,6 @@ def run(args: argparse.Namespace) -> int:
     except (ArtifactError, BackendError, StartupError, ValueError, MemoryError) as exc:
         print(f"reciprocam: error: {first_line(exc)}", file=sys.stderr)
         return 2
-    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port,
-                workers=args.workers).start(models)
+    HostModelServer(args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                    workers=args.workers).start(models)
     return 0
