@@ -102,6 +102,10 @@ def _decode(data: np.ndarray, header: ImageHeader, max_pixels: int) -> np.ndarra
         raise ImageError(f"not a readable image (corrupt or truncated {header.format} data)")
     if image.shape[0] * image.shape[1] > max_pixels:
         raise ImageError(f"image has more than the {max_pixels}-pixel limit")
+    if image.shape[0] * image.shape[1] > header.width * header.height:
+        raise ImageError(f"{header.format} image decoded to {image.shape[1]}x{image.shape[0]} "
+                         f"pixels, more than the {header.width}x{header.height} its header "
+                         "states")
     image = to_uint8(image)
     channels = 1 if image.ndim == 2 else image.shape[2]
     if channels == 1:
