@@ -258,3 +258,51 @@ def test_header_with_absurd_size_is_refused_not_raised(tmp_path, rgb):
     (tmp_path / "short.bmp").write_bytes(bytes(data))
     with pytest.raises(ImageError, match="not a readable image"):
         read_image(tmp_path / "short.bmp")
+
+
+def _to_uint8_before(image: np.ndarray) -> np.ndarray:
+    """to_uint8's arithmetic as it was at 856037d: whole-image float32 temporaries."""
+    if image.dtype == np.uint16:
+        lo, hi = 0.0, 65535.0
+    else:
+        is_float = np.issubdtype(image.dtype, np.floating)
+        lo, hi = float(image.min()), float(image.max())
+        for top in ((1.0, 255.0, 65535.0) if is_float else (255.0, 65535.0)):
+            if lo >= 0.0 and hi <= top:
+                lo, hi = 0.0, top
+                break
+    scaled = (image.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype, low, high", [
+    (np.uint16, 0, 65536), (np.int32, 0, 256), (np.int32, -70000, 70000),
+    (np.float32, 0.0, 1.0), (np.float64, -3.0, 9000.0), (np.int16, -5, 6),
+])
+def test_to_uint8_in_blocks_equals_the_whole_image_arithmetic(dtype, low, high):
+    """Issue 23 item 3: the same values as before, block boundaries included (an odd width
+    makes blocks of unequal rows)."""
+    rng = np.random.default_rng(3)
+    shape = (700, 1531, 3)
+    if np.issubdtype(dtype, np.floating):
+        image = rng.uniform(low, high, shape).astype(dtype)
+    else:
+        image = rng.integers(low, high, shape).astype(dtype)
+    image[0, 0, 0] = low  # the range's ends are present
+    np.testing.assert_array_equal(to_uint8(image), _to_uint8_before(image))
+
+
+def test_to_uint8_makes_no_full_size_float_temporaries():
+    """A 16-bit 3000×2000 RGB image: at most the 18 MB result plus a block (it was 4 float32
+    copies, ~290 MB)."""
+    import tracemalloc
+
+    image = np.random.default_rng(4).integers(0, 65536, (2000, 3000, 3)).astype(np.uint16)
+    tracemalloc.start()
+    try:
+        to_uint8(image)
+        to_uint8(image.view(np.int16))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < image.size + 16 * 2**20, peak / 2**20
