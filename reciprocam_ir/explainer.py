@@ -38,6 +38,7 @@ from .paths import (
     Targets,
     resolve_targets,
 )
+from .image_reader import DECODE_MODES, MinSize, image_size
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError, as_rgb, read_image
 from .saliency import SCORE_KINDS
 
@@ -92,6 +93,9 @@ class ReciproCAM:
     threads at once (each thread gets its own infer request / session run).
     ``explain_graph=False`` never uses the explain graph (to compare paths). ``scores`` None
     scores masked maps as the mask is defined: softmax for ``window``, logits otherwise.
+    ``decode="reduced"`` (default) decodes JPEG paths at the smallest DCT scale that
+    leaves twice the resize target (docs/performance.md measures what that changes);
+    ``decode="exact"`` decodes every image in full, torchvision's recipe bit for bit.
     """
 
     def __init__(
@@ -109,8 +113,12 @@ class ReciproCAM:
         mask_strength: float | None = None,
         cache_dir: str | Path | None = None,
         explain_graph: bool = True,
+        decode: str = "reduced",
     ) -> None:
         check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma, mask_strength)
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+        self.decode = decode
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         mask = mask or self.artifact.default_mask
         self._tokens = self.artifact.tokens
@@ -438,11 +446,18 @@ class ReciproCAM:
         """Class indices to explain for one image (options checked by :meth:`check_targets`)."""
         return resolve_targets(unmasked, targets, top_k)
 
+    @property
+    def min_decode_size(self) -> MinSize | None:
+        """What :func:`.read_image` / :func:`.decode_image` take as ``min_size`` for this
+        explainer: JPEGs shrink on load to twice the resize target (``decode="reduced"``),
+        or None (``decode="exact"``: always decoded in full)."""
+        return self.preprocessing.min_decode_size if self.decode == "reduced" else None
+
     def load(self, image: ImageLike) -> tuple[np.ndarray, str]:
         """An image path or array as (RGB uint8 array, display name)."""
         if isinstance(image, (str, Path)):
             try:
-                return read_image(image, self.max_pixels), str(image)
+                return read_image(image, self.max_pixels, self.min_decode_size), str(image)
             except ImageError as exc:
                 raise ImageError(f"{image}: {exc}") from None
         return as_rgb(image), "image"
@@ -470,7 +485,7 @@ class ReciproCAM:
                                     for rgb in rgbs[start : start + self.batch_size]])
             results.extend(self._explain_batch(batch, targets, top_k, names[start:]))
         return self._explanation(results, names, rgbs,
-                                 [self.preprocessing.crop_box(*rgb.shape[:2]) for rgb in rgbs])
+                                 [self.preprocessing.crop_box(*image_size(rgb)) for rgb in rgbs])
 
     def explain_isolating(
         self,

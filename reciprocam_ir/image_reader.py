@@ -3,11 +3,17 @@
 The header is read first (:mod:`.image_header`): too many pixels, an absurd aspect ratio
 or a file larger than its image can be are refused before a byte of pixels is decoded
 or the rest of the file is read. OpenCV then decodes, applying the EXIF orientation.
+
+Given ``min_size`` (how small the decoded image may be for what follows, see
+:meth:`.Preprocessing.min_decode_size`), a JPEG is decoded at 1/2, 1/4 or 1/8 scale in
+libjpeg's DCT (shrink on load: a 12 MP photo costs a quarter of the decoding or less), as a
+:class:`DecodedImage` that remembers the full image's size.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -23,6 +29,54 @@ MAX_BYTES_PER_PIXEL = 16
 METADATA_BYTES = 16 * 2**20
 """Allowance for metadata (EXIF, ICC profiles, thumbnails) on top of the pixels."""
 _DECODE_FLAGS = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH  # not UNCHANGED: EXIF is applied
+REDUCED_DECODES = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                   2: cv2.IMREAD_REDUCED_COLOR_2}
+"""Scales a JPEG decodes at in libjpeg's DCT, largest first. Other formats have none in
+OpenCV: its reduced modes decode them in full and resize after, without antialiasing."""
+
+DECODE_MODES = ("reduced", "exact")
+"""``reduced``: shrink on load where the format allows it; ``exact``: always full scale."""
+
+MinSize = Callable[[int, int], tuple[int, int]]
+"""``min_size(height, width)``: the smallest (height, width) an image of that full size may
+be decoded at."""
+
+
+class DecodedImage(np.ndarray):
+    """An HxWx3 uint8 RGB image decoded at 1/``reduction`` scale of a ``full_size`` (height,
+    width) image, upright. Arrays derived from it (slices, copies) are plain images again."""
+
+    full_size: tuple[int, int] | None = None
+    reduction: int = 1
+
+    def __array_finalize__(self, obj) -> None:
+        self.full_size, self.reduction = None, 1
+
+
+def image_size(rgb: np.ndarray) -> tuple[int, int]:
+    """(height, width) of the image ``rgb`` shows: its full size if decoded reduced."""
+    return getattr(rgb, "full_size", None) or rgb.shape[:2]
+
+
+def reduction(header: ImageHeader, min_size: MinSize | None) -> int:
+    """The scale divisor to decode at: the largest JPEG scale whose image still has
+    ``min_size`` in either orientation (EXIF may turn it), 1 for full scale.
+
+    A divisor at which a non-square image would decode square is skipped: the decoded
+    shape must tell whether EXIF turned the image.
+    """
+    if min_size is None or header.format != "JPEG":
+        return 1
+    h, w = header.height, header.width
+    for divisor in REDUCED_DECODES:
+        rh, rw = -(-h // divisor), -(-w // divisor)
+        if rh == rw and h != w:
+            continue
+        need_h, need_w = min_size(h, w)
+        turned_h, turned_w = min_size(w, h)
+        if rh >= need_h and rw >= need_w and rw >= turned_h and rh >= turned_w:
+            return divisor
+    return 1
 
 
 def max_file_bytes(pixels: int) -> int:
@@ -44,11 +98,13 @@ def check_header(header: ImageHeader, size: int, max_pixels: int) -> None:
                          f"image can be (limit {max_file_bytes(w * h)} bytes)")
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               min_size: MinSize | None = None) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB (upright by its EXIF orientation).
 
     Only the header is read before the checks of :func:`check_header`; then at most
-    :func:`max_file_bytes` of the file.
+    :func:`max_file_bytes` of the file. With ``min_size``, a JPEG may come back reduced
+    (:class:`DecodedImage`, see :func:`reduction`).
     """
     path = Path(path)
     if not path.is_file():
@@ -71,14 +127,15 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     except OSError as exc:
         raise ImageError(f"cannot read the file ({exc.strerror or exc})") from None
     check_header(header, len(data), max_pixels)
-    return _decode(np.frombuffer(data, np.uint8), header, max_pixels)
+    return _decode(np.frombuffer(data, np.uint8), header, max_pixels, min_size)
 
 
-def decode_image(data: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_size: MinSize | None = None) -> np.ndarray:
     """Decode an encoded image (PNG, JPEG, ...; content decides) as HxWx3 uint8 RGB.
 
     The one decoder behind every entry point (files, server requests, dataset rows),
-    with the same header checks as :func:`read_image`.
+    with the same header checks and ``min_size`` as :func:`read_image`.
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = np.frombuffer(data, dtype=np.uint8)
@@ -89,17 +146,15 @@ def decode_image(data: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ImageError("empty file")
     header = read_header(lambda offset, n: data[offset : offset + n].tobytes())
     check_header(header, data.size, max_pixels)
-    return _decode(data, header, max_pixels)
+    return _decode(data, header, max_pixels, min_size)
 
 
-def _decode(data: np.ndarray, header: ImageHeader, max_pixels: int) -> np.ndarray:
-    try:
-        image = cv2.imdecode(data, _DECODE_FLAGS)
-    except cv2.error as exc:  # OpenCV refuses some headers by raising
-        reason = str(exc).strip().splitlines()[-1][:120]
-        raise ImageError(f"not a readable image ({reason})") from None
-    if image is None:
-        raise ImageError(f"not a readable image (corrupt or truncated {header.format} data)")
+def _decode(data: np.ndarray, header: ImageHeader, max_pixels: int,
+            min_size: MinSize | None = None) -> np.ndarray:
+    divisor = reduction(header, min_size)
+    if divisor > 1:
+        return _decode_reduced(data, header, divisor)
+    image = _imdecode(data, _DECODE_FLAGS, header)
     if image.shape[0] * image.shape[1] > max_pixels:
         raise ImageError(f"image has more than the {max_pixels}-pixel limit")
     if image.shape[0] * image.shape[1] > header.width * header.height:
@@ -115,6 +170,31 @@ def _decode(data: np.ndarray, header: ImageHeader, max_pixels: int) -> np.ndarra
     if channels == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     raise ImageError(f"unsupported number of channels: {channels}")
+
+
+def _imdecode(data: np.ndarray, flags: int, header: ImageHeader) -> np.ndarray:
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as exc:  # OpenCV refuses some headers by raising
+        reason = str(exc).strip().splitlines()[-1][:120]
+        raise ImageError(f"not a readable image ({reason})") from None
+    if image is None:
+        raise ImageError(f"not a readable image (corrupt or truncated {header.format} data)")
+    return image
+
+
+def _decode_reduced(data: np.ndarray, header: ImageHeader, divisor: int) -> DecodedImage:
+    image = _imdecode(data, REDUCED_DECODES[divisor], header)
+    h, w = -(-header.height // divisor), -(-header.width // divisor)
+    full = (header.height, header.width) if image.shape[:2] == (h, w) else (
+        header.width, header.height)
+    if sorted(image.shape[:2]) != sorted((h, w)):
+        raise ImageError(f"{header.format} image decoded at 1/{divisor} scale to "
+                         f"{image.shape[1]}x{image.shape[0]} pixels, not the {w}x{h} its "
+                         "header implies")
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB).view(DecodedImage)
+    rgb.full_size, rgb.reduction = full, divisor
+    return rgb
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
