@@ -23,6 +23,7 @@ from .masking import (
     DEFAULT_WINDOW_STRENGTH,
     MASK_KINDS,
 )
+from .image_reader import DECODE_MODES
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError
 from .saliency import SCORE_KINDS
 
@@ -57,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--mask-strength", type=float, default=None, metavar="S",
                    help="strength of the window mask: the kept evidence is S/N of the whole "
                         f"map's (default {DEFAULT_WINDOW_STRENGTH:g})")
+    e.add_argument("--decode", choices=DECODE_MODES, default="reduced",
+                   help="reduced (default): decode JPEGs at the smallest 1/2, 1/4 or 1/8 scale "
+                        "that leaves twice the resize target (docs/performance.md); exact: "
+                        "decode every image in full (torchvision's recipe bit for bit)")
     e.add_argument("--out", default="explanations", help="output folder (default: explanations)")
     e.add_argument("--save-npz", action="store_true", help="also write <stem>.npz per image")
     e.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -176,7 +181,7 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
                          precision=args.precision, scores=args.scores, mask=args.mask,
                          mask_sigma=args.mask_sigma, mask_strength=args.mask_strength,
                          memory_budget_mb=args.memory_budget_mb, batch_size=args.batch_size,
-                         cache_dir=args.cache_dir)
+                         cache_dir=args.cache_dir, decode=args.decode)
     except (ValueError, MemoryError) as exc:  # ValueError: also ArtifactError, BackendError
         return fail(str(exc))
     try:
@@ -193,7 +198,7 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
                "device": cam.backend.device, "precision": cam.backend.precision,
                "targets": targets, "top_k": top_k, "scores": cam.scores, "mask": cam.mask,
                "mask_sigma": cam.mask_sigma, "mask_strength": cam.mask_strength,
-               "save_npz": args.save_npz}
+               "save_npz": args.save_npz, "decode": cam.decode}
     owner: dict[str, Path] = {}
     keys: dict[Path, dict] = {}
     todo, skipped = [], []
