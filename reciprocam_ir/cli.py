@@ -16,6 +16,7 @@ from .artifact import atomic_write_bytes, sha256_file
 from .backends import add_engine_arguments
 from .explainer import ReciproCAM
 from .explanation import slug
+from .image_reader import DECODE_MODES
 from .masking import (
     DEFAULT_DROP_SIGMA,
     DEFAULT_MASK_SIGMA,
@@ -23,7 +24,6 @@ from .masking import (
     DEFAULT_WINDOW_STRENGTH,
     MASK_KINDS,
 )
-from .image_reader import DECODE_MODES
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError
 from .saliency import SCORE_KINDS
 

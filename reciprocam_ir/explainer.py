@@ -13,6 +13,7 @@ from .artifact import Artifact
 from .backends import Backend, BackendError, Graph, create_backend
 from .backends.base import FeaturesAndScores
 from .explanation import Explanation
+from .image_reader import DECODE_MODES, MinSize, image_size
 from .masking import (
     DEFAULT_WINDOW_STRENGTH,
     MASK_KINDS,
@@ -38,7 +39,6 @@ from .paths import (
     Targets,
     resolve_targets,
 )
-from .image_reader import DECODE_MODES, MinSize, image_size
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError, as_rgb, read_image
 from .saliency import SCORE_KINDS
 
