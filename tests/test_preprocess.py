@@ -242,3 +242,56 @@ def test_explain_graph_doc_recipes_give_the_api_input_and_map(lite0_dir, photos,
     assert diff.max() <= 1.01 * ONE_STEP and diff.mean() < 1e-4, (diff.max(), diff.mean())
     np.testing.assert_array_equal(without["targets"], expected.targets)
     assert np.abs(without["saliency"] - expected.saliency).max() < 5e-3
+
+
+# ---------------------------------------------------------------- shrink on load (issue 26)
+
+@pytest.fixture(scope="module")
+def photo_jpeg(photos, tmp_path_factory):
+    """A 2000x1500 JPEG made from a bundled photo: it decodes at 1/2 scale for 224 inputs."""
+    path = tmp_path_factory.mktemp("photo") / "astronaut.jpg"
+    big = cv2.resize(photos["astronaut"], (2000, 1500), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return path
+
+
+@pytest.mark.parametrize("p", [Preprocessing(size=(224, 224), resize_size=256),
+                               Preprocessing(size=(224, 224), resize="direct"),
+                               Preprocessing(size=(160, 224), resize="pad")],
+                         ids=["crop", "direct", "pad"])
+def test_reduced_image_is_placed_as_its_full_size_image(photo_jpeg, p):
+    """Same resized size, crop and crop box as the full decode; pixels within the accuracy
+    docs/performance.md measures."""
+    from reciprocam_ir.preprocess import image_size, read_image
+
+    full = read_image(photo_jpeg)
+    small = read_image(photo_jpeg, min_size=p.min_decode_size)
+    assert small.reduction > 1 and image_size(small) == full.shape[:2]
+    assert p.crop_box(*image_size(small)) == p.crop_box(*full.shape[:2])
+    diff = np.abs(p(small) - p(full))
+    assert diff.mean() <= 5e-3 and diff.max() < 0.2, (diff.mean(), diff.max())
+
+
+def test_explain_shrinks_on_load_maps_boxes_and_overlays_on_the_full_image(lite0_dir,
+                                                                           photo_jpeg):
+    """decode='reduced' (default): the same classes, maps within 0.05, boxes in full-image
+    pixels, upsampled maps and overlays at the photo's size. decode='exact': the input is
+    the full decode through the manifest's recipe, as before shrink on load existed."""
+    from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.preprocess import read_image
+
+    reduced = ReciproCAM(lite0_dir, backend="onnxruntime")
+    exact = ReciproCAM(lite0_dir, backend="onnxruntime", decode="exact")
+    got, want = reduced.explain(photo_jpeg, top_k=3), exact.explain(photo_jpeg, top_k=3)
+    assert got.images[0].shape[:2] == (750, 1000) and want.images[0].shape[:2] == (1500, 2000)
+    assert got.boxes == want.boxes
+    np.testing.assert_array_equal(got.targets, want.targets)
+    assert np.abs(got.saliency - want.saliency).max() <= 0.05
+    assert got.upsample(0).shape == want.upsample(0).shape == (3, 1500, 2000)
+    assert got.overlay(0, 1).shape == want.overlay(0, 1).shape == (1500, 2000, 3)
+    rgb = read_image(photo_jpeg)
+    np.testing.assert_array_equal(exact.load(photo_jpeg)[0], rgb)
+    np.testing.assert_array_equal(
+        want.saliency, exact.explain_tensor(exact.preprocessing(rgb), top_k=3).saliency)
+    with pytest.raises(ValueError, match="decode must be one of"):
+        ReciproCAM(lite0_dir, backend="onnxruntime", decode="fast")
