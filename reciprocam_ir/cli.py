@@ -58,10 +58,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--mask-strength", type=float, default=None, metavar="S",
                    help="strength of the window mask: the kept evidence is S/N of the whole "
                         f"map's (default {DEFAULT_WINDOW_STRENGTH:g})")
-    e.add_argument("--decode", choices=DECODE_MODES, default="reduced",
-                   help="reduced (default): decode JPEGs at the smallest 1/2, 1/4 or 1/8 scale "
-                        "that leaves twice the resize target (docs/performance.md); exact: "
-                        "decode every image in full (torchvision's recipe bit for bit)")
+    e.add_argument("--decode", choices=DECODE_MODES, default="exact",
+                   help="exact (default): decode every image in full, the manifest's recipe as "
+                        "torchvision computes it; reduced: decode JPEGs at the smallest 1/2, "
+                        "1/4 or 1/8 scale that leaves 3x the resize target (shrink on load: "
+                        "faster on photos, maps within about 0.06, docs/performance.md)")
     e.add_argument("--out", default="explanations", help="output folder (default: explanations)")
     e.add_argument("--save-npz", action="store_true", help="also write <stem>.npz per image")
     e.add_argument("--json", action="store_true", help="print one JSON object per image")

@@ -103,7 +103,7 @@ class ExplainOptions:
     batch_size: int = 8
     max_pixels: int = DEFAULT_MAX_PIXELS
     overlays: str | None = None
-    decode: str = "reduced"
+    decode: str = "exact"
 
     def explainer(self) -> ReciproCAM:
         return ReciproCAM(self.artifact, backend=self.backend, device=self.device,

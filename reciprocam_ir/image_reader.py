@@ -34,8 +34,8 @@ REDUCED_DECODES = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
 """Scales a JPEG decodes at in libjpeg's DCT, largest first. Other formats have none in
 OpenCV: its reduced modes decode them in full and resize after, without antialiasing."""
 
-DECODE_MODES = ("reduced", "exact")
-"""``reduced``: shrink on load where the format allows it; ``exact``: always full scale."""
+DECODE_MODES = ("exact", "reduced")
+"""``exact``: always full scale; ``reduced``: shrink on load where the format allows it."""
 
 MinSize = Callable[[int, int], tuple[int, int]]
 """``min_size(height, width)``: the smallest (height, width) an image of that full size may

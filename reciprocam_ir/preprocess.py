@@ -18,6 +18,10 @@ RESIZE_POLICIES = ("direct", "shorter_side_crop", "pad")
 PAD_POSITIONS = ("center", "top_left")
 COLOR_ORDERS = ("RGB", "BGR")
 LAYOUTS = ("NCHW", "NHWC")
+DECODE_MARGIN = 3
+"""How many times the resized size an image decoded reduced keeps, per axis. At 2, a 24 MP
+photo decoded at 1/8 changed Lite0's top-1 class (scripts/preprocess_speed.py --part accuracy
+--margin 2); at 3 no photo did (docs/performance.md)."""
 MAX_SIDE = 8192
 """Largest input side and ``resize_size``: an 8192² float32 input is already 805 MB."""
 
@@ -142,10 +146,11 @@ class Preprocessing:
         return (rh, _crop_start(rh, h)), (rw, _crop_start(rw, w))
 
     def min_decode_size(self, height: int, width: int) -> tuple[int, int]:
-        """The smallest (height, width) to decode an image of this size at: twice the size
-        it is resized to, so that the antialiased resize still does the filtering."""
+        """The smallest (height, width) to decode an image of this size at:
+        :data:`DECODE_MARGIN` times the size it is resized to, so that the antialiased
+        resize still does most of the filtering."""
         (rh, _), (rw, _) = self.placement(height, width)
-        return 2 * rh, 2 * rw
+        return DECODE_MARGIN * rh, DECODE_MARGIN * rw
 
     def crop_box(self, height: int, width: int) -> tuple[float, float, float, float]:
         """The region (y0, x0, y1, x1) of an image of this size that the network sees.

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reciprocam_ir import preprocess  # noqa: E402
 from reciprocam_ir.preprocess import Preprocessing  # noqa: E402
 from sample_images import sample_images  # noqa: E402
 
@@ -231,9 +232,15 @@ def main() -> None:
     parser.add_argument("--part", choices=("resize", "accuracy", "end-to-end", "all"),
                         default="all")
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--margin", type=int, default=None,
+                        help="decode reduced to this many times the resize target (default: "
+                             "the runtime's DECODE_MARGIN)")
     parser.add_argument("--artifact", type=Path, default=None,
                         help="the pretrained Lite0 artifact (default: exported here)")
     args = parser.parse_args()
+    if args.margin is not None:
+        preprocess.DECODE_MARGIN = args.margin
+    print(f"shrink on load to {preprocess.DECODE_MARGIN}x the resize target")
     if args.part in ("resize", "all"):
         resize_table(args)
     if args.part == "resize":

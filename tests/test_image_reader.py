@@ -18,7 +18,13 @@ from conftest import BIN, subprocess_env
 from reciprocam_ir import ReciproCAM
 from reciprocam_ir.image_header import ImageHeader
 from reciprocam_ir.image_reader import MAX_ASPECT_RATIO, DecodedImage, reduction, to_uint8
-from reciprocam_ir.preprocess import ImageError, Preprocessing, decode_image, read_image
+from reciprocam_ir.preprocess import (
+    DECODE_MARGIN,
+    ImageError,
+    Preprocessing,
+    decode_image,
+    read_image,
+)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -311,24 +317,26 @@ def test_to_uint8_makes_no_full_size_float_temporaries():
 
 # ---------------------------------------------------------------- shrink on load (issue 26)
 
+DIRECT = Preprocessing(size=(224, 224), resize="direct")  # Lite0's recipe
 CROP = Preprocessing(size=(224, 224), resize_size=256)
 
 
-@pytest.mark.parametrize("fmt, width, height, divisor", [
-    ("JPEG", 4032, 3024, 4),   # 1008x756 leaves twice 341x256; 504x378 would not
-    ("JPEG", 3024, 4032, 4),   # portrait
-    ("JPEG", 8000, 6000, 8),
-    ("JPEG", 2000, 1500, 2),
-    ("JPEG", 1000, 750, 1),    # 500x375 is less than twice 341x256
-    ("JPEG", 6000, 1000, 1),   # the short side decides: 1536 long at 256 short
-    ("JPEG", 4000, 3993, 4),   # at 1/8 both sides would be 500: EXIF's turn unknowable
-    ("PNG", 4032, 3024, 1),    # only JPEG decodes at a smaller scale
-    ("WebP", 4032, 3024, 1),
-])
-def test_decode_scale_is_the_smallest_leaving_twice_the_resize_target(fmt, width, height,
-                                                                     divisor):
+@pytest.mark.parametrize("fmt, width, height, p, divisor", [
+    ("JPEG", 4032, 3024, DIRECT, 4),  # 1008x756 leaves 3 x 224; 504x378 would not
+    ("JPEG", 3024, 4032, DIRECT, 4),  # portrait
+    ("JPEG", 4032, 3024, CROP, 2),    # 3 x 341x256 is more than 1008x756
+    ("JPEG", 8000, 6000, DIRECT, 8),
+    ("JPEG", 2000, 1500, DIRECT, 2),
+    ("JPEG", 1000, 750, DIRECT, 1),   # 500x375 is less than 3 x 224
+    ("JPEG", 6000, 1200, CROP, 1),    # the short side decides: 256 x 3 = 768 > 600
+    ("JPEG", 5400, 5393, DIRECT, 4),  # at 1/8 both sides would be 675: EXIF's turn unknowable
+    ("PNG", 4032, 3024, DIRECT, 1),   # only JPEG decodes at a smaller scale
+    ("WebP", 4032, 3024, DIRECT, 1),
+], ids=str)
+def test_decode_scale_is_the_smallest_leaving_the_margin(fmt, width, height, p, divisor):
+    assert DECODE_MARGIN == 3
     header = ImageHeader(fmt, width, height)
-    assert reduction(header, CROP.min_decode_size) == divisor
+    assert reduction(header, p.min_decode_size) == divisor
     assert reduction(header, None) == 1
 
 
@@ -344,7 +352,7 @@ def photo_2mp() -> np.ndarray:
 def test_reduced_decode_applies_exif_and_keeps_the_full_upright_size(photo_2mp, orientation):
     data = _jpeg_with_orientation(photo_2mp, orientation)
     full = decode_image(data)
-    small = decode_image(data, min_size=CROP.min_decode_size)
+    small = decode_image(data, min_size=DIRECT.min_decode_size)
     assert isinstance(small, DecodedImage) and small.reduction == 2
     assert small.full_size == full.shape[:2] == UPRIGHT[orientation](photo_2mp).shape[:2]
     assert small.shape[:2] == (full.shape[0] // 2, full.shape[1] // 2)
@@ -357,13 +365,13 @@ def test_reduced_decode_keeps_the_header_checks_before_decoding(tmp_path):
     is decoded at any scale."""
     claim = b"\xff\xd8\xff\xc0" + struct.pack(">HBHHB", 11, 8, 20000, 20000, 1) + bytes(3)
     with pytest.raises(ImageError, match="more than the 100000000-pixel limit"):
-        decode_image(claim, min_size=CROP.min_decode_size)
+        decode_image(claim, min_size=DIRECT.min_decode_size)
     (tmp_path / "claim.jpg").write_bytes(claim)
     with pytest.raises(ImageError, match="more than the 100000000-pixel limit"):
-        read_image(tmp_path / "claim.jpg", min_size=CROP.min_decode_size)
+        read_image(tmp_path / "claim.jpg", min_size=DIRECT.min_decode_size)
     with pytest.raises(ImageError, match="aspect ratio"):
         decode_image(b"\xff\xd8\xff\xc0" + struct.pack(">HBHHB", 11, 8, 2, 20000, 1) + bytes(3),
-                     min_size=CROP.min_decode_size)
+                     min_size=DIRECT.min_decode_size)
 
 
 def test_exact_decode_and_other_formats_are_unchanged(photo_2mp, tmp_path):
@@ -375,6 +383,6 @@ def test_exact_decode_and_other_formats_are_unchanged(photo_2mp, tmp_path):
     assert type(full) is np.ndarray
     np.testing.assert_array_equal(full, cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR),
                                                      cv2.COLOR_BGR2RGB))
-    from_png = decode_image(png, min_size=CROP.min_decode_size)
+    from_png = decode_image(png, min_size=DIRECT.min_decode_size)
     assert type(from_png) is np.ndarray
     np.testing.assert_array_equal(from_png, photo_2mp[..., ::-1])  # encoded as if BGR

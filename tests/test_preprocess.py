@@ -248,9 +248,9 @@ def test_explain_graph_doc_recipes_give_the_api_input_and_map(lite0_dir, photos,
 
 @pytest.fixture(scope="module")
 def photo_jpeg(photos, tmp_path_factory):
-    """A 2000x1500 JPEG made from a bundled photo: it decodes at 1/2 scale for 224 inputs."""
+    """A 3000x2250 JPEG made from a bundled photo: it decodes at 1/2 scale for 224 inputs."""
     path = tmp_path_factory.mktemp("photo") / "astronaut.jpg"
-    big = cv2.resize(photos["astronaut"], (2000, 1500), interpolation=cv2.INTER_CUBIC)
+    big = cv2.resize(photos["astronaut"], (3000, 2250), interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
     return path
 
@@ -274,21 +274,21 @@ def test_reduced_image_is_placed_as_its_full_size_image(photo_jpeg, p):
 
 def test_explain_shrinks_on_load_maps_boxes_and_overlays_on_the_full_image(lite0_dir,
                                                                            photo_jpeg):
-    """decode='reduced' (default): the same classes, maps within 0.05, boxes in full-image
-    pixels, upsampled maps and overlays at the photo's size. decode='exact': the input is
+    """decode='reduced': the same classes, maps within 0.05, boxes in full-image pixels,
+    upsampled maps and overlays at the photo's size. decode='exact' (default): the input is
     the full decode through the manifest's recipe, as before shrink on load existed."""
     from reciprocam_ir import ReciproCAM
     from reciprocam_ir.preprocess import read_image
 
-    reduced = ReciproCAM(lite0_dir, backend="onnxruntime")
-    exact = ReciproCAM(lite0_dir, backend="onnxruntime", decode="exact")
+    reduced = ReciproCAM(lite0_dir, backend="onnxruntime", decode="reduced")
+    exact = ReciproCAM(lite0_dir, backend="onnxruntime")
     got, want = reduced.explain(photo_jpeg, top_k=3), exact.explain(photo_jpeg, top_k=3)
-    assert got.images[0].shape[:2] == (750, 1000) and want.images[0].shape[:2] == (1500, 2000)
+    assert got.images[0].shape[:2] == (1125, 1500) and want.images[0].shape[:2] == (2250, 3000)
     assert got.boxes == want.boxes
     np.testing.assert_array_equal(got.targets, want.targets)
     assert np.abs(got.saliency - want.saliency).max() <= 0.05
-    assert got.upsample(0).shape == want.upsample(0).shape == (3, 1500, 2000)
-    assert got.overlay(0, 1).shape == want.overlay(0, 1).shape == (1500, 2000, 3)
+    assert got.upsample(0).shape == want.upsample(0).shape == (3, 2250, 3000)
+    assert got.overlay(0, 1).shape == want.overlay(0, 1).shape == (2250, 3000, 3)
     rgb = read_image(photo_jpeg)
     np.testing.assert_array_equal(exact.load(photo_jpeg)[0], rgb)
     np.testing.assert_array_equal(
