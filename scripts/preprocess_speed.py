@@ -119,8 +119,9 @@ def jpeg(rgb: np.ndarray, progressive: bool = False) -> bytes:
     return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)[1].tobytes()
 
 
-def accuracy_photos(folder: Path) -> dict[str, Path]:
-    """The bundled photos as JPEGs, and large photos made from them."""
+def accuracy_photos(folder: Path, quick: bool = False) -> dict[str, Path]:
+    """The bundled photos as JPEGs, and large photos made from them (``quick``: one of each,
+    for the smoke test)."""
     photos = sample_images()
     files = {f"{name} {rgb.shape[1]}x{rgb.shape[0]}": jpeg(rgb) for name, rgb in photos.items()}
     files.update({
@@ -133,6 +134,8 @@ def accuracy_photos(folder: Path) -> dict[str, Path]:
         "rocket 12MP progressive": jpeg(grainy(enlarged(photos["rocket"], 4032, 3024)), True),
         "astronaut 12MP grain": jpeg(grainy(enlarged(photos["astronaut"], 4032, 3024))),
     })
+    if quick:
+        files = {name: files[name] for name in (next(iter(files)), "chelsea 12MP EXIF 6")}
     paths = {}
     for i, (name, data) in enumerate(files.items()):
         paths[name] = folder / f"photo{i}.jpg"
@@ -158,7 +161,7 @@ def accuracy_table(args: argparse.Namespace, artifact: Path, folder: Path) -> No
           f"{'map max':>7} | {'crop 256/224: scale':>19} {'mean':>7} {'max':>6} {'top1':>4} "
           f"{'map max':>7}")
     worst = {"mean": 0.0, "map": 0.0, "top1": True}
-    for name, path in accuracy_photos(folder).items():
+    for name, path in accuracy_photos(folder, args.quick).items():
         full = read_image(path)
         row = f"{name:<24}"
         for p in (exact.preprocessing, crop):
@@ -235,6 +238,8 @@ def main() -> None:
     parser.add_argument("--margin", type=int, default=None,
                         help="decode reduced to this many times the resize target (default: "
                              "the runtime's DECODE_MARGIN)")
+    parser.add_argument("--quick", action="store_true",
+                        help="accuracy on two photos only (the smoke test)")
     parser.add_argument("--artifact", type=Path, default=None,
                         help="the pretrained Lite0 artifact (default: exported here)")
     args = parser.parse_args()

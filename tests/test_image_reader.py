@@ -386,3 +386,12 @@ def test_exact_decode_and_other_formats_are_unchanged(photo_2mp, tmp_path):
     from_png = decode_image(png, min_size=DIRECT.min_decode_size)
     assert type(from_png) is np.ndarray
     np.testing.assert_array_equal(from_png, photo_2mp[..., ::-1])  # encoded as if BGR
+
+
+def test_decode_memory_script_runs():
+    """Smoke test of scripts/decode_memory.py (docs/robustness.md's numbers, at 600x600)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "decode_memory.py"
+    proc = subprocess.run([sys.executable, str(script), "--side", "600"], capture_output=True,
+                          text=True, timeout=120, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "previous" in proc.stdout and "ratio now/previous" in proc.stdout

@@ -295,3 +295,18 @@ def test_explain_shrinks_on_load_maps_boxes_and_overlays_on_the_full_image(lite0
         want.saliency, exact.explain_tensor(exact.preprocessing(rgb), top_k=3).saliency)
     with pytest.raises(ValueError, match="decode must be one of"):
         ReciproCAM(lite0_dir, backend="onnxruntime", decode="fast")
+
+
+def test_preprocess_speed_accuracy_part_runs(lite0_dir):
+    """Smoke test of scripts/preprocess_speed.py --part accuracy (docs/performance.md's table)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "preprocess_speed.py"
+    proc = subprocess.run([sys.executable, str(script), "--part", "accuracy", "--quick",
+                           "--artifact", str(lite0_dir)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if "|" in line]
+    assert len(rows) == 3 and "1/4" in rows[2] and "worst:" in proc.stdout
