@@ -6,8 +6,9 @@ or the rest of the file is read. OpenCV then decodes, applying the EXIF orientat
 
 Given ``min_size`` (how small the decoded image may be for what follows, see
 :meth:`.Preprocessing.min_decode_size`), a JPEG is decoded at 1/2, 1/4 or 1/8 scale in
-libjpeg's DCT (shrink on load: a 12 MP photo costs a quarter of the decoding or less), as a
-:class:`DecodedImage` that remembers the full image's size.
+libjpeg's DCT (shrink on load: most of the inverse DCT, upsampling and colour conversion
+is skipped, not the entropy decoding), as a :class:`DecodedImage` that remembers the full
+image's size.
 """
 
 from __future__ import annotations
