@@ -16,6 +16,7 @@ from .artifact import atomic_write_bytes, sha256_file
 from .backends import add_engine_arguments
 from .explainer import ReciproCAM
 from .explanation import slug
+from .image_reader import DECODE_MODES
 from .masking import (
     DEFAULT_DROP_SIGMA,
     DEFAULT_MASK_SIGMA,
@@ -78,6 +79,11 @@ def parser() -> argparse.ArgumentParser:
                    help="explain the k best predicted classes (default 1)")
     add_mask_arguments(e)
     add_max_targets_argument(e)
+    e.add_argument("--decode", choices=DECODE_MODES, default="exact",
+                   help="exact (default): decode every image in full, the manifest's recipe as "
+                        "torchvision computes it; reduced: decode JPEGs at the smallest 1/2, "
+                        "1/4 or 1/8 scale that leaves 3x the resize target (shrink on load: "
+                        "faster on photos, maps within about 0.06, docs/performance.md)")
     e.add_argument("--out", default="explanations", help="output folder (default: explanations)")
     e.add_argument("--save-npz", action="store_true", help="also write <stem>.npz per image")
     e.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -215,7 +221,8 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
                          precision=args.precision, scores=args.scores, mask=args.mask,
                          mask_sigma=args.mask_sigma, mask_strength=args.mask_strength,
                          memory_budget_mb=args.memory_budget_mb, batch_size=args.batch_size,
-                         cache_dir=args.cache_dir, max_targets=args.max_targets)
+                         cache_dir=args.cache_dir, max_targets=args.max_targets,
+                         decode=args.decode)
     except (ValueError, MemoryError) as exc:  # ValueError: also ArtifactError, BackendError
         return fail(str(exc).replace("max_targets", "--max-targets"))
     try:
@@ -234,7 +241,7 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
                "device": cam.backend.device, "precision": cam.backend.precision,
                "targets": targets, "top_k": top_k, "scores": cam.scores, "mask": cam.mask,
                "mask_sigma": cam.mask_sigma, "mask_strength": cam.mask_strength,
-               "save_npz": args.save_npz}
+               "save_npz": args.save_npz, "decode": cam.decode}
     owner: dict[str, Path] = {}
     keys: dict[Path, dict] = {}
     todo, skipped = [], []

@@ -103,11 +103,12 @@ class ExplainOptions:
     batch_size: int = 8
     max_pixels: int = DEFAULT_MAX_PIXELS
     overlays: str | None = None
+    decode: str = "exact"
 
     def explainer(self) -> ReciproCAM:
         return ReciproCAM(self.artifact, backend=self.backend, device=self.device,
                           precision=self.precision, batch_size=self.batch_size,
-                          max_pixels=self.max_pixels)
+                          max_pixels=self.max_pixels, decode=self.decode)
 
 
 class ExplainBatch:
@@ -130,8 +131,9 @@ class ExplainBatch:
         images = []
         for i, (path, data) in enumerate(zip(paths, blobs, strict=True)):
             try:
-                rgb = (read_image(path, self.cam.max_pixels) if data is None
-                       else decode_image(data, self.cam.max_pixels))
+                shrink = self.cam.min_decode_size
+                rgb = (read_image(path, self.cam.max_pixels, shrink) if data is None
+                       else decode_image(data, self.cam.max_pixels, shrink))
             except ImageError as exc:
                 rows[i]["error"] = str(exc)
             except OSError as exc:

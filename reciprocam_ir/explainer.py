@@ -13,6 +13,7 @@ from .artifact import Artifact
 from .backends import Backend, BackendError, Graph, create_backend
 from .backends.base import FeaturesAndScores
 from .explanation import Explanation
+from .image_reader import DECODE_MODES, MinSize, image_size
 from .masking import (
     DEFAULT_WINDOW_STRENGTH,
     MASK_KINDS,
@@ -93,6 +94,11 @@ class ReciproCAM:
     threads at once (each thread gets its own infer request / session run).
     ``explain_graph=False`` never uses the explain graph (to compare paths). ``scores`` None
     scores masked maps as the mask is defined: softmax for ``window``, logits otherwise.
+    ``decode="exact"`` (default) decodes every image in full: torchvision's recipe as the
+    manifest states it. ``decode="reduced"`` decodes JPEG paths at the smallest DCT scale
+    that leaves :data:`.DECODE_MARGIN` times the resize target (shrink on load, several
+    times faster on photos; not the default because it moved one photo's map by 0.056,
+    docs/performance.md).
     """
 
     def __init__(
@@ -111,10 +117,14 @@ class ReciproCAM:
         cache_dir: str | Path | None = None,
         explain_graph: bool = True,
         max_targets: int = DEFAULT_MAX_TARGETS,
+        decode: str = "exact",
     ) -> None:
         check_options(scores, memory_budget_mb, batch_size, mask, mask_sigma, mask_strength)
         check_max_targets(max_targets)
         self.max_targets = int(max_targets)
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+        self.decode = decode
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         if mask is None:  # the artifact's own explanation: its explain graph's mask and scores
             mask = self.artifact.default_mask
@@ -430,11 +440,18 @@ class ReciproCAM:
         """Class indices to explain for one image (options checked by :meth:`check_targets`)."""
         return resolve_targets(unmasked, targets, top_k)
 
+    @property
+    def min_decode_size(self) -> MinSize | None:
+        """What :func:`.read_image` / :func:`.decode_image` take as ``min_size`` for this
+        explainer: JPEGs shrink on load (``decode="reduced"``), or None (``decode="exact"``:
+        always decoded in full)."""
+        return self.preprocessing.min_decode_size if self.decode == "reduced" else None
+
     def load(self, image: ImageLike) -> tuple[np.ndarray, str]:
         """An image path or array as (RGB uint8 array, display name)."""
         if isinstance(image, (str, Path)):
             try:
-                return read_image(image, self.max_pixels), str(image)
+                return read_image(image, self.max_pixels, self.min_decode_size), str(image)
             except ImageError as exc:
                 raise ImageError(f"{image}: {exc}") from None
         return as_rgb(image), "image"
@@ -463,7 +480,7 @@ class ReciproCAM:
                                     for rgb in rgbs[start : start + self.batch_size]])
             results.extend(self._explain_batch(batch, targets, top_k, names[start:]))
         return self._explanation(results, names, rgbs,
-                                 [self.preprocessing.crop_box(*rgb.shape[:2]) for rgb in rgbs])
+                                 [self.preprocessing.crop_box(*image_size(rgb)) for rgb in rgbs])
 
     def explain_isolating(
         self,

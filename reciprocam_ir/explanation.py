@@ -7,9 +7,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .artifact import atomic_write_bytes
+from .image_reader import image_size
 from .visualise import overlay, upsample, write_png
 
 
@@ -31,8 +33,10 @@ class Explanation:
     targets: np.ndarray
     scores: np.ndarray
     images: list[np.ndarray] | None
-    """The RGB images explained; None for :meth:`ReciproCAM.explain_tensor` results."""
+    """The RGB images explained, as decoded (a JPEG that shrank on load is a reduced
+    :class:`.DecodedImage`); None for :meth:`ReciproCAM.explain_tensor` results."""
     boxes: list[tuple[float, float, float, float]] | None
+    """Per image, the region (y0, x0, y1, x1) the network saw, in full-image pixels."""
     names: list[str]
     labels: list[str] | None = None
     files: list[list[Path]] = field(default_factory=list)
@@ -50,14 +54,22 @@ class Explanation:
                              "maps need explain() on the images")
         return self.images[i]
 
+    def full_image(self, i: int) -> np.ndarray:
+        """Image ``i`` at its full size: an image decoded reduced is enlarged bilinearly."""
+        image = self._image(i)
+        height, width = image_size(image)
+        if image.shape[:2] == (height, width):
+            return image
+        return cv2.resize(np.asarray(image), (width, height), interpolation=cv2.INTER_LINEAR)
+
     def upsample(self, i: int) -> np.ndarray:
         """The K maps of image ``i`` at the image's own size, (K, H, W) in [0, 1]."""
-        shape = self._image(i).shape[:2]
+        shape = image_size(self._image(i))
         return np.stack([upsample(m, self.boxes[i], shape) for m in self.saliency[i]])
 
     def overlay(self, i: int, k: int = 0, alpha: float = 0.5) -> np.ndarray:
         """Image ``i`` with map ``k`` coloured over it, HxWx3 uint8 RGB."""
-        image = self._image(i)
+        image = self.full_image(i)
         full = upsample(self.saliency[i, k], self.boxes[i], image.shape[:2])
         return overlay(image, full, alpha)
 

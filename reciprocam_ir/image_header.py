@@ -123,29 +123,56 @@ def _gif(read: Read) -> tuple[int, int]:
 
 
 _TIFF_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
+MAX_TIFF_DIRECTORIES = 64
+"""Directories (pages) of a TIFF whose sizes are compared; the decoder reads the first."""
+
+
+def _tiff_directory(read: Read, order: str, big: bool, ifd: int) -> tuple[int, int, int]:
+    """Width, height and the next directory's offset of the directory at ``ifd``.
+
+    A repeated width or height tag is refused: libtiff (OpenCV's decoder) keeps the first
+    copy, other readers the last, so such a header has no one size to check.
+    """
+    count_fmt, entry_fmt, entry_size = ("Q", "HHQ8s", 20) if big else ("H", "HHI4s", 12)
+    (count,) = _unpack(order + count_fmt, read, ifd, "TIFF directory")
+    start = ifd + struct.calcsize(count_fmt)
+    found: dict[int, int] = {}
+    for i in range(min(count, MAX_TIFF_TAGS)):
+        tag, kind, n, value = _unpack(order + entry_fmt, read, start + i * entry_size,
+                                      "TIFF directory")
+        if tag in (256, 257):
+            if tag in found:
+                raise _unreadable(f"TIFF with a repeated {'width' if tag == 256 else 'height'}"
+                                  " tag")
+            if kind in _TIFF_TYPES and n >= 1:
+                code = _TIFF_TYPES[kind]
+                found[tag] = struct.unpack_from(order + code, value.ljust(8, b"\0"))[0]
+    if 256 not in found or 257 not in found:
+        raise _unreadable("TIFF without its width and height")
+    nxt = read(start + count * entry_size, 8 if big else 4)
+    following = struct.unpack(order + ("Q" if big else "I"), nxt)[0] if len(nxt) == (
+        8 if big else 4) else 0
+    return found[256], found[257], following
 
 
 def _tiff(read: Read) -> tuple[int, int]:
+    """The first directory's size (the one OpenCV decodes); refused if a later directory
+    states another size, since a reader taking that one would not decode what was checked."""
     order = "<" if read(0, 2) == b"II" else ">"
     (version,) = _unpack(order + "H", read, 2, "TIFF header")
     big = version == 43
-    if big:
-        (ifd,) = _unpack(order + "Q", read, 8, "BigTIFF header")
-        count_fmt, entry_fmt, entry_size = "Q", "HHQ8s", 20
-    else:
-        (ifd,) = _unpack(order + "I", read, 4, "TIFF header")
-        count_fmt, entry_fmt, entry_size = "H", "HHI4s", 12
-    (count,) = _unpack(order + count_fmt, read, ifd, "TIFF directory")
-    found: dict[int, int] = {}
-    for i in range(min(count, MAX_TIFF_TAGS)):
-        entry = ifd + struct.calcsize(count_fmt) + i * entry_size
-        tag, kind, n, value = _unpack(order + entry_fmt, read, entry, "TIFF directory")
-        if tag in (256, 257) and kind in _TIFF_TYPES and n >= 1:
-            code = _TIFF_TYPES[kind]
-            found[tag] = struct.unpack_from(order + code, value.ljust(8, b"\0"))[0]
-    if 256 not in found or 257 not in found:
-        raise _unreadable("TIFF without its width and height")
-    return found[256], found[257]
+    (ifd,) = _unpack(order + ("Q" if big else "I"), read, 8 if big else 4, "TIFF header")
+    seen = {ifd}
+    width, height, ifd = _tiff_directory(read, order, big, ifd)
+    for _ in range(MAX_TIFF_DIRECTORIES - 1):
+        if ifd == 0 or ifd in seen:
+            break
+        seen.add(ifd)
+        w, h, ifd = _tiff_directory(read, order, big, ifd)
+        if (w, h) != (width, height):
+            raise _unreadable(f"TIFF with directories of different sizes ({width}x{height}, "
+                              f"{w}x{h})")
+    return width, height
 
 
 def _webp(read: Read) -> tuple[int, int]:

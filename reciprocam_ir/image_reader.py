@@ -3,11 +3,18 @@
 The header is read first (:mod:`.image_header`): too many pixels, an absurd aspect ratio
 or a file larger than its image can be are refused before a byte of pixels is decoded
 or the rest of the file is read. OpenCV then decodes, applying the EXIF orientation.
+
+Given ``min_size`` (how small the decoded image may be for what follows, see
+:meth:`.Preprocessing.min_decode_size`), a JPEG is decoded at 1/2, 1/4 or 1/8 scale in
+libjpeg's DCT (shrink on load: most of the inverse DCT, upsampling and colour conversion
+is skipped, not the entropy decoding), as a :class:`DecodedImage` that remembers the full
+image's size.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -23,6 +30,54 @@ MAX_BYTES_PER_PIXEL = 16
 METADATA_BYTES = 16 * 2**20
 """Allowance for metadata (EXIF, ICC profiles, thumbnails) on top of the pixels."""
 _DECODE_FLAGS = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH  # not UNCHANGED: EXIF is applied
+REDUCED_DECODES = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                   2: cv2.IMREAD_REDUCED_COLOR_2}
+"""Scales a JPEG decodes at in libjpeg's DCT, largest first. Other formats have none in
+OpenCV: its reduced modes decode them in full and resize after, without antialiasing."""
+
+DECODE_MODES = ("exact", "reduced")
+"""``exact``: always full scale; ``reduced``: shrink on load where the format allows it."""
+
+MinSize = Callable[[int, int], tuple[int, int]]
+"""``min_size(height, width)``: the smallest (height, width) an image of that full size may
+be decoded at."""
+
+
+class DecodedImage(np.ndarray):
+    """An HxWx3 uint8 RGB image decoded at 1/``reduction`` scale of a ``full_size`` (height,
+    width) image, upright. Arrays derived from it (slices, copies) are plain images again."""
+
+    full_size: tuple[int, int] | None = None
+    reduction: int = 1
+
+    def __array_finalize__(self, obj) -> None:
+        self.full_size, self.reduction = None, 1
+
+
+def image_size(rgb: np.ndarray) -> tuple[int, int]:
+    """(height, width) of the image ``rgb`` shows: its full size if decoded reduced."""
+    return getattr(rgb, "full_size", None) or rgb.shape[:2]
+
+
+def reduction(header: ImageHeader, min_size: MinSize | None) -> int:
+    """The scale divisor to decode at: the largest JPEG scale whose image still has
+    ``min_size`` in either orientation (EXIF may turn it), 1 for full scale.
+
+    A divisor at which a non-square image would decode square is skipped: the decoded
+    shape must tell whether EXIF turned the image.
+    """
+    if min_size is None or header.format != "JPEG":
+        return 1
+    h, w = header.height, header.width
+    for divisor in REDUCED_DECODES:
+        rh, rw = -(-h // divisor), -(-w // divisor)
+        if rh == rw and h != w:
+            continue
+        need_h, need_w = min_size(h, w)
+        turned_h, turned_w = min_size(w, h)
+        if rh >= need_h and rw >= need_w and rw >= turned_h and rh >= turned_w:
+            return divisor
+    return 1
 
 
 def max_file_bytes(pixels: int) -> int:
@@ -44,11 +99,13 @@ def check_header(header: ImageHeader, size: int, max_pixels: int) -> None:
                          f"image can be (limit {max_file_bytes(w * h)} bytes)")
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               min_size: MinSize | None = None) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB (upright by its EXIF orientation).
 
     Only the header is read before the checks of :func:`check_header`; then at most
-    :func:`max_file_bytes` of the file.
+    :func:`max_file_bytes` of the file. With ``min_size``, a JPEG may come back reduced
+    (:class:`DecodedImage`, see :func:`reduction`).
     """
     path = Path(path)
     if not path.is_file():
@@ -71,14 +128,15 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     except OSError as exc:
         raise ImageError(f"cannot read the file ({exc.strerror or exc})") from None
     check_header(header, len(data), max_pixels)
-    return _decode(np.frombuffer(data, np.uint8), header, max_pixels)
+    return _decode(np.frombuffer(data, np.uint8), header, max_pixels, min_size)
 
 
-def decode_image(data: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_size: MinSize | None = None) -> np.ndarray:
     """Decode an encoded image (PNG, JPEG, ...; content decides) as HxWx3 uint8 RGB.
 
     The one decoder behind every entry point (files, server requests, dataset rows),
-    with the same header checks as :func:`read_image`.
+    with the same header checks and ``min_size`` as :func:`read_image`.
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = np.frombuffer(data, dtype=np.uint8)
@@ -89,19 +147,21 @@ def decode_image(data: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ImageError("empty file")
     header = read_header(lambda offset, n: data[offset : offset + n].tobytes())
     check_header(header, data.size, max_pixels)
-    return _decode(data, header, max_pixels)
+    return _decode(data, header, max_pixels, min_size)
 
 
-def _decode(data: np.ndarray, header: ImageHeader, max_pixels: int) -> np.ndarray:
-    try:
-        image = cv2.imdecode(data, _DECODE_FLAGS)
-    except cv2.error as exc:  # OpenCV refuses some headers by raising
-        reason = str(exc).strip().splitlines()[-1][:120]
-        raise ImageError(f"not a readable image ({reason})") from None
-    if image is None:
-        raise ImageError(f"not a readable image (corrupt or truncated {header.format} data)")
+def _decode(data: np.ndarray, header: ImageHeader, max_pixels: int,
+            min_size: MinSize | None = None) -> np.ndarray:
+    divisor = reduction(header, min_size)
+    if divisor > 1:
+        return _decode_reduced(data, header, divisor)
+    image = _imdecode(data, _DECODE_FLAGS, header)
     if image.shape[0] * image.shape[1] > max_pixels:
         raise ImageError(f"image has more than the {max_pixels}-pixel limit")
+    if image.shape[0] * image.shape[1] > header.width * header.height:
+        raise ImageError(f"{header.format} image decoded to {image.shape[1]}x{image.shape[0]} "
+                         f"pixels, more than the {header.width}x{header.height} its header "
+                         "states")
     image = to_uint8(image)
     channels = 1 if image.ndim == 2 else image.shape[2]
     if channels == 1:
@@ -113,20 +173,46 @@ def _decode(data: np.ndarray, header: ImageHeader, max_pixels: int) -> np.ndarra
     raise ImageError(f"unsupported number of channels: {channels}")
 
 
+def _imdecode(data: np.ndarray, flags: int, header: ImageHeader) -> np.ndarray:
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as exc:  # OpenCV refuses some headers by raising
+        reason = str(exc).strip().splitlines()[-1][:120]
+        raise ImageError(f"not a readable image ({reason})") from None
+    if image is None:
+        raise ImageError(f"not a readable image (corrupt or truncated {header.format} data)")
+    return image
+
+
+def _decode_reduced(data: np.ndarray, header: ImageHeader, divisor: int) -> DecodedImage:
+    image = _imdecode(data, REDUCED_DECODES[divisor], header)
+    h, w = -(-header.height // divisor), -(-header.width // divisor)
+    full = (header.height, header.width) if image.shape[:2] == (h, w) else (
+        header.width, header.height)
+    if sorted(image.shape[:2]) != sorted((h, w)):
+        raise ImageError(f"{header.format} image decoded at 1/{divisor} scale to "
+                         f"{image.shape[1]}x{image.shape[0]} pixels, not the {w}x{h} its "
+                         "header implies")
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB).view(DecodedImage)
+    rgb.full_size, rgb.reduction = full, divisor
+    return rgb
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Pixel values as 0..255, by the rule docs/robustness.md documents (never saturating).
 
     8-bit is kept; 16-bit unsigned maps its full range 0..65535. Any other depth (signed
     integers, floats) maps the first of these ranges that holds all its values: [0, 1]
     (floats only), [0, 255], [0, 65535], else the image's own min..max. NaN or infinite
-    values are refused.
+    values are refused. Work goes in blocks of rows, so the only full-size array made is
+    the 8-bit result (a 9000×9000 16-bit RGB image once took 3.9 GB of float32 temporaries).
     """
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.uint16:
         return _scaled(image, 0.0, 65535.0)
     is_float = np.issubdtype(image.dtype, np.floating)
-    if is_float and not np.isfinite(image).all():
+    if is_float and not all(np.isfinite(block).all() for _, block in _row_blocks(image)):
         raise ImageError(f"{image.dtype} image holds NaN or infinite values")
     lo, hi = float(image.min()), float(image.max())
     for top in ((1.0, 255.0, 65535.0) if is_float else (255.0, 65535.0)):
@@ -135,8 +221,27 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return _scaled(image, lo, hi)
 
 
+BLOCK_VALUES = 1 << 20
+"""Values converted at a time by :func:`to_uint8` (4 MB of float32)."""
+
+
+def _row_blocks(image: np.ndarray):
+    """(first row, block of rows) covering ``image`` with about :data:`BLOCK_VALUES` each."""
+    step = max(1, BLOCK_VALUES // max(1, image[:1].size))
+    for r0 in range(0, image.shape[0], step):
+        yield r0, image[r0 : r0 + step]
+
+
 def _scaled(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    out = np.zeros(image.shape, np.uint8)
     if hi <= lo:
-        return np.zeros(image.shape, np.uint8)
-    scaled = (image.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return out
+    offset, gain = np.float32(lo), np.float32(255.0 / (hi - lo))
+    for r0, block in _row_blocks(image):
+        scaled = block.astype(np.float32)
+        scaled -= offset
+        scaled *= gain
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, 0, 255, out=scaled)
+        out[r0 : r0 + len(block)] = scaled
+    return out

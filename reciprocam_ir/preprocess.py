@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .image_header import ImageError
-from .image_reader import DEFAULT_MAX_PIXELS, decode_image, read_image
+from .image_reader import DEFAULT_MAX_PIXELS, DecodedImage, decode_image, image_size, read_image
 from .resample import INTERPOLATIONS, axis_taps, resample
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -18,6 +18,10 @@ RESIZE_POLICIES = ("direct", "shorter_side_crop", "pad")
 PAD_POSITIONS = ("center", "top_left")
 COLOR_ORDERS = ("RGB", "BGR")
 LAYOUTS = ("NCHW", "NHWC")
+DECODE_MARGIN = 3
+"""How many times the resized size an image decoded reduced keeps, per axis. At 2, a 24 MP
+photo decoded at 1/8 changed Lite0's top-1 class (scripts/preprocess_speed.py --part accuracy
+--margin 2); at 3 no photo did (docs/performance.md)."""
 MAX_SIDE = 8192
 """Largest input side and ``resize_size``: an 8192² float32 input is already 805 MB."""
 
@@ -141,6 +145,13 @@ class Preprocessing:
         rh, rw = (self.resize_size, new_long) if height <= width else (new_long, self.resize_size)
         return (rh, _crop_start(rh, h)), (rw, _crop_start(rw, w))
 
+    def min_decode_size(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest (height, width) to decode an image of this size at:
+        :data:`DECODE_MARGIN` times the size it is resized to, so that the antialiased
+        resize still does most of the filtering."""
+        (rh, _), (rw, _) = self.placement(height, width)
+        return DECODE_MARGIN * rh, DECODE_MARGIN * rw
+
     def crop_box(self, height: int, width: int) -> tuple[float, float, float, float]:
         """The region (y0, x0, y1, x1) of an image of this size that the network sees.
 
@@ -153,15 +164,21 @@ class Preprocessing:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 RGB → 1x3xHxW (or 1xHxWx3 for NHWC) float32 network input.
 
-        Only the part of the resized image that the input keeps is computed.
+        Only the part of the resized image that the input keeps is computed. A
+        :class:`DecodedImage` decoded reduced is placed as its full-size image would be
+        (the same resized size, crop and crop box), resampled from the pixels it has.
         """
         rgb = as_rgb(rgb)
+        full = image_size(rgb)
         h, w = self.size
-        (rh, top), (rw, left) = self.placement(*rgb.shape[:2])
+        (rh, top), (rw, left) = self.placement(*full)
         r0, r1 = max(0, -top), min(rh, h - top)
         c0, c1 = max(0, -left), min(rw, w - left)
-        rows = axis_taps(rgb.shape[0], rh, r0, r1 - r0, self.interpolation, self.antialias)
-        cols = axis_taps(rgb.shape[1], rw, c0, c1 - c0, self.interpolation, self.antialias)
+        reduction = getattr(rgb, "reduction", 1) if full != rgb.shape[:2] else 1
+        rows = axis_taps(rgb.shape[0], rh, r0, r1 - r0, self.interpolation, self.antialias,
+                         full[0] / reduction)
+        cols = axis_taps(rgb.shape[1], rw, c0, c1 - c0, self.interpolation, self.antialias,
+                         full[1] / reduction)
         img = resample(rgb, rows, cols)
         if img.shape[:2] != (h, w):
             canvas = np.full((h, w, 3), self.pad_value, np.float32)
@@ -199,6 +216,6 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageError", "Preprocessing", "as_rgb",
-    "decode_image", "read_image",
+    "DEFAULT_MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD", "DecodedImage", "ImageError",
+    "Preprocessing", "as_rgb", "decode_image", "image_size", "read_image",
 ]

@@ -41,14 +41,17 @@ _KERNELS = {
 
 
 def axis_taps(in_size: int, out_size: int, first: int, count: int, interpolation: str,
-              antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+              antialias: bool, extent: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Input indices and weights, each (count, taps), of outputs ``first .. first+count-1``.
 
     The outputs belong to a resize of an axis of ``in_size`` pixels to ``out_size``
     (half-pixel centres, as ``align_corners=False``). Indices are clamped into the axis.
+    ``extent``: the length in input pixels that the ``out_size`` outputs span, when it is
+    not ``in_size`` (an image decoded at 1/4 scale spans a quarter of the full length,
+    which its rounded-up size need not equal).
     """
     half, kernel = _KERNELS[(interpolation, antialias)]
-    scale = in_size / out_size
+    scale = (in_size if extent is None else extent) / out_size
     centres = scale * (np.arange(first, first + count, dtype=np.float64) + 0.5)
     if antialias:
         support = half * scale if scale >= 1.0 else float(half)

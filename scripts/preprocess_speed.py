@@ -1,17 +1,34 @@
-"""Time the manifest's preprocessing against the previous OpenCV-only one, side by side.
+"""Preprocessing speed and shrink-on-load accuracy, each measured side by side in one run.
 
-The previous one (before torchvision's recipe was reproduced) resized the whole image with
-``cv2.INTER_LINEAR`` (no antialiasing) and cropped after. Both run interleaved in one
-process; medians of ``--repeat`` runs. Decoding the photo as JPEG is timed for scale.
+``--part resize``: the manifest's preprocessing against the previous OpenCV-only one (which
+resized the whole image with ``cv2.INTER_LINEAR``, no antialiasing, and cropped after),
+interleaved, medians of ``--repeat`` runs.
 
-    .venv/bin/python scripts/preprocess_speed.py [--repeat 15]
+``--part accuracy``: JPEG shrink on load (``decode="reduced"``) against the full decode
+(``decode="exact"``) over the bundled photos and large photos made from them (12 MP and
+24 MP, smooth and with sensor-like grain, portrait, EXIF-rotated, progressive): the network
+input difference (mean, max; normalised units) for the Lite0 artifact's recipe and for
+torchvision's 256/224 crop, top-1 agreement and the largest map difference (pretrained
+EfficientNet-Lite0, ONNX Runtime f32). Shrink on load is the default only if the mean input
+difference is <= 5e-3, top-1 agrees on every photo and maps differ by <= 0.05.
+
+``--part end-to-end``: for 0.3, 2 and 12 MP JPEGs, ``explain(path)`` divided by
+``explain_tensor`` on the same input, with ``decode="exact"`` (the path before shrink on
+load) and ``decode="reduced"``, and the peer: PIL open + torchvision transforms of the same
+recipe + the same ``explain_tensor``.
+
+    .venv/bin/python scripts/preprocess_speed.py [--part all] [--repeat 15] [--artifact DIR]
+
+Without ``--artifact`` the pretrained Lite0 artifact is exported to a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import struct
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +36,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reciprocam_ir import preprocess  # noqa: E402
 from reciprocam_ir.preprocess import Preprocessing  # noqa: E402
 from sample_images import sample_images  # noqa: E402
 
@@ -49,10 +67,7 @@ def median_ms(fn, repeat: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=15)
-    args = parser.parse_args()
+def resize_table(args: argparse.Namespace) -> None:
     photo = sample_images()["astronaut"]
     images = {
         "4000x3000": cv2.resize(photo, (4000, 3000), interpolation=cv2.INTER_CUBIC),
@@ -78,6 +93,170 @@ def main() -> None:
     jpeg = cv2.imencode(".jpg", images["4000x3000"])[1]
     decode = median_ms(lambda: cv2.imdecode(jpeg, cv2.IMREAD_COLOR), max(3, args.repeat // 3))
     print(f"for scale: decoding the 4000x3000 photo as JPEG takes {decode:.1f} ms")
+
+
+def with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF APP1 segment holding only Orientation."""
+    tiff = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack(
+        "<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    app1 = b"Exif\0\0" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+def grainy(rgb: np.ndarray, sigma: float = 6.0, seed: int = 0) -> np.ndarray:
+    """Sensor-like per-pixel noise: detail at the finest scale, which a DCT-domain
+    reduction drops and an antialiased resize mostly averages away."""
+    noise = np.random.default_rng(seed).normal(0.0, sigma, rgb.shape).astype(np.float32)
+    return np.clip(rgb + noise, 0, 255).astype(np.uint8)
+
+
+def enlarged(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def jpeg(rgb: np.ndarray, progressive: bool = False) -> bytes:
+    params = [cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)]
+    return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)[1].tobytes()
+
+
+def accuracy_photos(folder: Path, quick: bool = False) -> dict[str, Path]:
+    """The bundled photos as JPEGs, and large photos made from them (``quick``: one of each,
+    for the smoke test)."""
+    photos = sample_images()
+    files = {f"{name} {rgb.shape[1]}x{rgb.shape[0]}": jpeg(rgb) for name, rgb in photos.items()}
+    files.update({
+        "china 12MP": jpeg(enlarged(photos["china"], 4032, 3024)),
+        "china 12MP grain": jpeg(grainy(enlarged(photos["china"], 4032, 3024))),
+        "flower 24MP grain": jpeg(grainy(enlarged(photos["flower"], 6000, 4000))),
+        "coffee 12MP portrait": jpeg(grainy(enlarged(photos["coffee"], 3024, 4032))),
+        "chelsea 12MP EXIF 6": with_orientation(
+            jpeg(grainy(np.rot90(enlarged(photos["chelsea"], 4032, 3024), 1))), 6),
+        "rocket 12MP progressive": jpeg(grainy(enlarged(photos["rocket"], 4032, 3024)), True),
+        "astronaut 12MP grain": jpeg(grainy(enlarged(photos["astronaut"], 4032, 3024))),
+    })
+    if quick:
+        files = {name: files[name] for name in (next(iter(files)), "chelsea 12MP EXIF 6")}
+    paths = {}
+    for i, (name, data) in enumerate(files.items()):
+        paths[name] = folder / f"photo{i}.jpg"
+        paths[name].write_bytes(data)
+    return paths
+
+
+def lite0_artifact(folder: Path) -> Path:
+    from export.pipeline import export_artifact
+
+    return export_artifact("export.pretrained:efficientnet_lite0", out=folder / "lite0",
+                           fmt="onnx")
+
+
+def accuracy_table(args: argparse.Namespace, artifact: Path, folder: Path) -> None:
+    from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.preprocess import read_image
+
+    exact = ReciproCAM(artifact, backend="onnxruntime", decode="exact")
+    reduced = ReciproCAM(artifact, backend="onnxruntime", decode="reduced")
+    crop = Preprocessing(size=exact.preprocessing.size, resize_size=256)
+    print(f"{'photo':<24} | {'Lite0 recipe: scale':>19} {'mean':>7} {'max':>6} {'top1':>4} "
+          f"{'map max':>7} | {'crop 256/224: scale':>19} {'mean':>7} {'max':>6} {'top1':>4} "
+          f"{'map max':>7}")
+    worst = {"mean": 0.0, "map": 0.0, "top1": True}
+    for name, path in accuracy_photos(folder, args.quick).items():
+        full = read_image(path)
+        row = f"{name:<24}"
+        for p in (exact.preprocessing, crop):
+            small = read_image(path, min_size=p.min_decode_size)
+            x_full, x_small = p(full), p(small)
+            diff = np.abs(x_full - x_small)
+            if p is crop:
+                a, b = exact.explain_tensor(x_full), exact.explain_tensor(x_small)
+            else:  # the manifest's recipe: through the API, as users call it
+                a, b = exact.explain(path), reduced.explain(path)
+            same = bool((a.targets == b.targets).all())
+            map_diff = float(np.abs(a.saliency - b.saliency).max())
+            scale = f"1/{getattr(small, 'reduction', 1)}"
+            row += (f" | {scale:>19} {diff.mean():7.5f} {diff.max():6.3f} "
+                    f"{'yes' if same else 'NO':>4} {map_diff:7.4f}")
+            worst["mean"] = max(worst["mean"], float(diff.mean()))
+            worst["map"] = max(worst["map"], map_diff)
+            worst["top1"] &= same
+        print(row)
+    ok = worst["mean"] <= 5e-3 and worst["top1"] and worst["map"] <= 0.05
+    print(f"worst: input mean diff {worst['mean']:.5f} (<= 0.005), top-1 agrees on every photo: "
+          f"{worst['top1']}, map diff {worst['map']:.4f} (<= 0.05) -> shrink on load "
+          f"{'meets' if ok else 'FAILS'} the criteria for the default")
+
+
+def end_to_end_table(args: argparse.Namespace, artifact: Path, folder: Path) -> None:
+    import torch
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from reciprocam_ir import ReciproCAM
+
+    torch.set_num_threads(1)
+    photo = sample_images()["china"]
+    sizes = {"0.3 MP": (640, 480), "2 MP": (1632, 1224), "12 MP": (4032, 3024)}
+    exact = ReciproCAM(artifact, decode="exact")
+    reduced = ReciproCAM(artifact, decode="reduced")
+    p = exact.preprocessing
+    peer = T.Compose([T.Resize(p.size, interpolation=T.InterpolationMode.BILINEAR,
+                               antialias=True), T.ToTensor(), T.Normalize(p.mean, p.std)])
+    print(f"{'JPEG':<8} {'KB':>6} {'tensor ms':>9} | {'exact ms':>8} {'ratio':>5} | "
+          f"{'reduced ms':>10} {'ratio':>5} | {'peer ms':>7} {'ratio':>5}")
+    for label, (w, h) in sizes.items():
+        path = folder / f"e2e_{w}x{h}.jpg"
+        path.write_bytes(jpeg(grainy(enlarged(photo, w, h))))
+        x = p(exact.load(path)[0])
+
+        def peer_explain(path=path):
+            with Image.open(path) as image:
+                tensor = peer(image.convert("RGB"))
+            return exact.explain_tensor(tensor.numpy()[None])
+
+        ways = {"tensor": lambda x=x: exact.explain_tensor(x),
+                "exact": lambda path=path: exact.explain(path),
+                "reduced": lambda path=path: reduced.explain(path),
+                "peer": peer_explain}
+        for way in ways.values():
+            way()  # warm up
+        ms = {k: 0.0 for k in ways}
+        for _ in range(3):  # interleaved, so machine load hits every way alike
+            for k, way in ways.items():
+                ms[k] += median_ms(way, args.repeat) / 3
+        t = ms["tensor"]
+        print(f"{label:<8} {path.stat().st_size / 1024:6.0f} {t:9.1f} | {ms['exact']:8.1f} "
+              f"{ms['exact'] / t:5.1f} | {ms['reduced']:10.1f} {ms['reduced'] / t:5.1f} | "
+              f"{ms['peer']:7.1f} {ms['peer'] / t:5.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("resize", "accuracy", "end-to-end", "all"),
+                        default="all")
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--margin", type=int, default=None,
+                        help="decode reduced to this many times the resize target (default: "
+                             "the runtime's DECODE_MARGIN)")
+    parser.add_argument("--quick", action="store_true",
+                        help="accuracy on two photos only (the smoke test)")
+    parser.add_argument("--artifact", type=Path, default=None,
+                        help="the pretrained Lite0 artifact (default: exported here)")
+    args = parser.parse_args()
+    if args.margin is not None:
+        preprocess.DECODE_MARGIN = args.margin
+    print(f"shrink on load to {preprocess.DECODE_MARGIN}x the resize target")
+    if args.part in ("resize", "all"):
+        resize_table(args)
+    if args.part == "resize":
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        artifact = args.artifact or lite0_artifact(folder)
+        if args.part in ("accuracy", "all"):
+            accuracy_table(args, artifact, folder)
+        if args.part in ("end-to-end", "all"):
+            end_to_end_table(args, artifact, folder)
 
 
 if __name__ == "__main__":

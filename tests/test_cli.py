@@ -168,3 +168,29 @@ def test_console_script(lite0_dir, image_folder, tmp_path):
                            "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["explained"][0]["label"] == "Egyptian cat"
+
+
+def test_decode_option_shrinks_jpegs_on_load_and_keys_the_outputs(capsys, lite0_dir, photos,
+                                                                  tmp_path):
+    """--decode reduced (issue 26): a 3000x2250 JPEG decoded at 1/2, its overlay still at the
+    photo's size, the same class as --decode exact (the default); switching modes explains
+    the image again rather than skipping it."""
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    big = cv2.resize(photos["astronaut"], (3000, 2250), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(folder / "big.jpg"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    args = (str(lite0_dir), str(folder), "--out", str(out), "--json", "--save-npz",
+            "--backend", "onnxruntime")
+    code, stdout, _ = run(capsys, *args)
+    exact = json.loads(stdout)
+    maps = np.load(out / "big.npz")["saliency"]
+    code2, stdout, err = run(capsys, *args, "--decode", "reduced")
+    reduced = json.loads(stdout)
+    assert code == code2 == 0 and "already explained" not in err
+    assert reduced["explained"] == exact["explained"]
+    assert 0 < np.abs(np.load(out / "big.npz")["saliency"] - maps).max() <= 0.05
+    (overlay,) = out.glob("big_*.png")
+    assert cv2.imread(str(overlay)).shape[:2] == (2250, 3000)
+    with pytest.raises(SystemExit) as exc:
+        run(capsys, *args, "--decode", "fast")
+    assert exc.value.code == 2 and "--decode" in capsys.readouterr().err

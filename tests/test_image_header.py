@@ -84,3 +84,56 @@ def test_broken_headers_are_one_line_refusals(data, match):
     with pytest.raises(ImageError, match=match) as err:
         header_of(data)
     assert "\n" not in str(err.value)
+
+
+def tiff(*directories: list[tuple[int, int]], strip: bytes = b"") -> bytes:
+    """A little-endian grey 8-bit TIFF: one directory per list of (tag, value) size entries
+    (LONG values, in the order given), each pointing at the same one-strip deflate ``strip``."""
+    sizes = [12 * (len(entries) + 7) + 6 for entries in directories]
+    starts = [8 + sum(sizes[:i]) for i in range(len(sizes))]
+    strip_at = 8 + sum(sizes)
+    data = bytearray(b"II*\0" + struct.pack("<I", 8))
+    for i, entries in enumerate(directories):
+        rows = next(v for tag, v in entries if tag == 257)
+        data += struct.pack("<H", len(entries) + 7)
+        for tag, value in [*entries, (258, 8), (259, 8), (262, 1), (273, strip_at), (277, 1),
+                           (278, rows), (279, len(strip))]:
+            data += struct.pack("<HHII", tag, 4, 1, value)
+        data += struct.pack("<I", starts[i + 1] if i + 1 < len(starts) else 0)
+    return bytes(data) + strip
+
+
+def deflate_zeros(width: int, height: int) -> bytes:
+    import zlib
+
+    return zlib.compress(bytes(width * height), 9)
+
+
+def test_tiff_decoder_keeps_the_first_of_repeated_size_tags():
+    """What makes repeated tags dangerous: libtiff decodes the first copy's size."""
+    data = tiff([(256, 300), (256, 64), (257, 200), (257, 64)], strip=deflate_zeros(300, 200))
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE).shape == (200, 300)
+
+
+@pytest.mark.parametrize("entries, match", [
+    ([(256, 3000), (256, 64), (257, 3000), (257, 64)], "repeated width tag"),
+    ([(256, 64), (257, 3000), (257, 64)], "repeated height tag"),
+])
+def test_tiff_with_repeated_size_tags_is_refused_by_its_header(entries, match):
+    """Issue 23 item 1: the header said 64x64 (last copy), the decoder made 3000x3000
+    (12000x12000 in the report: +688 MB) before the size was refused."""
+    from reciprocam_ir.image_reader import decode_image
+
+    data = tiff(entries, strip=deflate_zeros(3000, 3000))
+    with pytest.raises(ImageError, match=match):
+        header_of(data)
+    with pytest.raises(ImageError, match=match):
+        decode_image(data, max_pixels=64 * 64)
+
+
+def test_tiff_directories_of_different_sizes_are_refused():
+    data = tiff([(256, 64), (257, 64)], [(256, 3000), (257, 3000)], strip=deflate_zeros(64, 64))
+    with pytest.raises(ImageError, match="directories of different sizes"):
+        header_of(data)
+    pages = tiff([(256, 64), (257, 48)], [(256, 64), (257, 48)], strip=deflate_zeros(64, 48))
+    assert (header_of(pages).width, header_of(pages).height) == (64, 48)

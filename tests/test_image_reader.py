@@ -16,8 +16,15 @@ import pytest
 
 from conftest import BIN, subprocess_env
 from reciprocam_ir import ReciproCAM
-from reciprocam_ir.image_reader import MAX_ASPECT_RATIO, to_uint8
-from reciprocam_ir.preprocess import ImageError, decode_image, read_image
+from reciprocam_ir.image_header import ImageHeader
+from reciprocam_ir.image_reader import MAX_ASPECT_RATIO, DecodedImage, reduction, to_uint8
+from reciprocam_ir.preprocess import (
+    DECODE_MARGIN,
+    ImageError,
+    Preprocessing,
+    decode_image,
+    read_image,
+)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -258,3 +265,133 @@ def test_header_with_absurd_size_is_refused_not_raised(tmp_path, rgb):
     (tmp_path / "short.bmp").write_bytes(bytes(data))
     with pytest.raises(ImageError, match="not a readable image"):
         read_image(tmp_path / "short.bmp")
+
+
+def _to_uint8_before(image: np.ndarray) -> np.ndarray:
+    """to_uint8's arithmetic as it was at 856037d: whole-image float32 temporaries."""
+    if image.dtype == np.uint16:
+        lo, hi = 0.0, 65535.0
+    else:
+        is_float = np.issubdtype(image.dtype, np.floating)
+        lo, hi = float(image.min()), float(image.max())
+        for top in ((1.0, 255.0, 65535.0) if is_float else (255.0, 65535.0)):
+            if lo >= 0.0 and hi <= top:
+                lo, hi = 0.0, top
+                break
+    scaled = (image.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype, low, high", [
+    (np.uint16, 0, 65536), (np.int32, 0, 256), (np.int32, -70000, 70000),
+    (np.float32, 0.0, 1.0), (np.float64, -3.0, 9000.0), (np.int16, -5, 6),
+])
+def test_to_uint8_in_blocks_equals_the_whole_image_arithmetic(dtype, low, high):
+    """Issue 23 item 3: the same values as before, block boundaries included (an odd width
+    makes blocks of unequal rows)."""
+    rng = np.random.default_rng(3)
+    shape = (700, 1531, 3)
+    if np.issubdtype(dtype, np.floating):
+        image = rng.uniform(low, high, shape).astype(dtype)
+    else:
+        image = rng.integers(low, high, shape).astype(dtype)
+    image[0, 0, 0] = low  # the range's ends are present
+    np.testing.assert_array_equal(to_uint8(image), _to_uint8_before(image))
+
+
+def test_to_uint8_makes_no_full_size_float_temporaries():
+    """A 16-bit 3000×2000 RGB image: at most the 18 MB result plus a block (it was 4 float32
+    copies, ~290 MB)."""
+    import tracemalloc
+
+    image = np.random.default_rng(4).integers(0, 65536, (2000, 3000, 3)).astype(np.uint16)
+    tracemalloc.start()
+    try:
+        to_uint8(image)
+        to_uint8(image.view(np.int16))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < image.size + 16 * 2**20, peak / 2**20
+
+
+# ---------------------------------------------------------------- shrink on load (issue 26)
+
+DIRECT = Preprocessing(size=(224, 224), resize="direct")  # Lite0's recipe
+CROP = Preprocessing(size=(224, 224), resize_size=256)
+
+
+@pytest.mark.parametrize("fmt, width, height, p, divisor", [
+    ("JPEG", 4032, 3024, DIRECT, 4),  # 1008x756 leaves 3 x 224; 504x378 would not
+    ("JPEG", 3024, 4032, DIRECT, 4),  # portrait
+    ("JPEG", 4032, 3024, CROP, 2),    # 3 x 341x256 is more than 1008x756
+    ("JPEG", 8000, 6000, DIRECT, 8),
+    ("JPEG", 2000, 1500, DIRECT, 2),
+    ("JPEG", 1000, 750, DIRECT, 1),   # 500x375 is less than 3 x 224
+    ("JPEG", 6000, 1200, CROP, 1),    # the short side decides: 256 x 3 = 768 > 600
+    ("JPEG", 5400, 5393, DIRECT, 4),  # at 1/8 both sides would be 675: EXIF's turn unknowable
+    ("PNG", 4032, 3024, DIRECT, 1),   # only JPEG decodes at a smaller scale
+    ("WebP", 4032, 3024, DIRECT, 1),
+], ids=str)
+def test_decode_scale_is_the_smallest_leaving_the_margin(fmt, width, height, p, divisor):
+    assert DECODE_MARGIN == 3
+    header = ImageHeader(fmt, width, height)
+    assert reduction(header, p.min_decode_size) == divisor
+    assert reduction(header, None) == 1
+
+
+@pytest.fixture(scope="module")
+def photo_2mp() -> np.ndarray:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from sample_images import sample_images
+
+    return cv2.resize(sample_images()["astronaut"], (2000, 1500), interpolation=cv2.INTER_CUBIC)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_reduced_decode_applies_exif_and_keeps_the_full_upright_size(photo_2mp, orientation):
+    data = _jpeg_with_orientation(photo_2mp, orientation)
+    full = decode_image(data)
+    small = decode_image(data, min_size=DIRECT.min_decode_size)
+    assert isinstance(small, DecodedImage) and small.reduction == 2
+    assert small.full_size == full.shape[:2] == UPRIGHT[orientation](photo_2mp).shape[:2]
+    assert small.shape[:2] == (full.shape[0] // 2, full.shape[1] // 2)
+    halved = cv2.resize(full, small.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(halved.astype(float) - small).mean() < 2
+
+
+def test_reduced_decode_keeps_the_header_checks_before_decoding(tmp_path):
+    """A 20000x20000 JPEG claim (a few bytes) is refused from its header as before; nothing
+    is decoded at any scale."""
+    claim = b"\xff\xd8\xff\xc0" + struct.pack(">HBHHB", 11, 8, 20000, 20000, 1) + bytes(3)
+    with pytest.raises(ImageError, match="more than the 100000000-pixel limit"):
+        decode_image(claim, min_size=DIRECT.min_decode_size)
+    (tmp_path / "claim.jpg").write_bytes(claim)
+    with pytest.raises(ImageError, match="more than the 100000000-pixel limit"):
+        read_image(tmp_path / "claim.jpg", min_size=DIRECT.min_decode_size)
+    with pytest.raises(ImageError, match="aspect ratio"):
+        decode_image(b"\xff\xd8\xff\xc0" + struct.pack(">HBHHB", 11, 8, 2, 20000, 1) + bytes(3),
+                     min_size=DIRECT.min_decode_size)
+
+
+def test_exact_decode_and_other_formats_are_unchanged(photo_2mp, tmp_path):
+    """Without min_size (decode='exact') and for non-JPEG data, the reader returns what it
+    always did: OpenCV's full decode, a plain array."""
+    jpeg = cv2.imencode(".jpg", photo_2mp)[1]
+    png = cv2.imencode(".png", photo_2mp)[1]
+    full = decode_image(jpeg)
+    assert type(full) is np.ndarray
+    np.testing.assert_array_equal(full, cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR),
+                                                     cv2.COLOR_BGR2RGB))
+    from_png = decode_image(png, min_size=DIRECT.min_decode_size)
+    assert type(from_png) is np.ndarray
+    np.testing.assert_array_equal(from_png, photo_2mp[..., ::-1])  # encoded as if BGR
+
+
+def test_decode_memory_script_runs():
+    """Smoke test of scripts/decode_memory.py (docs/robustness.md's numbers, at 600x600)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "decode_memory.py"
+    proc = subprocess.run([sys.executable, str(script), "--side", "600"], capture_output=True,
+                          text=True, timeout=120, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "previous" in proc.stdout and "ratio now/previous" in proc.stdout

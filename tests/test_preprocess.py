@@ -205,3 +205,108 @@ def test_in_memory_arrays():
         as_rgb(np.zeros((5, 6, 3), np.float32))
     with pytest.raises(ImageError, match="numpy array"):
         as_rgb([[1, 2, 3]])
+
+
+def _documented_blocks(doc: str, section: str) -> list[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / doc).read_text()
+    part = text.split(section, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", part, re.S)
+
+
+def test_explain_graph_doc_recipes_give_the_api_input_and_map(lite0_dir, photos, tmp_path):
+    """Issue 23 item 13: docs/explain_graph.md's snippets, run as written (paths replaced),
+    give the input ReciproCAM.explain uses and its map (the cv2.resize recipe it showed was
+    0.49 off in the input, 0.061 in the map)."""
+    from reciprocam_ir import ReciproCAM
+
+    photo = tmp_path / "cat.jpg"
+    cv2.imwrite(str(photo), cv2.cvtColor(photos["astronaut"], cv2.COLOR_RGB2BGR))
+    project, plain, onnxruntime, _ = [
+        block.replace("models/efficientnet_lite0", str(lite0_dir)).replace("cat.jpg", str(photo))
+        for block in _documented_blocks("docs/explain_graph.md", "## Run it with plain")]
+    cam = ReciproCAM(lite0_dir, backend="onnxruntime")
+    expected_x = cam.preprocessing(cam.load(photo)[0])
+    expected = cam.explain(photo)
+    ours: dict = {}
+    exec(project + onnxruntime, ours)
+    np.testing.assert_array_equal(ours["x"], expected_x)
+    np.testing.assert_array_equal(ours["targets"], expected.targets)
+    np.testing.assert_allclose(ours["saliency"], expected.saliency, atol=1e-4)
+    without: dict = {}
+    exec(plain + onnxruntime, without)
+    diff = np.abs(without["x"] - expected_x)
+    assert without["x"].dtype == np.float32 and without["x"].shape == expected_x.shape
+    assert diff.max() <= 1.01 * ONE_STEP and diff.mean() < 1e-4, (diff.max(), diff.mean())
+    np.testing.assert_array_equal(without["targets"], expected.targets)
+    assert np.abs(without["saliency"] - expected.saliency).max() < 5e-3
+
+
+# ---------------------------------------------------------------- shrink on load (issue 26)
+
+@pytest.fixture(scope="module")
+def photo_jpeg(photos, tmp_path_factory):
+    """A 3000x2250 JPEG made from a bundled photo: it decodes at 1/2 scale for 224 inputs."""
+    path = tmp_path_factory.mktemp("photo") / "astronaut.jpg"
+    big = cv2.resize(photos["astronaut"], (3000, 2250), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return path
+
+
+@pytest.mark.parametrize("p", [Preprocessing(size=(224, 224), resize_size=256),
+                               Preprocessing(size=(224, 224), resize="direct"),
+                               Preprocessing(size=(160, 224), resize="pad")],
+                         ids=["crop", "direct", "pad"])
+def test_reduced_image_is_placed_as_its_full_size_image(photo_jpeg, p):
+    """Same resized size, crop and crop box as the full decode; pixels within the accuracy
+    docs/performance.md measures."""
+    from reciprocam_ir.preprocess import image_size, read_image
+
+    full = read_image(photo_jpeg)
+    small = read_image(photo_jpeg, min_size=p.min_decode_size)
+    assert small.reduction > 1 and image_size(small) == full.shape[:2]
+    assert p.crop_box(*image_size(small)) == p.crop_box(*full.shape[:2])
+    diff = np.abs(p(small) - p(full))
+    assert diff.mean() <= 5e-3 and diff.max() < 0.2, (diff.mean(), diff.max())
+
+
+def test_explain_shrinks_on_load_maps_boxes_and_overlays_on_the_full_image(lite0_dir,
+                                                                           photo_jpeg):
+    """decode='reduced': the same classes, maps within 0.05, boxes in full-image pixels,
+    upsampled maps and overlays at the photo's size. decode='exact' (default): the input is
+    the full decode through the manifest's recipe, as before shrink on load existed."""
+    from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.preprocess import read_image
+
+    reduced = ReciproCAM(lite0_dir, backend="onnxruntime", decode="reduced")
+    exact = ReciproCAM(lite0_dir, backend="onnxruntime")
+    got, want = reduced.explain(photo_jpeg, top_k=3), exact.explain(photo_jpeg, top_k=3)
+    assert got.images[0].shape[:2] == (1125, 1500) and want.images[0].shape[:2] == (2250, 3000)
+    assert got.boxes == want.boxes
+    np.testing.assert_array_equal(got.targets, want.targets)
+    assert np.abs(got.saliency - want.saliency).max() <= 0.05
+    assert got.upsample(0).shape == want.upsample(0).shape == (3, 2250, 3000)
+    assert got.overlay(0, 1).shape == want.overlay(0, 1).shape == (2250, 3000, 3)
+    rgb = read_image(photo_jpeg)
+    np.testing.assert_array_equal(exact.load(photo_jpeg)[0], rgb)
+    np.testing.assert_array_equal(
+        want.saliency, exact.explain_tensor(exact.preprocessing(rgb), top_k=3).saliency)
+    with pytest.raises(ValueError, match="decode must be one of"):
+        ReciproCAM(lite0_dir, backend="onnxruntime", decode="fast")
+
+
+def test_preprocess_speed_accuracy_part_runs(lite0_dir):
+    """Smoke test of scripts/preprocess_speed.py --part accuracy (docs/performance.md's table)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "preprocess_speed.py"
+    proc = subprocess.run([sys.executable, str(script), "--part", "accuracy", "--quick",
+                           "--artifact", str(lite0_dir)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if "|" in line]
+    assert len(rows) == 3 and "1/4" in rows[2] and "worst:" in proc.stdout
