@@ -161,6 +161,19 @@ def _normalised(ops: GraphOps, masked: Value) -> Value:
 
 # --------------------------------------------------------------------------- ONNX ---
 
+def _prefixed_keeping_input(model: Any, prefix: str) -> Any:
+    """``model`` with ``prefix`` on every name but its input's: the explain graph's input keeps
+    ``f``'s name, on every onnx release (1.18 renames inputs even with ``rename_inputs=False``)."""
+    from onnx import compose
+
+    name = model.graph.input[0].name
+    model = compose.add_prefix(model, prefix)
+    model.graph.input[0].name = name
+    for node in model.graph.node:
+        node.input[:] = [name if value == prefix + name else value for value in node.input]
+    return model
+
+
 def onnx_explain_model(f: Any, tail: Any, feature_shape: tuple[int, int, int],
                        num_classes: int, top_k: int, pooled: bool,
                        kind: MapKind = MapKind(), tokens: bool = False) -> Any:
@@ -174,7 +187,7 @@ def onnx_explain_model(f: Any, tail: Any, feature_shape: tuple[int, int, int],
     f, tail = (m if _onnx_opset(m) == opset else version_converter.convert_version(m, opset)
                for m in (f, tail))
     affine = affine_of_onnx(tail) if pooled else None
-    f = compose.add_prefix(f, "f/", rename_inputs=False)
+    f = _prefixed_keeping_input(f, "f/")
     tail = compose.add_prefix(tail, "tail/")
     ops = OnnxOps(opset)
 
