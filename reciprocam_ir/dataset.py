@@ -53,38 +53,91 @@ __all__ = ["SCHEMA", "DatasetError", "RunSummary", "explain_dataset", "list_sour
 # ---------------------------------------------------------------- sources
 
 
-def list_sources(sources: Iterable[str | Path]) -> list[str]:
+def list_sources(sources: Iterable[str | Path], exclude: Iterable[str | Path] = ()) -> list[str]:
     """Files named by ``sources`` (files, folders walked recursively, globs), absolute, sorted
-    within each source, each once. Hidden files and folders are skipped inside folders.
+    within each source, each path once and, within a source, each real file once. Hidden
+    files and folders are skipped inside folders; links to folders are followed (a folder
+    reached twice, e.g. by a loop, is walked once). Files inside the folders ``exclude`` (a
+    run's own outputs) are left out.
 
     A source that names nothing is refused (:class:`DatasetError`) before any work starts.
     """
+    skip = Excluded(exclude)
     files: dict[str, None] = {}
     for source in sources:
         source = str(source)
+        seen: set[tuple[int, int]] = set()
         path = Path(source)
         if path.is_dir():
-            found = walk(path)
+            found = walk(path, seen)
         elif path.exists():
             found = [path]
         elif glob.has_magic(source):
             found = [f for match in sorted(glob.glob(source, recursive=True))
-                     for f in (walk(Path(match)) if Path(match).is_dir() else [Path(match)])]
+                     for f in (walk(Path(match), seen) if Path(match).is_dir()
+                               else [Path(match)])]
         else:
             raise DatasetError(f"{source}: no such file or folder")
+        found = [f for f in found if not skip(f)]
         if not found:
             raise DatasetError(f"{source}: names no files")
         files.update((os.path.abspath(f), None) for f in found)
     return list(files)
 
 
-def walk(folder: Path) -> list[Path]:
-    """Non-hidden files under ``folder``, recursively, in sorted order."""
-    found = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(root, n) for n in sorted(names) if not n.startswith("."))
+def walk(folder: Path, seen: set[tuple[int, int]]) -> list[Path]:
+    """Non-hidden files under ``folder``, recursively (following links to folders), in sorted
+    order; ``seen`` holds the (device, inode) of every folder and file already listed, so that
+    a loop ends and a file reached by two routes is listed once."""
+    found: list[Path] = []
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return found
+    if (info.st_dev, info.st_ino) in seen:
+        return found
+    seen.add((info.st_dev, info.st_ino))
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError:
+        return found
+    folders = []
+    for entry in entries:
+        try:
+            if entry.is_dir():
+                folders.append(entry)
+                continue
+            key = ((info.st_dev, entry.inode()) if not entry.is_symlink()
+                   else (lambda s: (s.st_dev, s.st_ino))(os.stat(entry.path)))
+        except OSError:  # a dangling link: listed, so that its row says why
+            key = None
+        if key is None or key not in seen:
+            if key is not None:
+                seen.add(key)
+            found.append(Path(entry.path))
+    for entry in folders:
+        found.extend(walk(Path(entry.path), seen))
     return found
+
+
+class Excluded:
+    """Whether a file lies inside one of some folders (compared by real path, so that a
+    link to an output folder is recognised too); one realpath per distinct parent folder."""
+
+    def __init__(self, folders: Iterable[str | Path]) -> None:
+        self.roots = [os.path.realpath(f) for f in folders]
+        self.parents: dict[str, bool] = {}
+
+    def __call__(self, file: Path) -> bool:
+        if not self.roots:
+            return False
+        parent = os.path.dirname(os.path.abspath(file))
+        if parent not in self.parents:
+            real = os.path.realpath(parent)
+            self.parents[parent] = any(real == r or real.startswith(r.rstrip(os.sep) + os.sep)
+                                       for r in self.roots)
+        return self.parents[parent]
 
 
 # ---------------------------------------------------------------- the actor
@@ -316,7 +369,7 @@ def write_explanations(
         raise ValueError(f"rows_per_file must be at least 1, got {rows_per_file}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be 0 or more, got {limit}")
-    files = list_sources(sources)
+    files = list_sources(sources, exclude=[out_dir] + ([overlays] if overlays else []))
     options, manifest_sha256 = checked_options(artifact, targets, top_k, backend, device,
                                                precision, batch_size, max_pixels, overlays)
     out = Path(out_dir)
