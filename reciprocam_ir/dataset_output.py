@@ -100,8 +100,13 @@ class OutputFolder:
         return self.where
 
     def create(self) -> None:
+        """Create the local folder; on object storage (no folders; no marker objects written)
+        check that the bucket exists."""
         try:
-            self.fs.create_dir(self.path, recursive=True)
+            if self.local:
+                self.fs.create_dir(self.path, recursive=True)
+            elif self.fs.get_file_info(self.path.split("/")[0]).type == pafs.FileType.NotFound:
+                raise DatasetError(f"{self.where}: no such bucket")
         except OSError as exc:
             raise DatasetError(f"cannot create output folder '{self.where}': "
                                f"{getattr(exc, 'strerror', None) or first_line(exc)}") from None

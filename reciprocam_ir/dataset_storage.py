@@ -83,6 +83,10 @@ class Storage:
         options = dict(self.options)
         try:
             if scheme == "s3":
+                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+                    "AWS_ENDPOINT_URL")
+                if endpoint and "endpoint_override" not in options:
+                    options["endpoint_override"] = endpoint  # pyarrow reads no endpoint variable
                 return pafs.S3FileSystem(**options)
             if scheme in ("gs", "gcs"):
                 return pafs.GcsFileSystem(**options)
@@ -132,9 +136,11 @@ def read_image_at(uri: str, storage: Storage, max_pixels: int):
         if size == 0:
             raise ImageError("empty file")
 
-        def read(offset: int, n: int) -> bytes:
+        def read(offset: int, n: int) -> bytes:  # as a local file reads: short at the end
+            if offset >= size:
+                return b""
             f.seek(offset)
-            return f.read(n)
+            return f.read(min(n, size - offset))
 
         header = read_header(read)
         check_header(header, size, max_pixels)
