@@ -87,6 +87,7 @@ class Storage:
                     "AWS_ENDPOINT_URL")
                 if endpoint and "endpoint_override" not in options:
                     options["endpoint_override"] = endpoint  # pyarrow reads no endpoint variable
+                options.setdefault("allow_delayed_open", True)  # a small file: one PUT
                 return pafs.S3FileSystem(**options)
             if scheme in ("gs", "gcs"):
                 return pafs.GcsFileSystem(**options)

@@ -213,28 +213,29 @@ def test_a_worker_node_killed_mid_run_then_resumed_gives_each_image_once(
     moto.upload("killed", "images", tmp_path / "images")
     doomed = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    written_at_kill: list[int] = []
-
-    def kill_when_the_first_file_lands() -> None:
-        deadline = time.monotonic() + 240
-        while not moto.keys("killed", "out/") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        written_at_kill.append(len(moto.keys("killed", "out/")))
-        cluster.remove_node(doomed, allow_graceful=False)
-        cluster.add_node(num_cpus=1)  # a replacement, as a cloud autoscaler would start
-
-    killer = threading.Thread(target=kill_when_the_first_file_lands)
-    killer.start()
     kwargs = dict(workers=3, rows_per_file=2, batch_size=2, precision="f32", log=lambda _: None)
-    try:
-        write_explanations(resnet18_dir, ["s3://killed/images"], "s3://killed/out", **kwargs)
-    except ray.exceptions.RayError:
-        pass  # the run may fail with the node; the re-run below finishes it
-    killer.join()
+    failed: list[Exception] = []
+
+    def first_run() -> None:
+        try:
+            write_explanations(resnet18_dir, ["s3://killed/images"], "s3://killed/out",
+                               **kwargs)
+        except ray.exceptions.RayError as exc:  # the run may fail with the node
+            failed.append(exc)
+
+    runner = threading.Thread(target=first_run)
+    runner.start()
+    deadline = time.monotonic() + 240
+    while not moto.keys("killed", "out/") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    written_at_kill = len(moto.keys("killed", "out/"))
+    cluster.remove_node(doomed, allow_graceful=False)
+    cluster.add_node(num_cpus=1)  # a replacement, as a cloud autoscaler would start one
+    runner.join()
     summary = write_explanations(resnet18_dir, ["s3://killed/images"], "s3://killed/out",
                                  **kwargs)
     assert summary.failed == 0
-    assert 0 < written_at_kill[0] < 12  # the node died while files were still to come
+    assert 0 < written_at_kill < 12  # the node died while files were still to come
     rows = s3_rows(moto, "killed", "out/")
     assert sorted(r["path"] for r in rows) == [f"s3://killed/images/img{i:02d}.{e}" for i, e
                                                in sorted((i, "png" if i % 2 else "jpg")
