@@ -287,13 +287,14 @@ class WriteRows(ExplainBatch):
             failed = [(r["path"], r["error"]) for r in rows if r.get("error") is not None]
             summaries.append({"explained": len(rows) - len(failed), "failed": len(failed),
                               "failed_paths": [p for p, _ in failed[:FAILURES_SHOWN]],
-                              "failed_errors": [e for _, e in failed[:FAILURES_SHOWN]]})
+                              "failed_errors": [e for _, e in failed[:FAILURES_SHOWN]],
+                              "node": ray.get_runtime_context().get_node_id()})
         return pa.Table.from_pylist(summaries, schema=SUMMARY_SCHEMA)
 
 
 SUMMARY_SCHEMA = pa.schema([("explained", pa.int64()), ("failed", pa.int64()),
                             ("failed_paths", pa.list_(pa.string())),
-                            ("failed_errors", pa.list_(pa.string()))])
+                            ("failed_errors", pa.list_(pa.string())), ("node", pa.string())])
 FAILURES_SHOWN = 20
 """The failed files a run names (the rest are counted): per file written, and in all."""
 
@@ -401,6 +402,10 @@ class RunSummary:
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
     """(path, error) of this run's failed files, the first :data:`FAILURES_SHOWN` of them."""
+    per_node: dict[str, int] = field(default_factory=dict)
+    """Files explained or failed by the actors of each Ray node (by node id)."""
+    driver_bytes: int = 0
+    """Bytes of the summary rows the driver received (the rows themselves never come back)."""
 
     @property
     def images(self) -> int:
@@ -414,6 +419,8 @@ class RunSummary:
         """Count one file's summary row (:data:`SUMMARY_SCHEMA`)."""
         self.explained += written["explained"]
         self.failed += written["failed"]
+        node = written["node"]
+        self.per_node[node] = self.per_node.get(node, 0) + written["explained"] + written["failed"]
         room = FAILURES_SHOWN - len(self.failures)
         self.failures.extend(list(zip(written["failed_paths"], written["failed_errors"],
                                       strict=True))[:max(room, 0)])
@@ -496,8 +503,10 @@ def write_explanations(
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker)
         start = time.perf_counter()
         try:
-            for row in written.iter_rows():
-                summary.add(row)
+            for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
+                summary.driver_bytes += batch.nbytes
+                for row in batch.to_pylist():
+                    summary.add(row)
         except KeyboardInterrupt:
             summary.interrupted = True
         summary.seconds = time.perf_counter() - start
