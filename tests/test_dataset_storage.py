@@ -93,7 +93,9 @@ def moto(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster(moto):
     """Two nodes of one CPU each: the head (where this driver runs) and a worker."""
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": {
+        "health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+        "health_check_failure_threshold": 2}})  # a killed node is noticed within ~1 s
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
     ray.init(address=c.address, logging_level=logging.ERROR)
