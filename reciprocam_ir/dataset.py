@@ -500,7 +500,8 @@ def write_explanations(
             WriteRows, fn_constructor_kwargs={"options": options, "out": out,
                                               "settings": settings},
             batch_size=1, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker)
+            compute=ray.data.ActorPoolStrategy(size=min(workers, len(chunks))),
+            num_cpus=cpus_per_worker)  # no more actors (each compiles) than pieces
         start = time.perf_counter()
         try:
             for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):

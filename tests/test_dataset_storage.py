@@ -158,6 +158,8 @@ def test_s3_to_s3_with_the_artifact_on_s3(capsys, moto, cluster, artifact, tmp_p
 
     assert cli.main(args) == 0
     assert "7 of 7 files already have a row" in capsys.readouterr().err
+    assert cli.main([*args, "--top-k", "2"]) == 2
+    assert "made with --top-k 1, this run asks for --top-k 2" in capsys.readouterr().err
     assert len(s3_rows(moto, "data", "explanations/")) == 7
 
 
