@@ -98,6 +98,7 @@ def cluster(moto):
         "health_check_failure_threshold": 2}})  # a killed node is noticed within ~1 s
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
+    ray.shutdown()  # a session an earlier module left would not be this cluster
     ray.init(address=c.address, logging_level=logging.ERROR)
     yield c
     ray.shutdown()
