@@ -14,8 +14,10 @@ from .backends import BackendError, add_engine_arguments
 from .messages import first_line
 
 RAY_MISSING = "explain-dataset needs Ray Data: pip install reciprocam-ir[ray]"
+FAILED_EXIT_BASE = 10
 MAX_EXIT_FAILURES = 100
-"""The exit status counts failed files up to this (100 means 100 or more)."""
+"""Exit status when files failed: FAILED_EXIT_BASE + their number, counted up to
+MAX_EXIT_FAILURES (11-110; 110 means 100 or more), apart from 2 (could not start, Ray failed)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,15 +25,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "explain-dataset", help="explain every image of a dataset on Ray Data",
         description="Explain image files on Ray Data (embedded here, or a cluster with "
                     "--address) and write one Parquet row per file into --out. A re-run with "
-                    "the same --out explains only the files that have no row yet. Exit "
-                    "status: 0 when every file was explained, else the number of files that "
-                    f"failed (at most {MAX_EXIT_FAILURES}); 2 when the run cannot start; "
-                    "130 when interrupted.")
-    d.add_argument("artifact", help="artifact folder written by reciprocam-export")
+                    "the same --out explains only the files that have no row yet. SOURCE, --out "
+                    "and the artifact may be URIs (s3://, gs://, ...). Exit status: 0 when "
+                    f"every file was explained; {FAILED_EXIT_BASE} + the number of files that "
+                    f"failed ({FAILED_EXIT_BASE + 1}-{FAILED_EXIT_BASE + MAX_EXIT_FAILURES}, "
+                    f"{FAILED_EXIT_BASE + MAX_EXIT_FAILURES} meaning {MAX_EXIT_FAILURES} or "
+                    "more); 2 when the run cannot start or Ray fails; 130 when interrupted.")
+    d.add_argument("artifact", help="artifact folder written by reciprocam-export (or its URI)")
     d.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="image files, folders (walked recursively) or globs")
+                   help="image files, folders (walked recursively), globs, or URIs of objects "
+                        "or prefixes (s3://bucket/images/)")
     d.add_argument("--out", required=True, metavar="OUT_DIR",
-                   help="folder of Parquet files, one row per input file")
+                   help="folder (or URI) of Parquet files, one row per input file")
     which = d.add_mutually_exclusive_group()
     which.add_argument("--top-k", type=int, default=None, metavar="K",
                        help="explain the k best classes of each image (default 1)")
@@ -53,8 +58,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--limit", type=int, default=None, metavar="N",
                    help="explain at most N of the files that have no row yet")
     d.add_argument("--rows-per-file", type=int, default=1000, metavar="R",
-                   help="rows per Parquet file; an interruption loses at most the rows not "
-                        "yet in a file (default 1000)")
+                   help="rows per Parquet file, exactly (the run's last file holds the rest); "
+                        "also the unit of work of an actor: an interruption loses at most R "
+                        "rows per actor (default 1000)")
+    d.add_argument("--filesystem-option", dest="filesystem_options", action="append",
+                   default=[], metavar="KEY=VALUE",
+                   help="keyword argument of the filesystem opening URIs, e.g. "
+                        "endpoint_override=http://127.0.0.1:9000 (S3 also reads the AWS_* "
+                        "environment variables); repeatable")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import ray.exceptions
 
     from . import dataset
+    from .dataset_storage import parse_options
 
     try:
         summary = dataset.write_explanations(
@@ -74,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device, precision=args.precision, batch_size=args.batch_size,
             workers=args.workers, cpus_per_worker=args.cpus_per_worker,
             overlays=args.overlays, limit=args.limit, rows_per_file=args.rows_per_file,
-            address=args.address,
+            address=args.address, filesystem_options=parse_options(args.filesystem_options),
             log=lambda line: print(line, file=sys.stderr))
     except (ArtifactError, BackendError, ValueError, MemoryError) as exc:
         print(f"reciprocam: error: {first_line(exc)}", file=sys.stderr)
@@ -90,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     report(summary)
     if summary.interrupted:
         return 130
-    return min(summary.failed, MAX_EXIT_FAILURES)
+    return FAILED_EXIT_BASE + min(summary.failed, MAX_EXIT_FAILURES) if summary.failed else 0
 
 
 def report(summary) -> None:

@@ -1,26 +1,24 @@
 """The Parquet rows of ``explain-dataset``: their schema, atomic files, what a folder holds.
 
-Part of the ``[ray]`` extra (pyarrow, Ray Data's ``Datasink``); imported only through
-:mod:`reciprocam_ir.dataset`.
+Part of the ``[ray]`` extra (pyarrow); imported only through :mod:`reciprocam_ir.dataset`.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
-import time
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from ray.data import Datasink
-from ray.data.block import BlockAccessor
 
+from .dataset_storage import Storage, is_uri
 from .messages import first_line
 
 SCHEMA = pa.schema([
@@ -31,19 +29,37 @@ SCHEMA = pa.schema([
     ("saliency", pa.list_(pa.float32())),
     ("saliency_shape", pa.list_(pa.int32())),
     ("error", pa.string()),
+    ("path_bytes", pa.binary()),
 ])
-"""One row per input file (the contract of ``explain-dataset``); ``error`` null when explained."""
+"""One row per input file (the contract of ``explain-dataset``); ``error`` null when explained.
+``path_bytes``: the path's bytes when they are not UTF-8 (``path`` then shows each such byte as
+``\\xNN``), else null: every path is kept losslessly."""
+SCHEMA_WITHOUT_PATH_BYTES = pa.schema(list(SCHEMA)[:-1])
+"""The schema of files written before ``path_bytes`` (still read, for resuming)."""
 
 SETTINGS_KEY = b"reciprocam"
 """Parquet schema-metadata key holding the settings a file's rows were made with."""
 
 LOCK_NAME = ".reciprocam-dataset.lock"
 TMP_PREFIX = ".part-"
-"""Files being written are hidden (readers of the folder skip names starting with a dot)."""
+"""Local files being written are hidden (readers of the folder skip names starting with a dot)."""
 
 
 class DatasetError(ValueError):
     """A dataset run that cannot start: bad sources, an output folder it must not touch."""
+
+
+def path_columns(ref: bytes) -> dict[str, Any]:
+    """``path`` and ``path_bytes`` of a file named by the bytes ``ref`` (``os.fsencode``)."""
+    try:
+        return {"path": ref.decode("utf-8"), "path_bytes": None}
+    except UnicodeDecodeError:
+        return {"path": ref.decode("utf-8", "backslashreplace"), "path_bytes": ref}
+
+
+def row_ref(path: str, path_bytes: bytes | None) -> bytes:
+    """The bytes naming a row's file: the inverse of :func:`path_columns`."""
+    return path_bytes if path_bytes is not None else path.encode()
 
 
 def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -51,69 +67,104 @@ def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-class ParquetRowsDatasink(Datasink):
-    """Writes each bundle of rows as one Parquet file, atomically (temporary name, rename).
+def file_name(settings: dict[str, Any], refs: list[bytes]) -> str:
+    """The write-once name of the file holding the rows of ``refs`` made with ``settings``:
+    a retried write of the same files gives the same name, so it never duplicates rows."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for ref in refs:
+        digest.update(b"\0" + ref)
+    return f"part-{digest.hexdigest()[:32]}.parquet"
 
-    A file is visible under its final name only once complete, so an interrupted run leaves
-    whole files only, and the next run reads their ``path`` column to skip those files.
-    Write tasks run on the driver's node: the output folder is the one the user named there.
+
+class OutputFolder:
+    """The folder (local path or URI) of a run's Parquet files.
+
+    Each file is written whole or not at all: locally under a hidden temporary name, then
+    renamed; on object storage in one upload (an object appears only when complete), under a
+    name derived from its rows (:func:`file_name`), skipped when it exists already.
     """
 
-    def __init__(self, out_dir: Path, settings: dict[str, Any], rows_per_file: int) -> None:
-        self.out_dir = out_dir
-        self.metadata = {SETTINGS_KEY: json.dumps(settings).encode()}
-        self.rows_per_file = rows_per_file
-        self.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    def __init__(self, where: str | Path, storage: Storage) -> None:
+        self.local = not is_uri(str(where))
+        self.where = os.path.abspath(where) if self.local else str(where).rstrip("/")
+        self.storage = storage
+        if self.local:
+            self.fs, self.path = pafs.LocalFileSystem(), self.where
+        else:
+            self.fs, self.path = storage.filesystem(self.where)
 
-    @property
-    def supports_distributed_writes(self) -> bool:
-        return False
+    def __reduce__(self) -> tuple:
+        return OutputFolder, (self.where, self.storage)
 
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_file
+    def __str__(self) -> str:
+        return self.where
 
-    def write(self, blocks: Iterable, ctx) -> None:
-        tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
-        if not tables:
-            return
-        table = pa.concat_tables(tables)
-        table = table.select(SCHEMA.names).cast(SCHEMA).replace_schema_metadata(self.metadata)
-        name = f"part-{self.run_id}-{ctx.task_idx:06d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.out_dir / f"{TMP_PREFIX}{name}.tmp"
+    def create(self) -> None:
+        """Create the local folder; on object storage (no folders; no marker objects written)
+        check that the bucket exists."""
         try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, self.out_dir / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            if self.local:
+                self.fs.create_dir(self.path, recursive=True)
+            elif self.fs.get_file_info(self.path.split("/")[0]).type == pafs.FileType.NotFound:
+                raise DatasetError(f"{self.where}: no such bucket")
+        except OSError as exc:
+            raise DatasetError(f"cannot create output folder '{self.where}': "
+                               f"{getattr(exc, 'strerror', None) or first_line(exc)}") from None
 
-
-def row_files(out_dir: Path) -> list[Path]:
-    """The finished Parquet files of an output folder (temporary files are hidden)."""
-    return sorted(p for p in out_dir.glob("*.parquet") if not p.name.startswith("."))
-
-
-def existing_rows(out_dir: Path) -> tuple[set[str], dict[str, Any] | None]:
-    """Paths that already have a row in ``out_dir``, and the settings those rows were made with.
-
-    Refuses (DatasetError) a folder holding Parquet files of another kind.
-    """
-    done: set[str] = set()
-    settings = None
-    for path in row_files(out_dir):
+    def row_files(self) -> list[str]:
+        """The finished Parquet files (paths inside the filesystem), sorted."""
         try:
-            schema = pq.read_schema(path)
-            table = pq.read_table(path, columns=["path"])
-        except (OSError, pa.ArrowException, KeyError) as exc:
-            raise DatasetError(f"{path}: not a readable explain-dataset file ({first_line(exc)})"
-                               ) from None
-        if schema.remove_metadata() != SCHEMA or SETTINGS_KEY not in (schema.metadata or {}):
-            raise DatasetError(f"{path}: not written by explain-dataset (other columns); "
-                               "choose an output folder of its own")
-        settings = settings or json.loads(schema.metadata[SETTINGS_KEY])
-        done.update(table.column("path").to_pylist())
-    return done, settings
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        except OSError as exc:
+            raise DatasetError(f"{self.where}: cannot list ({first_line(exc)})") from None
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File
+                      and i.base_name.endswith(".parquet") and not i.base_name.startswith("."))
+
+    def existing_rows(self) -> tuple[set[bytes], dict[str, Any] | None]:
+        """The files (as bytes, :func:`row_ref`) that already have a row here, and the settings
+        those rows were made with. Refuses (DatasetError) Parquet files of another kind."""
+        done: set[bytes] = set()
+        settings = None
+        for path in self.row_files():
+            try:
+                schema = pq.read_schema(path, filesystem=self.fs)
+                plain = schema.remove_metadata()
+                columns = ["path"] + (["path_bytes"] if plain == SCHEMA else [])
+                table = pq.read_table(path, columns=columns, filesystem=self.fs)
+            except (OSError, pa.ArrowException, KeyError) as exc:
+                raise DatasetError(f"{path}: not a readable explain-dataset file "
+                                   f"({first_line(exc)})") from None
+            if (plain not in (SCHEMA, SCHEMA_WITHOUT_PATH_BYTES)
+                    or SETTINGS_KEY not in (schema.metadata or {})):
+                raise DatasetError(f"{path}: not written by explain-dataset (other columns); "
+                                   "choose an output folder of its own")
+            settings = settings or json.loads(schema.metadata[SETTINGS_KEY])
+            raw = (table.column("path_bytes").to_pylist() if "path_bytes" in columns
+                   else [None] * table.num_rows)
+            done.update(row_ref(p, b) for p, b in zip(table.column("path").to_pylist(), raw,
+                                                      strict=True))
+        return done, settings
+
+    def write(self, table: pa.Table, name: str) -> bool:
+        """Write ``table`` as the file ``name``, whole or not at all; False when a file of that
+        name is already there (a retried write: same name, same rows)."""
+        target = f"{self.path}/{name}"
+        if self.local:
+            tmp = Path(self.path, f"{TMP_PREFIX}{name}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                pq.write_table(table, tmp)
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            return True
+        if self.fs.get_file_info(target).type != pafs.FileType.NotFound:
+            return False
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        with self.fs.open_output_stream(target) as out:
+            out.write(sink.getvalue())
+        return True
 
 
 def run_settings(artifact: str, manifest_sha256: str, targets: Any, top_k: int
@@ -145,42 +196,31 @@ def differences(recorded: dict[str, Any], asked: dict[str, Any]) -> list[tuple[s
 
 
 class OutputLock:
-    """An exclusive lock on the output folder: two runs writing into it would duplicate rows.
+    """An exclusive lock on a local output folder: two runs writing into it would duplicate
+    rows. Holding it, the temporary files left by a killed run are removed on entry.
 
-    Holding it, the temporary files left by a killed run are removed on entry.
+    Object storage has no such lock: the runs into one prefix are the user's to keep apart.
     """
 
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
+    def __init__(self, out: OutputFolder) -> None:
+        self.out = out
 
     def __enter__(self) -> OutputLock:
-        self.fh = open(self.out_dir / LOCK_NAME, "w")  # noqa: SIM115 - held until __exit__
+        if not self.out.local:
+            return self
+        folder = Path(self.out.path)
+        self.fh = open(folder / LOCK_NAME, "w")  # noqa: SIM115 - held until __exit__
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.fh.close()
-            raise DatasetError(f"{self.out_dir}: another explain-dataset run is writing here; "
+            raise DatasetError(f"{self.out}: another explain-dataset run is writing here; "
                                "wait for it or choose another output folder") from None
-        for stale in self.out_dir.glob(f"{TMP_PREFIX}*.tmp"):
+        for stale in folder.glob(f"{TMP_PREFIX}*.tmp"):
             stale.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
-        self.fh.close()
-
-
-def count_rows(files: list[Path], shown: int) -> tuple[int, int, list[tuple[str, str]]]:
-    """(explained, failed, the first ``shown`` (path, error) of the failures) in ``files``."""
-    explained, failed, failures = 0, 0, []
-    for path in files:
-        table = pq.read_table(path, columns=["path", "error"])
-        for p, error in zip(table.column("path").to_pylist(), table.column("error").to_pylist(),
-                            strict=True):
-            if error is None:
-                explained += 1
-                continue
-            failed += 1
-            if len(failures) < shown:
-                failures.append((p, error))
-    return explained, failed, failures
+        if self.out.local:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()

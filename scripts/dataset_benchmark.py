@@ -23,6 +23,16 @@ batch size:
 
 Configurations alternate within each round (reversed every other round); the table shows
 medians over rounds.
+
+``--nodes 1,2,3`` measures ``write_explanations`` (the command's own path: listing, resume
+check, actors that explain and write their Parquet files) on a simulated multi-node cluster
+instead: ``ray.cluster_utils.Cluster`` with that many nodes of ``--cpus-per-node`` CPUs on
+this machine, one actor per node, a fresh cluster per configuration. Per configuration: images/s,
+the images each node's actor did (per-node rate), the driver process's CPU seconds (in all; of
+a run of one image per node, the fixed part; the rest per 1000 more rows; and as cores busy
+during the run), and the
+bytes moved per 1000 rows (image bytes read by the actors, Parquet bytes they wrote, summary
+bytes the driver received). All simulated nodes share this machine's cores, which cap the total.
 The table goes to stdout; ``--json FILE`` also writes the numbers.
 """
 
@@ -165,6 +175,85 @@ def fresh_run(artifact: Path, image: str, work: Path, args) -> float:
     return time.perf_counter() - start
 
 
+def run_cluster(artifact: Path, paths: list[str], nodes: int, work: Path, args) -> dict:
+    """One ``write_explanations`` run on a fresh simulated cluster of ``nodes`` nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from reciprocam_ir.dataset import write_explanations
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.cpus_per_node})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=args.cpus_per_node)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    options = dict(workers=nodes, cpus_per_worker=args.cpus_per_node, precision=args.precision,
+                   batch_size=args.batch_size, rows_per_file=args.rows_per_file,
+                   log=lambda _: None)
+    try:
+        warm = Path(tempfile.mkdtemp(dir=work, prefix="warm-"))
+        fixed = time.process_time()
+        write_explanations(artifact, paths[:nodes], warm, **options)  # start the processes
+        fixed = time.process_time() - fixed
+        out = Path(tempfile.mkdtemp(dir=work, prefix=f"nodes{nodes}-"))
+        cpu = time.process_time()
+        summary = write_explanations(artifact, paths, out, **options)
+        cpu = time.process_time() - cpu
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert summary.explained == len(paths), summary
+    per_1000 = 1000 / len(paths)
+    written = sum(f.stat().st_size for f in out.glob("*.parquet"))
+    return {"nodes": nodes, "seconds": summary.seconds,
+            "images_per_s": summary.images_per_second,
+            "per_node_images_per_s": sorted((n / summary.seconds
+                                             for n in summary.per_node.values()), reverse=True),
+            "driver_cpu_s_per_1000_rows": cpu * per_1000,
+            "driver_cpu_s_fixed": fixed,
+            "driver_cpu_s_per_1000_more_rows": (cpu - fixed) * 1000 / (len(paths) - nodes),
+            "driver_cores_busy": cpu / summary.seconds,
+            "image_bytes_read_per_1000_rows": sum(os.path.getsize(p) for p in paths) * per_1000,
+            "parquet_bytes_written_per_1000_rows": written * per_1000,
+            "driver_bytes_received_per_1000_rows": summary.driver_bytes * per_1000}
+
+
+def cluster_main(artifact: Path, paths: list[str], work: Path, args) -> int:
+    counts = [int(n) for n in args.nodes.split(",")]
+    runs: dict[int, list[dict]] = {n: [] for n in counts}
+    for round_ in range(args.rounds):
+        log(f"round {round_ + 1}/{args.rounds}")
+        for nodes in (counts if round_ % 2 == 0 else counts[::-1]):
+            runs[nodes].append(run_cluster(artifact, paths, nodes, work, args))
+    result = {"images": len(paths), "batch_size": args.batch_size, "precision": args.precision,
+              "cpus_per_node": args.cpus_per_node, "rows_per_file": args.rows_per_file,
+              "rounds": args.rounds, "configs": []}
+    print(f"{len(paths)} images, batch {args.batch_size}, precision {args.precision}, "
+          f"--rows-per-file {args.rows_per_file}, simulated nodes of {args.cpus_per_node} CPU "
+          f"on one machine; medians of {args.rounds} rounds\n")
+    print("| nodes | images/s | per node images/s | driver CPU s / 1000 rows (fixed + per "
+          "1000 more) | driver cores busy | image MB read / 1000 rows | Parquet MB written / "
+          "1000 rows | driver KB received / 1000 rows |")
+    print("|---|---|---|---|---|---|---|---|")
+    for nodes in counts:
+        best = sorted(runs[nodes], key=lambda r: r["images_per_s"])[len(runs[nodes]) // 2]
+        med = {k: statistics.median(r[k] for r in runs[nodes]) for k in best
+               if isinstance(best[k], float)}
+        config = {**med, "nodes": nodes, "per_node_images_per_s": best["per_node_images_per_s"]}
+        result["configs"].append(config)
+        print(f"| {nodes} | {med['images_per_s']:.1f} | "
+              f"{', '.join(f'{r:.1f}' for r in best['per_node_images_per_s'])} | "
+              f"{med['driver_cpu_s_per_1000_rows']:.2f} ({med['driver_cpu_s_fixed']:.2f} + "
+              f"{med['driver_cpu_s_per_1000_more_rows']:.2f}) | {med['driver_cores_busy']:.2f} | "
+              f"{med['image_bytes_read_per_1000_rows'] / 1e6:.1f} | "
+              f"{med['parquet_bytes_written_per_1000_rows'] / 1e6:.2f} | "
+              f"{med['driver_bytes_received_per_1000_rows'] / 1e3:.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", type=Path, default=None,
@@ -178,6 +267,10 @@ def main() -> int:
                     default=Path(tempfile.gettempdir()) / "reciprocam-dataset-bench")
     ap.add_argument("--quick", action="store_true", help="at most 16 images, 1 round")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--nodes", default=None, metavar="N,N,...",
+                    help="measure write_explanations on simulated clusters of these node counts")
+    ap.add_argument("--cpus-per-node", type=int, default=1)
+    ap.add_argument("--rows-per-file", type=int, default=100)
     args = ap.parse_args()
     if args.quick:
         args.images, args.rounds = min(args.images, 16), 1
@@ -185,6 +278,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     artifact = args.artifact or default_artifact(work)
     paths = write_images(Path(tempfile.mkdtemp(dir=work, prefix="images-")), args.images)
+    if args.nodes:
+        return cluster_main(artifact, paths, work, args)
 
     from reciprocam_ir import ReciproCAM
 

@@ -103,7 +103,7 @@ def test_rows_equal_the_api_bad_files_are_error_rows_and_a_rerun_adds_nothing(
             "--top-k", "2", "--workers", "2", "--batch-size", "3", "--rows-per-file", "4",
             "--overlays", str(overlays))
     code, err = run(capsys, *args)
-    assert code == 3, err  # the exit status counts the failed files
+    assert code == 13, err  # 10 + the number of failed files
     assert "15 images" in err and "12 explained, 3 failed" in err
     rows = read_rows(out)
     assert len(rows) == 15 and len({r["path"] for r in rows}) == 15
@@ -195,6 +195,79 @@ def test_list_sources_walks_folders_expands_globs_and_names_each_file_once(tmp_p
     assert names == ["a/deep/img00.jpg", "a/deep/img01.png", "b/img01.png", "b/img00.jpg"]
     with pytest.raises(DatasetError, match="names no files"):
         list_sources([str(tmp_path / "*.gif")])
+
+
+def test_list_sources_follows_folder_links_once_and_leaves_out_excluded_folders(tmp_path):
+    data, big = tmp_path / "data", tmp_path / "big"
+    write_images(data / "own", 1)
+    write_images(big, 3)
+    (data / "linked_big").symlink_to(big)
+    (data / "again").symlink_to(big)  # a second route to the same folder
+    (data / "own" / "loop").symlink_to(data)  # a loop back to the top
+    (data / "alias.jpg").symlink_to(data / "own" / "img00.jpg")
+    write_images(data / "out", 2)
+    files = list_sources([data], exclude=[data / "out"])
+    names = sorted(os.path.relpath(os.path.realpath(f), tmp_path) for f in files)
+    assert names == ["big/img00.jpg", "big/img01.png", "big/img02.jpg", "data/own/img00.jpg"]
+    with pytest.raises(DatasetError, match="names no files"):
+        list_sources([data / "out"], exclude=[data / "out"])
+
+
+def test_outputs_inside_a_source_folder_are_not_explained_on_a_rerun(
+        capsys, ray_session, labelled_dir, tmp_path):
+    data = tmp_path / "data"
+    write_images(data, 3)
+    args = (str(labelled_dir), str(data), "--out", str(data / "out"), "--overlays",
+            str(data / "overlays"), "--precision", "f32")
+    for expected in ("3 images", "3 of 3 files already have a row"):
+        code, err = run(capsys, *args)
+        assert code == 0 and expected in err, err
+    rows = read_rows(data / "out")
+    assert sorted(Path(r["path"]).name for r in rows) == ["img00.jpg", "img01.png", "img02.jpg"]
+    assert len(list((data / "overlays").iterdir())) == 3
+
+
+def test_a_non_utf8_file_name_is_an_error_row_kept_losslessly_and_a_rerun_works(
+        capsys, ray_session, labelled_dir, tmp_path):
+    data = tmp_path / "data"
+    write_images(data, 3)
+    bad = os.fsencode(data) + b"/\xff\xfebad.jpg"
+    with open(bad, "wb") as fh:
+        fh.write(b"not a jpeg")
+    good_copy = os.fsencode(data) + b"/caf\xe9.png"  # Latin-1 name, a readable image
+    with open(good_copy, "wb") as fh:
+        fh.write((data / "img01.png").read_bytes())
+    args = (str(labelled_dir), str(data), "--out", str(tmp_path / "out"), "--precision", "f32")
+    code, err = run(capsys, *args)
+    assert code == 11, err
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 5
+    by_raw = {r["path_bytes"] or r["path"].encode(): r for r in rows}
+    assert by_raw.keys() == {os.fsencode(data / n) for n in ("img00.jpg", "img01.png",
+                                                            "img02.jpg")} | {bad, good_copy}
+    assert by_raw[bad]["error"].startswith("not a readable image")
+    assert by_raw[bad]["path"].endswith("/\\xff\\xfebad.jpg")
+    assert by_raw[good_copy]["error"] is None
+    assert by_raw[good_copy]["saliency"] == by_raw[os.fsencode(data / "img01.png")]["saliency"]
+    assert {r["path_bytes"] for r in rows} == {None, bad, good_copy}  # only where not UTF-8
+    code, err = run(capsys, *args)
+    assert code == 0 and "5 of 5 files already have a row" in err, err
+
+
+def test_rows_per_file_is_exact_and_failures_have_their_own_exit_codes(
+        capsys, ray_session, labelled_dir, tmp_path):
+    data = tmp_path / "data"
+    write_images(data, 11)
+    (data / "empty.png").write_bytes(b"")
+    (data / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    code, err = run(capsys, str(labelled_dir), str(data), "--out", str(out), "--workers", "2",
+                    "--batch-size", "3", "--rows-per-file", "4")
+    assert code == 12, err  # 10 + 2 failed files; 2 alone means "could not start"
+    sizes = sorted(pq.read_metadata(f).num_rows for f in out.glob("*.parquet"))
+    assert sizes == [1, 4, 4, 4]
+    code, err = run(capsys, str(labelled_dir), str(data / "nope"), "--out", str(out))
+    assert code == 2, err
 
 
 def test_api_on_a_ray_dataset_of_bytes_with_a_nan_image(ray_session, export_once, tmp_path):
