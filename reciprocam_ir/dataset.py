@@ -377,7 +377,7 @@ def checked_options(artifact: str | Path, targets: Targets, top_k: int, backend:
     options = ExplainOptions(artifact if is_uri(artifact) else str(Path(artifact).resolve()),
                              targets, top_k, backend, device, precision, batch_size, max_pixels,
                              str(Path(overlays).resolve()) if overlays is not None else None,
-                             storage)
+                             storage=storage)
     cam = options.explainer()
     cam.check_targets(targets, top_k)
     if overlays is not None:
