@@ -21,7 +21,7 @@ from reciprocam_ir.backends import create_backend
 from reciprocam_ir.masking import masked_batch, spatial_masks
 from reciprocam_ir.messages import first_line
 
-from .errors import ExportError
+from ..errors import ExportError
 
 TOLERANCE = 1e-4
 """Largest accepted max|g(f(x)) − model(x)| relative to max|model(x)| (and likewise for f)."""

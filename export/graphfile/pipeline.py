@@ -21,15 +21,12 @@ from reciprocam_ir.artifact import (
 )
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-from .errors import ExportError
-from .explain_graph import add_explain_graphs, explain_spec
-from .file_cut import is_graph_file
-from .graph_files import declare_output_shape, declared_outputs, write_ir
-from .input_size import InputSize
-from .labels import graph_labels, read_labels_file
-from .manifest_entries import feature_entry, graphs_entry, tail_entries
-from .staging import FORMATS, check_destination, staged
-from .verify import (
+from ..artifact.explain_graph import add_explain_graphs, explain_spec
+from ..artifact.graph_files import declare_output_shape, declared_outputs, write_ir
+from ..artifact.labels import graph_labels, read_labels_file
+from ..artifact.manifest_entries import feature_entry, graphs_entry, tail_entries
+from ..artifact.staging import FORMATS, check_destination, staged
+from ..artifact.verify import (
     Reference,
     check_graphs,
     check_input_dependence,
@@ -40,6 +37,9 @@ from .verify import (
     one_at_a_time,
     verification_images,
 )
+from ..errors import ExportError
+from ..input_size import InputSize
+from .file_cut import is_graph_file
 
 if TYPE_CHECKING:
     from .file_cut import CutPoint

@@ -16,8 +16,8 @@ from torch import nn
 from reciprocam_ir.messages import first_line
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-from .errors import ExportError
-from .input_size import InputSize, as_hw, checked_size
+from ..errors import ExportError
+from ..input_size import InputSize, as_hw, checked_size
 
 DEFAULT_SIZE = 224
 RESIZE_RATIO = 256 / 224

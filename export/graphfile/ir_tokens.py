@@ -18,7 +18,8 @@ import openvino.opset13 as ops
 
 from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME
 
-from .file_cut import CutPoint, TokenLayout, token_grid
+from ..features import token_grid
+from .file_cut import CutPoint, TokenLayout
 
 if TYPE_CHECKING:
     from .ir_cut import IrGraph

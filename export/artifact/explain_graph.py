@@ -38,7 +38,7 @@ from reciprocam_ir.masking import (
 )
 from reciprocam_ir.messages import first_line
 
-from .errors import ExportError
+from ..errors import ExportError
 from .graph_ops import GraphOps, OnnxOps, OpenVINOOps, Value
 from .verify import TOLERANCE as SCORE_TOLERANCE
 from .verify import verification_images

@@ -12,10 +12,10 @@ from onnx import TensorProto, helper
 from reciprocam_ir.artifact import FEATURE_NAME, INPUT_NAME, OUTPUT_NAME, POOLED_NAME
 from reciprocam_ir.messages import first_line
 
-from .errors import ExportError
+from ..artifact.graph_files import BATCH
+from ..errors import ExportError
+from ..input_size import InputSize
 from .file_cut import CutPoint, ImageInput, find_cut, image_input, softmax_over_classes
-from .graph_files import BATCH
-from .input_size import InputSize
 from .layouts import NCHW, REDUCTIONS, Op, infer_layouts, layout_problem, transposed
 from .onnx_tokens import find_token_cuts, masked_sequences
 
@@ -187,7 +187,7 @@ class OnnxGraph:
         if unsure:
             import onnxruntime as ort
 
-            from .verify import verification_input
+            from ..artifact.verify import verification_input
 
             model = copy.deepcopy(self.model)
             model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in unsure)

@@ -21,9 +21,9 @@ from reciprocam_ir.artifact import (
 )
 from reciprocam_ir.messages import first_line
 
-from .errors import ExportError
+from ..errors import ExportError
+from ..input_size import InputSize
 from .file_cut import CutPoint, ImageInput, find_cut, image_input, softmax_over_classes
-from .input_size import InputSize
 from .ir_tokens import find_token_cuts, masked_sequences
 from .layouts import NCHW, REDUCTIONS, Op, infer_layouts, layout_problem, transposed
 

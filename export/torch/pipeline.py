@@ -19,30 +19,18 @@ from reciprocam_ir.artifact import (
 )
 from reciprocam_ir.messages import first_line
 
-from .errors import ExportError
-from .explain_graph import add_explain_graphs, explain_spec
-from .graph_cut import Cut, CutGraph, Split
-from .graph_files import (
+from ..artifact.explain_graph import add_explain_graphs, explain_spec
+from ..artifact.graph_files import (
     declare_output_shape,
     declared_outputs,
     write_ir,
     write_onnx,
     write_token_tail_onnx,
 )
-from .input_size import InputSize
-from .labels import check_count, read_labels_file
-from .manifest_entries import feature_entry, graphs_entry, tail_entries
-from .model_source import LoadedModel, load_model
-from .staging import FORMATS, check_destination, staged
-from .token_tail import (
-    CLASS_TOKEN,
-    SEQUENCES,
-    class_token_tail,
-    hooked_scores,
-    sequences_tail,
-    token_weights,
-)
-from .verify import (
+from ..artifact.labels import check_count, read_labels_file
+from ..artifact.manifest_entries import feature_entry, graphs_entry, tail_entries
+from ..artifact.staging import FORMATS, check_destination, staged
+from ..artifact.verify import (
     Reference,
     check_graphs,
     check_input_dependence,
@@ -52,6 +40,18 @@ from .verify import (
     judge,
     one_at_a_time,
     verification_images,
+)
+from ..errors import ExportError
+from ..input_size import InputSize
+from .graph_cut import Cut, CutGraph, Split
+from .model_source import LoadedModel, load_model
+from .token_tail import (
+    CLASS_TOKEN,
+    SEQUENCES,
+    class_token_tail,
+    hooked_scores,
+    sequences_tail,
+    token_weights,
 )
 
 

@@ -19,7 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME, OUTPUT_NAME
 
-from .file_cut import CutPoint, TokenLayout, token_grid
+from ..features import token_grid
+from .file_cut import CutPoint, TokenLayout
 
 if TYPE_CHECKING:
     from .onnx_cut import OnnxGraph
