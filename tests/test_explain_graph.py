@@ -178,7 +178,7 @@ def test_explain_top_k_beyond_the_classes_is_refused(capsys, tmp_path):
 
 def test_graph_file_exports_hold_the_same_graph(tmp_path, photos):
     """Cut without torch from ONNX, from IR and from an INT8 (QDQ) ONNX: same explain graph."""
-    from export.graph_export import export_graph_file
+    from export.graphfile.pipeline import export_graph_file
     from graph_models import quantize, tiny_classifier, to_ir
 
     onnx_path = tiny_classifier(tmp_path / "tiny.onnx")

@@ -191,7 +191,7 @@ def test_explanation_images_overlay_and_save(resnet18_dir, photos, tmp_path):
 def graph_artifacts(tmp_path_factory) -> dict:
     """Artifacts of helper-built graphs: one softmax model exported with and without its
     softmax, and a model with a 64x64 feature map."""
-    from export.graph_export import export_graph_file
+    from export.graphfile.pipeline import export_graph_file
     from graph_models import tiny_classifier, wide_classifier
 
     d = tmp_path_factory.mktemp("graph_artifacts")

@@ -1,7 +1,8 @@
 """Cut an OpenVINO IR classifier into ``f`` and ``g`` with the OpenVINO Python API (no torch).
 
 ``f`` ends at the cut node's output; ``g`` starts at a new Parameter that replaces it.
-Both are saved as IR with f32 weights.
+Both are saved as IR with f32 weights. The map cuts are found here, the token cuts by
+:mod:`.ir_tokens`; both read the graph (:class:`~.ir_graph.IrGraph`).
 """
 
 from __future__ import annotations
@@ -23,137 +24,59 @@ from reciprocam_ir.messages import first_line
 
 from ..errors import ExportError
 from ..input_size import InputSize
-from .file_cut import CutPoint, ImageInput, find_cut, image_input, softmax_over_classes
+from .file_cut import CutPoint, find_cut
+from .ir_graph import F32_CONFIG, IrGraph, key, layout_op, reads_batch_only
 from .ir_tokens import find_token_cuts, masked_sequences
-from .layouts import NCHW, REDUCTIONS, Op, infer_layouts, layout_problem, transposed
-
-F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
-PASS_ON = ("Identity", "Reshape", "Squeeze", "Unsqueeze")
+from .layouts import NCHW, infer_layouts, layout_problem, transposed
 
 
-def _key(output: ov.Output) -> tuple[int, int]:
-    return output.get_node().get_instance_id(), output.get_index()
-
-
-class IrGraph:
-    """An OpenVINO IR classifier file: its image input, valid cuts, and ``f``/``g``."""
+class IrCutter(IrGraph):
+    """An OpenVINO IR classifier file with its valid cuts (maps and tokens, in graph order),
+    and ``f``/``g`` written at one of them."""
 
     def __init__(self, path: str | Path, size: InputSize | None = None,
                  convert: bool = False) -> None:
         """Read ``path`` (IR, or with ``convert`` any file ``ov.convert_model`` reads)."""
-        self.path = Path(path)
-        self.source = str(path)
-        if not self.path.is_file():
-            raise ExportError(f"model file '{path}' not found")
-        self.core = ov.Core()
-        try:
-            model = ov.convert_model(str(self.path)) if convert \
-                else self.core.read_model(str(self.path))
-        except Exception as exc:  # OpenVINO's frontends raise several kinds
-            what = "OpenVINO cannot read the model" if convert else \
-                "not a readable OpenVINO IR model"
-            raise ExportError(f"{path}: {what} ({first_line(exc)})") from None
-        params = model.get_parameters()
-        names = [p.get_friendly_name() for p in params]
-        dims = None
-        if len(params) == 1:
-            ps = params[0].get_output_partial_shape(0)
-            if ps.rank.is_static:
-                dims = [d.get_length() if d.is_static else None for d in ps]
-        is_float = len(params) == 1 and params[0].get_element_type() == ov.Type.f32
-        self.input: ImageInput = image_input(self.source, names, dims, is_float, size)
-        if len(model.outputs) != 1:
-            raise ExportError(f"{path}: graph has {len(model.outputs)} outputs; expected one "
-                              "2-D tensor of class scores (batch, classes)")
-        shape = ov.PartialShape([-1, *self.input.shape()[1:]])
-        try:
-            model.reshape({model.input(0): shape})
-        except RuntimeError as exc:
-            raise ExportError(f"{path}: cannot give the graph a dynamic batch axis "
-                              f"({first_line(exc)})") from None
-        self.model = model
-        self.metadata = _metadata(model)
-        self._analyse()
-
-    def _analyse(self) -> None:
-        ordered = self.model.get_ordered_ops()
-        (param,) = self.model.get_parameters()
-        reads_input = {param.get_instance_id()}
-        for node in ordered:
-            if any(v.get_node().get_instance_id() in reads_input for v in node.input_values()):
-                reads_input.add(node.get_instance_id())
-        result = self.model.get_results()[0]
-        self.result_input = result.input_value(0)
-        out_rank = self.result_input.get_partial_shape().rank
-        if out_rank.is_static and out_rank.get_length() != 2:
-            raise ExportError(f"{self.source}: output has rank {out_rank.get_length()}; "
-                              "expected one 2-D tensor of class scores (batch, classes)")
-        four_d = [_key(out) for node in ordered for out in node.outputs()
+        super().__init__(path, size, convert)
+        ordered, result = self.ordered, self.result
+        four_d = [key(out) for node in ordered for out in node.outputs()
                   if out.get_partial_shape().rank.is_static
                   and out.get_partial_shape().rank.get_length() == 4]
-        layouts = infer_layouts([_op(node) for node in ordered], four_d,
-                                {_key(param.output(0)): self.input.layout})
-        self.known: set[str] = set()
+        (param,) = self.model.get_parameters()
+        layouts = infer_layouts([layout_op(node) for node in ordered], four_d,
+                                {key(param.output(0)): self.input.layout})
         self.cuts: list[CutPoint] = []
         self.misplaced: list[tuple[CutPoint, str]] = []
         self._outputs: dict[str, tuple[int, int]] = {}
-        seen_names: dict[str, int] = {}
-        names: dict[int, str] = {}
         positions: dict[str, int] = {}
         for position, node in enumerate(ordered):
-            name = node.get_friendly_name()
-            self.known.add(name)
-            for out in node.outputs():
-                self.known.update(out.get_names())
-            seen_names[name] = seen_names.get(name, 0) + 1
-            if seen_names[name] > 1:  # friendly names need not be unique
-                name = f"{name}#{seen_names[name]}"
-                self.known.add(name)
-            names[node.get_instance_id()] = name
-            if node.get_instance_id() not in reads_input or node.get_type_name() in (
+            if node.get_instance_id() not in self.reads_input or node.get_type_name() in (
                     "Result", "Parameter"):
                 continue
+            name = self.names[node.get_instance_id()]
             for out in node.outputs():
                 ps = out.get_partial_shape()
                 if (out.get_element_type() != ov.Type.f32 or ps.rank.is_dynamic
                         or ps.rank.get_length() != 4 or any(d.is_dynamic for d in list(ps)[1:])):
                     continue
                 c, h, w = (d.get_length() for d in list(ps)[1:])
-                if min(h, w) < 2 or not self._all_paths_through(out, result):
+                if min(h, w) < 2 or not self.all_paths_through(out, result):
                     continue
                 cut_name = name if out.get_index() == 0 else f"{name}:{out.get_index()}"
                 point = CutPoint(cut_name, (c, h, w), tuple(sorted(out.get_names())))
-                problem = layout_problem(layouts.get(_key(out)))
+                problem = layout_problem(layouts.get(key(out)))
                 if problem is not None:
                     self.misplaced.append((point, problem))
                     continue
                 self._outputs[cut_name] = (position, out.get_index())
                 positions[cut_name] = position
                 self.cuts.append(point)
-        tokens, refused = find_token_cuts(self, ordered, names, reads_input, result)
+        tokens, refused = find_token_cuts(self)
         for point, position, index in tokens:
             self._outputs[point.name] = (position, index)
             positions[point.name] = position
         self.cuts = sorted(self.cuts + [p for p, _, _ in tokens], key=lambda c: positions[c.name])
         self.misplaced += refused
-        softmax = _final_softmax(self.result_input)
-        self.softmax_input = softmax.input_value(0) if softmax is not None else None
-
-    def _all_paths_through(self, cut: ov.Output, result: ov.Node) -> bool:
-        """Whether the result reads the Parameter only through ``cut``."""
-        seen, stack = {_key(cut)}, [result.input_value(0)]
-        while stack:
-            value = stack.pop()
-            node = value.get_node()
-            if node.get_type_name() == "Parameter":
-                return False
-            if _reads_batch_only(node):
-                continue
-            for v in node.input_values():
-                if _key(v) not in seen:
-                    seen.add(_key(v))
-                    stack.append(v)
-        return True
 
     def find(self, layer: str | None) -> CutPoint:
         """The named cut (node or tensor name), or the default (last spatial) cut."""
@@ -174,35 +97,6 @@ class IrGraph:
             raise ExportError(f"{self.source}: cannot find the cut '{cut.name}' in a copy of "
                               "the graph")
         return model, node.output(index), model.get_results()[0].input_value(0)
-
-    def _scores(self, value: ov.Output, keep_softmax: bool) -> ov.Output:
-        """What ``g`` outputs in the graph of ``value`` (the scores): the logits by default.
-
-        ``g`` ends at the final Softmax's input when that already is the (N, classes) f32
-        scores; otherwise (a (N, C, 1, 1) Softmax then a reshape, say) it is bypassed.
-        """
-        softmax = _final_softmax(value) if not keep_softmax else None
-        if softmax is None:
-            return value
-        logits = softmax.input_value(0)
-        rank = logits.get_partial_shape().rank
-        if logits.get_element_type() == ov.Type.f32 and rank.is_static and rank.get_length() == 2:
-            return logits
-        for target in list(softmax.output(0).get_target_inputs()):
-            target.replace_source_output(logits)
-        return value
-
-    def reference(self, x: np.ndarray, keep_softmax: bool) -> np.ndarray:
-        """The original graph's scores on ``x`` with OpenVINO in f32 (pre-Softmax by default)."""
-        model = self.model.clone()
-        scores = self._scores(model.get_results()[0].input_value(0), keep_softmax)
-        ref = ov.Model([scores], model.get_parameters(), "reference")
-        try:
-            out = self.core.compile_model(ref, "CPU", F32_CONFIG)({0: x})[0]
-        except RuntimeError as exc:
-            raise ExportError(f"{self.source}: OpenVINO cannot run the graph "
-                              f"({first_line(exc)})") from None
-        return np.asarray(out, np.float32)
 
     def feature(self, x: np.ndarray, cut: CutPoint) -> np.ndarray:
         """The original graph's output at ``cut`` on ``x`` with OpenVINO in f32."""
@@ -227,7 +121,7 @@ class IrGraph:
             if len(users) != 1:
                 return None
             node = users[0]
-            op = _op(node)
+            op = layout_op(node)
             if op.kind != "Transpose" or op.perm is None or len(op.perm) != 4:
                 break
             value, layout = node.output(0), transposed(layout, op.perm)
@@ -251,7 +145,7 @@ class IrGraph:
 
         model, feature, scores = self._copy(cut)
         if cut.tokens is not None:
-            scores = self._scores(scores, keep_softmax)
+            scores = self.scores(scores, keep_softmax)
             _rebind_batch_reads(scores, feature)  # then read the masked copies, as the rest
             params, shaped, _ = masked_sequences(feature, scores, cut, model.get_ordered_ops())
             models["g"] = ov.Model([shaped], params, "g")
@@ -261,7 +155,7 @@ class IrGraph:
             for target in list(feature.get_target_inputs()):
                 target.replace_source_output(param.output(0))
             _rebind_batch_reads(scores, param.output(0))
-            models["g"] = ov.Model([self._scores(scores, keep_softmax)], [param], "g")
+            models["g"] = ov.Model([self.scores(scores, keep_softmax)], [param], "g")
 
         model, feature, scores = self._copy(cut)
         c = cut.shape[0]
@@ -272,7 +166,7 @@ class IrGraph:
             for target in list(pooled[0].get_target_inputs()):
                 target.replace_source_output(shaped.output(0))
             _rebind_batch_reads(scores, shaped.output(0))
-            models["g_pooled"] = ov.Model([self._scores(scores, keep_softmax)], [vector],
+            models["g_pooled"] = ov.Model([self.scores(scores, keep_softmax)], [vector],
                                           "g_pooled")
         files = {}
         for role, m in models.items():
@@ -288,84 +182,6 @@ class IrGraph:
         return files
 
 
-def _metadata(model: ov.Model) -> dict[str, str]:
-    """The text in ``rt_info`` that may name the classes.
-
-    ``model_info/labels`` holds space-separated names (OpenVINO Model API, YOLO exporters);
-    ``framework/*`` holds an ONNX model's ``metadata_props`` after ``ov.convert_model``.
-    """
-    found = {}
-    if model.has_rt_info(["model_info", "labels"]):
-        names = model.get_rt_info(["model_info", "labels"]).astype(str).split()
-        found["model_info/labels"] = "\n".join(names)
-    if model.has_rt_info(["framework"]):
-        for key in model.get_rt_info()["framework"]:
-            found[f"framework/{key}"] = model.get_rt_info(["framework", key]).astype(str)
-    return found
-
-
-def _constant_values(value: ov.Output) -> np.ndarray | None:
-    node = value.get_node()
-    return np.asarray(node.get_data()) if node.get_type_name() == "Constant" else None
-
-
-def _op(node: ov.Node) -> Op:
-    """``node`` as the layout rules see it: its Transpose perm or reduction axes."""
-    kind = node.get_type_name()
-    inputs = tuple(_key(v) for v in node.input_values())
-    outputs = tuple(_key(o) for o in node.outputs())
-    extra = _constant_values(node.input_value(1)) \
-        if kind in ("Transpose", *REDUCTIONS) and node.get_input_size() > 1 else None
-    if extra is None:
-        return Op(kind, inputs, outputs)
-    values = tuple(int(v) for v in extra.ravel())
-    if kind == "Transpose":
-        return Op(kind, inputs, outputs, perm=values)
-    return Op(kind, inputs, outputs, axes=tuple(sorted(v % 4 for v in values)))
-
-
-def _passed_on(node: ov.Node) -> ov.Output | None:
-    """The input a no-op node passes on unchanged (up to unit axes), else None."""
-    kind = node.get_type_name()
-    if kind in PASS_ON or kind == "Convert" and node.get_output_element_type(0) == ov.Type.f32:
-        return node.input_value(0)
-    if kind in ("Multiply", "Divide"):
-        for data, other in ((0, 1), (1, 0)) if kind == "Multiply" else ((0, 1),):
-            one = _constant_values(node.input_value(other))
-            if one is not None and bool(np.all(one == 1)):
-                return node.input_value(data)
-    return None
-
-
-def _final_softmax(scores: ov.Output) -> ov.Node | None:
-    """The Softmax over the classes that makes ``scores``, seen through a no-op tail."""
-    node = scores.get_node()
-    while node.get_type_name() != "Softmax":
-        passed = _passed_on(node)
-        if passed is None:
-            return None
-        node = passed.get_node()
-    shape = node.get_input_partial_shape(0)
-    dims = None if shape.rank.is_dynamic else \
-        [d.get_length() if d.is_static else None for d in shape]
-    return node if softmax_over_classes(dims, int(node.get_attributes()["axis"])) else None
-
-
-def _reads_batch_only(node: ov.Node) -> bool:
-    """A ``ShapeOf`` whose result is used only for the batch size (``x.size(0)``)."""
-    if node.get_type_name() != "ShapeOf":
-        return False
-    users = [t.get_node() for t in node.output(0).get_target_inputs()]
-    for user in users:
-        if user.get_type_name() != "Gather":
-            return False
-        index, axis = _constant_values(user.input_value(1)), _constant_values(user.input_value(2))
-        if index is None or axis is None or index.size != 1 or int(index.ravel()[0]) != 0 \
-                or int(axis.ravel()[0]) != 0:
-            return False
-    return bool(users)
-
-
 def _rebind_batch_reads(scores: ov.Output, start: ov.Output) -> None:
     """Point the batch-size reads before ``scores`` at ``start`` (a tensor with the batch).
 
@@ -379,16 +195,16 @@ def _rebind_batch_reads(scores: ov.Output, start: ov.Output) -> None:
                 if node.get_instance_id() not in after:
                     after.add(node.get_instance_id())
                     stack.append(node)
-    seen, stack = {_key(start)}, [scores]
+    seen, stack = {key(start)}, [scores]
     while stack:
         node = stack.pop().get_node()
-        if _reads_batch_only(node):
+        if reads_batch_only(node):
             if node.input_value(0).get_node().get_instance_id() not in after:
                 node.input(0).replace_source_output(start)
             continue
         for v in node.input_values():
-            if _key(v) not in seen:
-                seen.add(_key(v))
+            if key(v) not in seen:
+                seen.add(key(v))
                 stack.append(v)
 
 

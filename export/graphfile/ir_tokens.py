@@ -10,8 +10,6 @@ starts there (a ``Softmax`` or ``ScaledDotProductAttention`` on the way). ``g`` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
@@ -20,16 +18,9 @@ from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME
 
 from ..features import token_grid
 from .file_cut import CutPoint, TokenLayout
-
-if TYPE_CHECKING:
-    from .ir_cut import IrGraph
+from .ir_graph import IrGraph, key
 
 ATTENTION = ("Softmax", "ScaledDotProductAttention")
-Key = tuple[int, int]
-
-
-def _key(output: ov.Output) -> Key:
-    return output.get_node().get_instance_id(), output.get_index()
 
 
 def _readers(output: ov.Output) -> list[ov.Node]:
@@ -70,7 +61,7 @@ def _attention_block(stream: ov.Output) -> ov.Node | None:
                     below.add(reader.get_instance_id())
                     stack.append(reader)
     for add in (n for n in readers if n.get_type_name() == "Add"):
-        others = [v for v in add.input_values() if _key(v) != _key(stream)]
+        others = [v for v in add.input_values() if key(v) != key(stream)]
         if len(others) != 1 or others[0].get_node().get_instance_id() not in below:
             continue
         seen, stack = set(), [others[0].get_node()]
@@ -86,11 +77,12 @@ def _attention_block(stream: ov.Output) -> ov.Node | None:
     return None
 
 
-def find_token_cuts(graph: IrGraph, ordered: list[ov.Node], names: dict[int, str],
-                    reads_input: set[int], result: ov.Node
-                    ) -> tuple[list[tuple[CutPoint, int, int]], list[tuple[CutPoint, str]]]:
+def find_token_cuts(graph: IrGraph) -> tuple[list[tuple[CutPoint, int, int]],
+                                             list[tuple[CutPoint, str]]]:
     """The token cuts in graph order, each with its node's position and output index, and
     those that cannot be explained with the reason."""
+    ordered, names, reads_input, result = (graph.ordered, graph.names, graph.reads_input,
+                                           graph.result)
     streams = []
     for position, node in enumerate(ordered):
         if node.get_instance_id() not in reads_input or node.get_type_name() in (
@@ -102,7 +94,7 @@ def find_token_cuts(graph: IrGraph, ordered: list[ov.Node], names: dict[int, str
                     or ps.rank.get_length() != 3 or any(d.is_dynamic for d in list(ps)[1:]):
                 continue
             mvn = _attention_block(out)
-            if mvn is not None and graph._all_paths_through(out, result):
+            if mvn is not None and graph.all_paths_through(out, result):
                 streams.append((position, node, out, mvn))
     if not streams:
         return [], []
@@ -140,7 +132,7 @@ def head_problem(graph: IrGraph, ordered: list[ov.Node], tokens: int,
             if ps.rank.is_static and ps.rank.get_length() == 3 and ps[1].is_static \
                     and ps[1].get_length() == tokens and ps[2].is_static \
                     and node.get_type_name() not in ("Parameter", "Result") \
-                    and graph._all_paths_through(out, result):
+                    and graph.all_paths_through(out, result):
                 last = (position, out.get_index())
     if last is None:
         return None

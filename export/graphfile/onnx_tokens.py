@@ -11,7 +11,6 @@ alike, runs through the rest of the model; output (B, M, classes).
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -21,18 +20,9 @@ from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME, OUTPUT_NAME
 
 from ..features import token_grid
 from .file_cut import CutPoint, TokenLayout
-
-if TYPE_CHECKING:
-    from .onnx_cut import OnnxGraph
+from .onnx_graph import OnnxGraph, dims_of
 
 LAYER_NORMS = ("LayerNormalization",)
-
-
-def _dims(value: onnx.ValueInfoProto | None) -> list[int | None] | None:
-    if value is None or not value.type.tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else None
-            for d in value.type.tensor_type.shape.dim]
 
 
 def _descendants(start: str, users: dict[str, list[onnx.NodeProto]]) -> set[str]:
@@ -47,15 +37,13 @@ def _descendants(start: str, users: dict[str, list[onnx.NodeProto]]) -> set[str]
     return seen
 
 
-def find_token_cuts(graph: OnnxGraph, values: dict[str, onnx.ValueInfoProto],
-                    maps: dict[str, tuple[int, ...]]
-                    ) -> tuple[list[CutPoint], list[tuple[CutPoint, str]]]:
+def find_token_cuts(graph: OnnxGraph) -> tuple[list[CutPoint], list[tuple[CutPoint, str]]]:
     """The token cuts of ``graph`` in graph order, and those that cannot be explained with
     the reason (a token count that is not 1 + a grid, a head that pools the tokens).
 
-    ``maps``: the 4-D float tensors' shapes; those made before the first block show the
-    patch grid (the patch embedding)."""
-    nodes = graph.model.graph.node
+    The graph's 4-D float tensors made before the first block show the patch grid (the patch
+    embedding)."""
+    nodes, values, maps = graph.model.graph.node, graph.values, graph.maps
     users: dict[str, list[onnx.NodeProto]] = {}
     for node in nodes:
         for name in node.input:
@@ -63,12 +51,12 @@ def find_token_cuts(graph: OnnxGraph, values: dict[str, onnx.ValueInfoProto],
     streams = []
     for node in nodes:
         for out in node.output:
-            dims = _dims(values.get(out))
+            dims = dims_of(values.get(out))
             if dims is None or len(dims) != 3 or None in dims[1:] or \
                     values[out].type.tensor_type.elem_type != TensorProto.FLOAT:
                 continue
             ln1 = _attention_block(out, users, graph.producer)
-            if ln1 is not None and graph._all_paths_through(out):
+            if ln1 is not None and graph.all_paths_through(out):
                 streams.append((node, out, dims, ln1))
     order = {out: i for i, node in enumerate(nodes) for out in node.output}
     first = order[streams[0][1]] if streams else 0
@@ -121,14 +109,14 @@ def head_problem(graph: OnnxGraph, values: dict[str, onnx.ValueInfoProto], token
     import onnxruntime as ort
 
     streams = [out for node in graph.model.graph.node for out in node.output
-               if (_dims(values.get(out)) or [None])[1:2] == [tokens]
-               and len(_dims(values.get(out))) == 3 and graph._all_paths_through(out)]
+               if (dims_of(values.get(out)) or [None])[1:2] == [tokens]
+               and len(dims_of(values.get(out))) == 3 and graph.all_paths_through(out)]
     if not streams:
         return None
     last = streams[-1]
-    width = _dims(values[last])[2]
+    width = dims_of(values[last])[2]
     try:
-        model = onnx.utils.Extractor(graph._rebound(graph.model, last, graph.output)
+        model = onnx.utils.Extractor(graph.rebound(graph.model, last, graph.output)
                                      ).extract_model([last], [graph.output])
         session = ort.InferenceSession(model.SerializeToString(),
                                        providers=["CPUExecutionProvider"])

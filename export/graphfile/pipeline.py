@@ -43,27 +43,27 @@ from .file_cut import is_graph_file
 
 if TYPE_CHECKING:
     from .file_cut import CutPoint
-    from .ir_cut import IrGraph
-    from .onnx_cut import OnnxGraph
+    from .ir_cut import IrCutter
+    from .onnx_cut import OnnxCutter
 
 DEFAULT_SCALE = 1.0 / 255.0
 DEFAULT_COLOR = "RGB"
 
 
-def open_graph(path: str | Path, size: InputSize | None = None) -> OnnxGraph | IrGraph:
+def open_graph(path: str | Path, size: InputSize | None = None) -> OnnxCutter | IrCutter:
     """The cutter for a ``.onnx`` or ``.xml`` file (imports only what that one needs)."""
     if str(path).lower().endswith(".onnx"):
-        from .onnx_cut import OnnxGraph
+        from .onnx_cut import OnnxCutter
 
-        return OnnxGraph(path, size)
+        return OnnxCutter(path, size)
     if str(path).lower().endswith(".xml"):
-        from .ir_cut import IrGraph
+        from .ir_cut import IrCutter
 
-        return IrGraph(path, size)
+        return IrCutter(path, size)
     raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
 
 
-def graph_reference(graph: OnnxGraph | IrGraph, images: np.ndarray, cut: CutPoint,
+def graph_reference(graph: OnnxCutter | IrCutter, images: np.ndarray, cut: CutPoint,
                     keep_softmax: bool) -> Reference:
     """The original graph's scores and map at the cut, one image at a time, by its own runtime.
 
@@ -161,7 +161,7 @@ def export_graph_file(
                 ir_files = write_ir(files, staging, source, log)
                 # OpenVINO's own run of the original graph, converted as f and g were:
                 # INT8 kernels differ between runtimes and conversion paths
-                from .ir_cut import IrGraph
+                from .ir_graph import IrGraph
 
                 ov_graph = IrGraph(path, size, convert=True)
                 ov_scores = one_at_a_time(lambda x: ov_graph.reference(x, keep_softmax),
