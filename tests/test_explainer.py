@@ -227,7 +227,7 @@ def test_a_kept_softmax_is_not_applied_twice(graph_artifacts, image, backend):
     ({"mask": "drop", "mask_sigma": float("nan")}, "mask_sigma must be a number"),
     ({"mask": "gaussian", "mask_sigma": -5.0}, "mask_sigma must be a number"),
     ({"mask": "gaussian", "mask_sigma": 1e6}, "mask_sigma must be a number"),
-    ({"mask_sigma": 2.0}, "not to the onehot mask"),
+    ({"mask_sigma": 2.0}, "mask_sigma sets the window of mask gaussian, drop or window"),
     ({"mask": "blur"}, "mask must be one of"),
     ({"scores": "probits"}, "scores must be one of"),
 ])

@@ -24,6 +24,7 @@ from reciprocam_ir.artifact import (
     Artifact,
     write_manifest,
 )
+from reciprocam_ir.mask_options import mask_option_problem
 from reciprocam_ir.masking import (
     DEFAULT_WINDOW_STRENGTH,
     MASK_KINDS,
@@ -297,13 +298,9 @@ def explain_spec(top_k: int, mask: str | None = None, mask_sigma: float | None =
     for a value out of range or one that does not apply."""
     if mask is not None and mask not in MASK_KINDS:
         raise ExportError(f"--explain-mask {mask}: must be one of {', '.join(MASK_KINDS)}")
-    if mask_sigma is not None and mask in (None, "onehot"):
-        raise ExportError("--explain-mask-sigma sets the window of --explain-mask gaussian, "
-                          "drop or window; " + ("the onehot mask has none" if mask
-                                                else "name the mask it sets"))
-    if mask_strength is not None and mask != "window":
-        raise ExportError(f"--explain-mask-strength applies to --explain-mask window, not to "
-                          f"the {mask or 'default'} mask")
+    problem = mask_option_problem(mask, mask_sigma, mask_strength, flag_prefix="explain-")
+    if problem is not None:
+        raise ExportError(problem)
     try:
         if mask_sigma is not None:
             check_sigma(mask_sigma)

@@ -7,6 +7,7 @@ preprocessing cannot be read from a bare graph, so it comes from the command lin
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,6 @@ from ..artifact.verify import (
     check_graphs,
     check_input_dependence,
     check_mask_rows,
-    check_token_graphs,
     first_masked_maps,
     judge,
     one_at_a_time,
@@ -148,7 +148,7 @@ def export_graph_file(
         log("dropping the final Softmax: g outputs logits (--keep-softmax keeps it)")
     names = graph_labels(graph.metadata, num_classes, labels, file_labels, log)
 
-    check = check_graphs if cut.tokens is None else check_token_graphs
+    check = partial(check_graphs, tokens=cut.tokens is not None)
     with staged(out) as staging:
         files = graph.write(cut, staging, keep_softmax)
         errors = {}

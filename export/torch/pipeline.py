@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,6 @@ from ..artifact.verify import (
     check_graphs,
     check_input_dependence,
     check_mask_rows,
-    check_token_graphs,
     first_masked_maps,
     judge,
     one_at_a_time,
@@ -178,7 +178,7 @@ def export_artifact(
     ref = torch_reference(loaded, split)
     with torch.no_grad():
         feature = split.f(example)
-    check = check_graphs if block is None else check_token_graphs
+    check = partial(check_graphs, tokens=block is not None)
     declared = declared_outputs(cut.shape, graph.num_classes, block is not None)
 
     with staged(out) as staging:
