@@ -40,7 +40,7 @@ from reciprocam_ir.masking import (
 from reciprocam_ir.messages import first_line
 
 from ..errors import ExportError
-from .graph_ops import GraphOps, OnnxOps, OpenVINOOps, Value
+from .graph_ops import GraphOps, OnnxOps, OpenVINOOps, Value, onnx_opset
 from .verify import TOLERANCE as SCORE_TOLERANCE
 from .verify import verification_images
 
@@ -171,8 +171,8 @@ def onnx_explain_model(f: Any, tail: Any, feature_shape: tuple[int, int, int],
 
     from reciprocam_ir.backends.onnxruntime_backend import affine_of_onnx
 
-    opset = max(_onnx_opset(f), _onnx_opset(tail), 13)
-    f, tail = (m if _onnx_opset(m) == opset else version_converter.convert_version(m, opset)
+    opset = max(onnx_opset(f), onnx_opset(tail), 13)
+    f, tail = (m if onnx_opset(m) == opset else version_converter.convert_version(m, opset)
                for m in (f, tail))
     affine = affine_of_onnx(tail) if pooled else None
     f = compose.add_prefix(f, "f/", rename_inputs=False)
@@ -206,10 +206,6 @@ def onnx_explain_model(f: Any, tail: Any, feature_shape: tuple[int, int, int],
                               opset_imports=_merged_opsets(f, tail, opset))
     model.producer_name = "reciprocam-export"
     return model
-
-
-def _onnx_opset(model: Any) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _merged_opsets(f: Any, tail: Any, opset: int) -> list[Any]:

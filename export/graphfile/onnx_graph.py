@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 from reciprocam_ir.messages import first_line
 
 from ..artifact.graph_files import BATCH
+from ..artifact.graph_ops import onnx_opset
 from ..errors import ExportError
 from ..input_size import InputSize
 from .file_cut import CutPoint, ImageInput, image_input, softmax_over_classes
@@ -99,8 +100,7 @@ class OnnxGraph:
 
     def _final_softmax(self, values: dict[str, onnx.ValueInfoProto]) -> onnx.NodeProto | None:
         """The Softmax over the classes that makes the output, seen through a no-op tail."""
-        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")),
-                     13)
+        opset = onnx_opset(self.model) or 13
         node = self.producer.get(self.output)
         while node is not None and node.op_type != "Softmax":
             passed = self._passed_on(node)
