@@ -161,9 +161,9 @@ def export_graph_file(
                 ir_files = write_ir(files, staging, source, log)
                 # OpenVINO's own run of the original graph, converted as f and g were:
                 # INT8 kernels differ between runtimes and conversion paths
-                from .ir_graph import IrGraph
+                from .ir_cut import IrCutter
 
-                ov_graph = IrGraph(path, size, convert=True)
+                ov_graph = IrCutter(path, size, convert=True)
                 ov_scores = one_at_a_time(lambda x: ov_graph.reference(x, keep_softmax),
                                           ref.images)
                 errors["openvino"] = check(
