@@ -3,7 +3,7 @@
 Any ONNX Runtime or OpenVINO consumer runs it with no project code (DESIGN.md, "Explain
 graph"): input ``input``, outputs ``scores`` (B, classes), ``targets`` (B, K) int64 and
 ``saliency`` (B, K, h, w) in [0, 1]. The computation is stated once, in
-:func:`explain_outputs`, over :class:`~export.graph_ops.GraphOps`; :func:`onnx_explain_model`
+:func:`explain_outputs`, over :class:`~.graph_ops.GraphOps`; :func:`onnx_explain_model`
 and :func:`ir_explain_model` splice it between the artifact's own ``f`` and tail graphs.
 """
 

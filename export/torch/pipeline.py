@@ -71,7 +71,7 @@ def torch_reference(loaded: LoadedModel, split: Split) -> Reference:
 
     For a token cut, the tokens entering the block (a hook on its input) and, as the masked
     scores, the whole model with the stream and its first LayerNorm's output masked by hooks
-    (:func:`~export.token_tail.hooked_scores`): the definition, not the exported tail.
+    (:func:`~.token_tail.hooked_scores`): the definition, not the exported tail.
     """
 
     def run(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
