@@ -20,6 +20,7 @@ import filecmp
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 TOY = ["--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]
@@ -69,7 +70,8 @@ def make_inputs(folder: Path) -> None:
     torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel has no ONNX form
     for name, model, size in (("resnet18", resnet, 224), ("vit", vit, 32)):
         path = folder / f"{name}.onnx"
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False,
                               opset_version=17, input_names=["image"], output_names=["logits"],
                               dynamic_axes={"image": {0: "b"}, "logits": {0: "b"}})
