@@ -3,9 +3,10 @@
 A token cut is a float (B, T, D) tensor that every path from the input to the output flows
 through and that enters a pre-norm attention block: a ``LayerNormalization`` reads it, and
 an ``Add`` reads it and the attention branch that starts at that LayerNorm (a ``Softmax`` on
-the way). ``g`` is rewritten to ViT-ReciproCAM's tail: inputs ``feature`` (B, T, D) and
-``masks`` (M, N); every masked copy of the tokens, with the LayerNorm's output weighted
-alike, runs through the rest of the model; output (B, M, classes).
+the way). ``g`` is rewired to ViT-ReciproCAM's tail (computed by :mod:`.token_sequences`):
+inputs ``feature`` (B, T, D) and ``masks`` (M, N); every masked copy of the tokens, with the
+LayerNorm's output weighted alike, runs through the rest of the model; output (B, M,
+classes).
 """
 
 from __future__ import annotations
