@@ -1,4 +1,8 @@
-"""reciprocam-export: cut a PyTorch classifier into ``f`` and ``g`` and write the artifact."""
+"""reciprocam-export: cut a classifier into ``f`` and ``g`` and write the artifact.
+
+Sources: :mod:`export.torch` (a PyTorch model) and :mod:`export.graphfile` (an ONNX or
+OpenVINO IR file); each cuts and hands its graphs to :mod:`export.artifact`, the one writer.
+"""
 
 from .errors import ExportError
 

@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     )
     from reciprocam_ir.preprocess import INTERPOLATIONS, PAD_POSITIONS
 
-    from .staging import FORMATS
+    from .artifact.staging import FORMATS
 
     p = argparse.ArgumentParser(
         prog="reciprocam-export",
@@ -107,7 +107,7 @@ def print_cuts(cuts: list[tuple[str, str, tuple[str, ...]]], default: str) -> No
 
 
 def list_layers(model: str, weights: str | None, size: tuple[int, int] | None) -> None:
-    from .pipeline import prepare
+    from .torch.pipeline import prepare
 
     _, graph, _ = prepare(model, weights if weights else "none", size)
     print_cuts([(c.name, c.description, c.names[1:]) for c in graph.cuts],
@@ -128,7 +128,7 @@ def check_torch_args(args: argparse.Namespace) -> None:
 
 def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
     """Export (or with --list-layers, list) an ONNX/IR file; no torch is imported."""
-    from .graph_export import export_graph_file, open_graph
+    from .graphfile.pipeline import export_graph_file, open_graph
 
     if args.weights is not None:
         raise ExportError(f"{args.model}: --weights does not apply to a graph file "
@@ -178,12 +178,12 @@ def interrupts_deferred() -> Iterator[None]:
 
 def import_libraries(model: str) -> None:
     """Import what exporting ``model`` needs up front: torch or onnx, OpenVINO, numpy."""
-    from .file_cut import is_graph_file
+    from .graphfile.file_cut import is_graph_file
 
     if is_graph_file(model):
-        from . import graph_export  # noqa: F401
+        from .graphfile import pipeline  # noqa: F401
     else:
-        from . import pipeline  # noqa: F401
+        from .torch import pipeline  # noqa: F401
 
 
 def stderr_log(quiet: bool) -> Callable[[str], None]:
@@ -196,7 +196,7 @@ def stderr_log(quiet: bool) -> Callable[[str], None]:
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
     """Export (or list the layers of) ``args.model``; the artifact's path, None for a list."""
-    from .file_cut import is_graph_file
+    from .graphfile.file_cut import is_graph_file
 
     if args.explain_top_k < 1:
         raise ExportError(f"--explain-top-k {args.explain_top_k}: must be at least 1")
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
         list_layers(args.model, args.weights, args.input_size)
         return None
     check_torch_args(args)
-    from .pipeline import export_artifact
+    from .torch.pipeline import export_artifact
 
     return export_artifact(args.model, args.weights, args.layer, args.input_size, args.format,
                            args.out, log, labels=args.labels, **explain_options(args))

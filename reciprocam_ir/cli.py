@@ -17,6 +17,7 @@ from .backends import add_engine_arguments
 from .explainer import ReciproCAM
 from .explanation import slug
 from .image_reader import DECODE_MODES
+from .mask_options import mask_option_problem
 from .masking import (
     DEFAULT_DROP_SIGMA,
     DEFAULT_MASK_SIGMA,
@@ -163,13 +164,7 @@ def contradiction(args: argparse.Namespace) -> str | None:
 
 def mask_contradiction(args: argparse.Namespace) -> str | None:
     """Mask options that do not apply to the mask chosen (``explain`` and ``serve``)."""
-    if args.mask_sigma is not None and args.mask in (None, "onehot"):
-        return ("--mask-sigma sets the window of --mask gaussian, drop or window; "
-                + ("the onehot mask has none" if args.mask else "name the mask it sets"))
-    if args.mask_strength is not None and args.mask != "window":
-        return ("--mask-strength sets the strength of --mask window; "
-                + (f"the {args.mask} mask has none" if args.mask else "name the mask it sets"))
-    return None
+    return mask_option_problem(args.mask, args.mask_sigma, args.mask_strength, flag_prefix="")
 
 
 def image_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:

@@ -14,6 +14,7 @@ from .backends import Backend, BackendError, Graph, create_backend
 from .backends.base import FeaturesAndScores
 from .explanation import Explanation
 from .image_reader import DECODE_MODES, MinSize, image_size
+from .mask_options import mask_option_problem
 from .masking import (
     DEFAULT_WINDOW_STRENGTH,
     MASK_KINDS,
@@ -71,17 +72,12 @@ def check_options(scores: str | None, memory_budget_mb: float, batch_size: int,
         raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
     if mask is not None and mask not in MASK_KINDS:
         raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
+    problem = mask_option_problem(mask, mask_sigma, mask_strength)
+    if problem is not None:
+        raise ValueError(problem)
     if mask_sigma is not None:
-        if mask in (None, "onehot"):
-            raise ValueError("mask_sigma applies to the gaussian, drop and window masks, not "
-                             "to the onehot mask" + ("; name the mask it sets (mask='gaussian', "
-                                                     "'drop' or 'window')" if mask is None else ""))
         check_sigma(mask_sigma)
     if mask_strength is not None:
-        if mask != "window":
-            raise ValueError("mask_strength applies to the window mask, not to the "
-                             + (f"{mask} mask" if mask else "default mask; name it "
-                                "(mask='window')"))
         check_strength(mask_strength)
 
 

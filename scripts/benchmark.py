@@ -299,9 +299,9 @@ def export_model(spec: str, layer: str | None, work: Path, token_tail: str | Non
     'onnx' where OpenVINO is not measured (and need not be installed)."""
     import torch
 
-    from export.graph_files import write_onnx
-    from export.model_source import load_model
-    from export.pipeline import export_artifact
+    from export.artifact.graph_files import write_onnx
+    from export.torch.model_source import load_model
+    from export.torch.pipeline import export_artifact
 
     weights = None if ":" in spec else "none"
     name = spec.split(":")[-1] + (f"-{layer}" if layer else "") + \
@@ -330,7 +330,7 @@ def window_artifact(artifact: Path) -> Path:
     ``reciprocam-export --explain-mask window`` writes it), made once."""
     import shutil
 
-    from export.explain_graph import add_explain_graphs
+    from export.artifact.explain_graph import add_explain_graphs
     from reciprocam_ir.artifact import Artifact
 
     out = artifact.with_name(artifact.name + "-window")
@@ -382,7 +382,7 @@ def peer_rows(spec: str, work: Path, repeats: int, scorecam: bool) -> list[dict[
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     from torchcam.methods import GradCAM as TorchCamGradCAM
 
-    from export.model_source import load_model
+    from export.torch.model_source import load_model
     from reciprocam_ir.artifact import Artifact
 
     artifact = Artifact.load(work / spec.split(":")[-1], verify_files=False)

@@ -80,7 +80,7 @@ def write_images(folder: Path, count: int) -> list[str]:
 
 
 def default_artifact(work: Path) -> Path:
-    from export.pipeline import export_artifact
+    from export.torch.pipeline import export_artifact
 
     out = work / "resnet18"
     if not (out / "manifest.json").is_file():

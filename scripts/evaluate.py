@@ -476,7 +476,7 @@ def sanity_check(model, ov: OVModel, inputs: np.ndarray, targets: np.ndarray,
     the class explained stays the trained model's prediction. ReciproCAM runs through our
     runtime on a fresh export of each randomised model.
     """
-    from export.pipeline import export_artifact
+    from export.torch.pipeline import export_artifact
 
     def maps_of(art: Path, torch_model) -> dict[str, np.ndarray]:
         out = {}
@@ -637,8 +637,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from export.pipeline import export_artifact
     from export.pretrained import efficientnet_lite0
+    from export.torch.pipeline import export_artifact
 
     torch.manual_seed(0)
     model = efficientnet_lite0()

@@ -36,7 +36,7 @@ def main() -> None:
         quantize_static,
     )
 
-    from export.graph_export import export_graph_file
+    from export.graphfile.pipeline import export_graph_file
     from export.pretrained import efficientnet_lite0
     from reciprocam_ir import ReciproCAM
     from sample_images import sample_images

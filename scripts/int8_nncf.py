@@ -297,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from evaluate import build_samples, quick_samples
 
-    from export.graph_export import export_graph_file
-    from export.model_source import load_model
+    from export.graphfile.pipeline import export_graph_file
+    from export.torch.model_source import load_model
     from reciprocam_ir import ReciproCAM
     from sample_images import sample_images
 

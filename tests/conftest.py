@@ -90,7 +90,7 @@ def subprocess_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def export_once(tmp_path_factory):
     """Export (spec, kwargs) once per session and return the artifact folder."""
-    from export.pipeline import export_artifact
+    from export.torch.pipeline import export_artifact
 
     cache: dict[tuple, Path] = {}
 

@@ -78,7 +78,7 @@ def test_openvino_reads_onnx_when_no_ir(resnet18_dir):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A helper-built graph cut before its pooling: f and g are compiled from their files."""
-    from export.graph_export import export_graph_file
+    from export.graphfile.pipeline import export_graph_file
     from graph_models import tiny_classifier
 
     d = tmp_path_factory.mktemp("tiny")

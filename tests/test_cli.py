@@ -117,7 +117,7 @@ def test_bad_options(capsys, resnet18_dir, image_folder, tmp_path, args, match):
 def test_resume_is_keyed_on_what_made_the_outputs(capsys, image_folder, tmp_path):
     """A re-export into the same artifact folder, other options or another image under the
     same name are explained again; unchanged images are skipped and --json still lists them."""
-    from export.graph_export import export_graph_file
+    from export.graphfile.pipeline import export_graph_file
     from graph_models import tiny_classifier
 
     model, artifact, out = tiny_classifier(tmp_path / "tiny.onnx"), tmp_path / "art", tmp_path / "o"

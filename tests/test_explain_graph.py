@@ -178,7 +178,7 @@ def test_explain_top_k_beyond_the_classes_is_refused(capsys, tmp_path):
 
 def test_graph_file_exports_hold_the_same_graph(tmp_path, photos):
     """Cut without torch from ONNX, from IR and from an INT8 (QDQ) ONNX: same explain graph."""
-    from export.graph_export import export_graph_file
+    from export.graphfile.pipeline import export_graph_file
     from graph_models import quantize, tiny_classifier, to_ir
 
     onnx_path = tiny_classifier(tmp_path / "tiny.onnx")
@@ -326,8 +326,8 @@ def test_the_torch_export_command_takes_the_window_options(tmp_path):
     (("--explain-mask-sigma", "1"), "--explain-mask-sigma sets the window of --explain-mask "
                                     "gaussian, drop or window; name the mask it sets"),
     (("--explain-mask", "onehot", "--explain-mask-sigma", "1"), "the onehot mask has none"),
-    (("--explain-mask-strength", "2"), "--explain-mask-strength applies to --explain-mask "
-                                       "window, not to the default mask"),
+    (("--explain-mask-strength", "2"), "--explain-mask-strength sets the strength of "
+                                       "--explain-mask window; name the mask it sets"),
     (("--explain-mask", "window", "--explain-mask-strength", "0"),
      "--explain-mask-strength must be a number in (0, 1e+06], got 0.0"),
     (("--explain-mask", "window", "--explain-mask-sigma", "100"),

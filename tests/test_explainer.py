@@ -191,7 +191,7 @@ def test_explanation_images_overlay_and_save(resnet18_dir, photos, tmp_path):
 def graph_artifacts(tmp_path_factory) -> dict:
     """Artifacts of helper-built graphs: one softmax model exported with and without its
     softmax, and a model with a 64x64 feature map."""
-    from export.graph_export import export_graph_file
+    from export.graphfile.pipeline import export_graph_file
     from graph_models import tiny_classifier, wide_classifier
 
     d = tmp_path_factory.mktemp("graph_artifacts")
@@ -227,7 +227,7 @@ def test_a_kept_softmax_is_not_applied_twice(graph_artifacts, image, backend):
     ({"mask": "drop", "mask_sigma": float("nan")}, "mask_sigma must be a number"),
     ({"mask": "gaussian", "mask_sigma": -5.0}, "mask_sigma must be a number"),
     ({"mask": "gaussian", "mask_sigma": 1e6}, "mask_sigma must be a number"),
-    ({"mask_sigma": 2.0}, "not to the onehot mask"),
+    ({"mask_sigma": 2.0}, "mask_sigma sets the window of mask gaussian, drop or window"),
     ({"mask": "blur"}, "mask must be one of"),
     ({"scores": "probits"}, "scores must be one of"),
 ])

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import BIN, export_refused, read_manifest, subprocess_env
-from export import cli, verify
-from export.model_source import load_model
+from export import cli
+from export.artifact import verify
+from export.torch.model_source import load_model
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from export.pipeline import export_artifact
+from export.torch.pipeline import export_artifact
 from reciprocam_ir.artifact import Artifact, sha256_file
 from reciprocam_ir.masking import masked_batch
 

@@ -9,7 +9,7 @@ from torch import nn
 from conftest import export_refused as refused
 from conftest import read_manifest as manifest
 from export import cli
-from export.model_source import load_model
+from export.torch.model_source import load_model
 from graph_models import tiny_classifier
 from reciprocam_ir import ReciproCAM
 

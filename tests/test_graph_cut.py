@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from export.errors import ExportError
-from export.graph_cut import CutGraph
+from export.torch.graph_cut import CutGraph
 
 X224 = torch.randn(1, 3, 224, 224)
 

@@ -11,8 +11,8 @@ import torch
 
 import toy_models
 from conftest import export_refused
-from export.graph_export import export_graph_file, open_graph
-from export.graph_files import tracing
+from export.artifact.graph_files import tracing
+from export.graphfile.pipeline import export_graph_file, open_graph
 from reciprocam_ir import ReciproCAM
 from reciprocam_ir.masking import spatial_masks
 from reciprocam_ir.saliency import normalise

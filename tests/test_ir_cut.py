@@ -8,8 +8,8 @@ import pytest
 
 from conftest import export_refused as refused
 from conftest import read_manifest as manifest
-from export.graph_export import export_graph_file
-from export.ir_cut import IrGraph
+from export.graphfile.ir_cut import IrCutter
+from export.graphfile.pipeline import export_graph_file
 from graph_models import (
     CLASSES,
     SIZE,
@@ -53,7 +53,7 @@ def run_ir(path, x: np.ndarray) -> np.ndarray:
 
 
 def test_cuts_by_node_and_tensor_name(files):
-    graph = IrGraph(files["tiny"])
+    graph = IrCutter(files["tiny"])
     assert [c.name for c in graph.cuts] == IR_CUTS
     assert graph.find(None).name == "maxpool" and graph.find(None).shape == (8, 8, 8)
     assert graph.find("r2").name == "relu2"  # the ONNX tensor name survives as a tensor name
@@ -140,7 +140,7 @@ def test_channels_last_tail_of_a_converted_graph(files, tmp_path, image):
 
 def test_native_channels_last_head_is_not_a_cut(files, tmp_path, image):
     """An IR head that transposes to N x h x w x C before pooling: the NCHW map is the cut."""
-    graph = IrGraph(files["native_nhwc"])
+    graph = IrCutter(files["native_nhwc"])
     assert [c.name for c in graph.cuts] == ["conv", "relu"]
     out = export_graph_file(files["native_nhwc"], out=tmp_path / "nhwc")
     assert manifest(out)["feature"]["shape"] == [6, 8, 8]
@@ -150,7 +150,7 @@ def test_native_channels_last_head_is_not_a_cut(files, tmp_path, image):
 
 def test_repeated_friendly_names_cut_the_right_node(files, tmp_path, image):
     """OpenVINO does not keep friendly names unique: the cut is found by identity."""
-    graph = IrGraph(files["repeated"])
+    graph = IrCutter(files["repeated"])
     assert [c.name for c in graph.cuts] == ["conv", "act", "conv#2", "act#2"]
     out = export_graph_file(files["repeated"], out=tmp_path / "second")
     m = manifest(out)

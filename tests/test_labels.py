@@ -13,7 +13,7 @@ from conftest import BIN, subprocess_env
 from conftest import export_refused as refused
 from conftest import read_manifest as manifest
 from export import cli
-from export.labels import names_from_metadata, parse_names
+from export.artifact.labels import names_from_metadata, parse_names
 from graph_models import CLASSES, native_ir, tiny_classifier, to_ir, with_metadata
 
 NAMES = ["cat", "dog", "red fox", "sea lion", "0"]

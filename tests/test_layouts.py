@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from export.layouts import Op, infer_layouts, layout_problem, transposed
+from export.graphfile.layouts import Op, infer_layouts, layout_problem, transposed
 
 
 def test_transposed():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from export.pipeline import export_artifact
+from export.torch.pipeline import export_artifact
 from reciprocam_ir import ReciproCAM
 
 SIZE, OBJECT = 64, 14

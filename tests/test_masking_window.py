@@ -143,9 +143,9 @@ def test_scores_follow_the_mask_unless_given(flatten_dir):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"mask_strength": 2.0}, "mask_strength applies to the window mask, not to the default"),
-    ({"mask": "onehot", "mask_strength": 2.0}, "not to the onehot mask"),
-    ({"mask": "drop", "mask_strength": 2.0}, "not to the drop mask"),
+    ({"mask_strength": 2.0}, "mask_strength sets the strength of mask window; name the mask"),
+    ({"mask": "onehot", "mask_strength": 2.0}, "the onehot mask has none"),
+    ({"mask": "drop", "mask_strength": 2.0}, "the drop mask has none"),
     ({"mask": "window", "mask_strength": 0.0}, "mask_strength must be a number"),
     ({"mask": "window", "mask_strength": float("nan")}, "mask_strength must be a number"),
     ({"mask": "window", "mask_strength": 1e9}, "mask_strength must be a number"),

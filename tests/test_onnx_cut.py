@@ -16,8 +16,8 @@ from conftest import export_refused as refused
 from conftest import read_manifest as manifest
 from export import cli
 from export.errors import ExportError
-from export.graph_export import export_graph_file
-from export.onnx_cut import OnnxGraph
+from export.graphfile.onnx_cut import OnnxCutter
+from export.graphfile.pipeline import export_graph_file
 from graph_models import (
     CLASSES,
     SIZE,
@@ -78,7 +78,7 @@ def linear_head_maps(feature: np.ndarray, weight: np.ndarray, bias: np.ndarray,
 
 
 def test_cuts_of_a_helper_built_graph(files):
-    graph = OnnxGraph(files["tiny"])
+    graph = OnnxCutter(files["tiny"])
     assert [c.name for c in graph.cuts] == TINY_CUTS
     assert graph.find(None).name == "pool" and graph.find(None).shape == (8, 8, 8)
     assert graph.find("relu2").name == "r2"  # the producing node's name works too
@@ -122,7 +122,7 @@ def test_graphs_declare_static_output_shapes(files, tmp_path):
 
 def test_channels_last_tail_is_cut_at_its_nchw_map(files, tmp_path, image, capsys):
     """tf2onnx/Keras style: the last 4-D tensor is N x h x w x C; the cut is the NCHW map."""
-    graph = OnnxGraph(files["keras"])
+    graph = OnnxCutter(files["keras"])
     assert "nhwc" not in [c.name for c in graph.cuts]
     assert graph.find(None).name == "r2" and graph.find(None).shape == (16, 8, 8)
     assert cli.main([str(files["keras"]), "--list-layers"]) == 0
@@ -305,6 +305,6 @@ def test_int8_model_is_cut_and_explained(files, tmp_path, photos):
 
 def test_non_graph_suffix_is_not_a_file_model():
     with pytest.raises(ExportError, match="expected an .onnx or .xml"):
-        from export.graph_export import open_graph
+        from export.graphfile.pipeline import open_graph
 
         open_graph("model.pb")

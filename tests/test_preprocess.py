@@ -11,7 +11,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from torchvision.transforms._presets import ImageClassification
 
-from export.model_source import _torchvision_preprocessing
+from export.torch.model_source import _torchvision_preprocessing
 from reciprocam_ir.artifact import FORMAT_VERSION, ArtifactError, validate_manifest
 from reciprocam_ir.preprocess import MAX_SIDE, ImageError, Preprocessing, as_rgb
 

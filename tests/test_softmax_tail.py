@@ -13,7 +13,7 @@ import openvino as ov
 import pytest
 
 from conftest import read_manifest as manifest
-from export.graph_export import export_graph_file
+from export.graphfile.pipeline import export_graph_file
 from graph_models import (
     SOFTMAX_TAILS,
     native_ir,

@@ -7,9 +7,9 @@ import shutil
 import pytest
 
 from conftest import read_manifest
-from export import staging as staging_module
-from export.pipeline import export_artifact
-from export.staging import check_destination, staged, staging_folder
+from export.artifact import staging as staging_module
+from export.artifact.staging import check_destination, staged, staging_folder
+from export.torch.pipeline import export_artifact
 from reciprocam_ir.artifact import Artifact, ArtifactError
 
 

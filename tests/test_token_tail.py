@@ -12,8 +12,8 @@ import torchvision
 import toy_models
 from conftest import export_refused
 from export.errors import ExportError
-from export.graph_cut import CutGraph
-from export.token_tail import class_token_tail, hooked_scores, sequences_tail, token_weights
+from export.torch.graph_cut import CutGraph
+from export.torch.token_tail import class_token_tail, hooked_scores, sequences_tail, token_weights
 from reciprocam_ir.masking import mask_rows, spatial_masks
 from torch_reference import masked_token_scores
 

@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from export.artifact.verify import check_graphs, check_input_dependence, judge, verification_images
 from export.errors import ExportError
-from export.graph_cut import CutGraph
-from export.model_source import load_model
-from export.pipeline import export_artifact, torch_reference
-from export.verify import check_graphs, check_input_dependence, judge, verification_images
+from export.torch.graph_cut import CutGraph
+from export.torch.model_source import load_model
+from export.torch.pipeline import export_artifact, torch_reference
 
 
 @pytest.fixture(scope="module")

@@ -302,7 +302,7 @@ def vit_b_32_random() -> nn.Module:
     ``--weights none`` draws it), so that a test can build the same model again."""
     import torchvision
 
-    from export.model_source import draw_zero_layers
+    from export.torch.model_source import draw_zero_layers
 
     torch.manual_seed(0)
     model = torchvision.models.vit_b_32(weights=None)

@@ -16,6 +16,7 @@ import functools
 import io
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +27,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from reciprocam_ir.messages import first_line
 
-from .errors import ExportError
-from .file_cut import feature_description, token_grid
+from ..errors import ExportError
+from ..features import feature_description, token_grid
 
 _ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", F.relu: "relu", torch.relu: "relu",
                 F.relu6: "relu6"}
@@ -130,7 +131,7 @@ def _drop_repeated_activations(gm: fx.GraphModule, outputs: dict[str, fx.Node]) 
     gm.recompile()
 
 
-def _shape(node: fx.Node) -> tuple[int, ...] | None:
+def shape_of(node: fx.Node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
@@ -146,12 +147,21 @@ def _reachable(node: fx.Node, step) -> set[fx.Node]:
     return seen
 
 
-def _ancestors(node: fx.Node) -> set[fx.Node]:
+def ancestors(node: fx.Node) -> set[fx.Node]:
     return _reachable(node, lambda n: n.all_input_nodes)
 
 
-def _descendants(node: fx.Node) -> set[fx.Node]:
+def descendants(node: fx.Node) -> set[fx.Node]:
     return _reachable(node, lambda n: n.users)
+
+
+def copy_nodes(graph: fx.Graph, nodes: list[fx.Node], env: dict[fx.Node, fx.Node],
+          f_nodes: set[fx.Node], batch: fx.Node,
+          after: Callable[[fx.Node, fx.Node], fx.Node] = lambda old, new: new) -> None:
+    """Copy ``nodes`` into ``graph``; reads of ``f``'s nodes (batch sizes) read ``batch``."""
+    for n in nodes:
+        env[n] = after(n, graph.node_copy(
+            n, lambda a: env[a] if a in env else (batch if a in f_nodes else env[a])))
 
 
 def _is_batch_size_read(node: fx.Node) -> bool:
@@ -170,7 +180,7 @@ def _is_batch_size_read(node: fx.Node) -> bool:
 
 def _is_gap(gm: fx.GraphModule, node: fx.Node, in_shape: tuple[int, ...]) -> bool:
     """Is ``node`` a global average pool of its (N, C, h, w) input?"""
-    out = _shape(node)
+    out = shape_of(node)
     if out is None or out[:2] != in_shape[:2] or any(d != 1 for d in out[2:]):
         return False
     if node.op == "call_module":
@@ -232,21 +242,21 @@ class CutGraph:
         _propagate_shapes(self.gm, model, example)
         self.output = next(n for n in graph.nodes if n.op == "output")
         result = self.output.args[0]
-        if not isinstance(result, fx.Node) or _shape(result) is None or len(_shape(result)) != 2:
+        if not isinstance(result, fx.Node) or len(shape_of(result) or ()) != 2:
             raise ExportError(
                 "model output must be one 2-D tensor of class scores (batch, classes)"
             )
         self.result = result
-        self.num_classes = _shape(result)[1]
+        self.num_classes = shape_of(result)[1]
         self.order = {n: i for i, n in enumerate(graph.nodes)}
-        self.data_nodes = _descendants(self.input)
-        self.needed = _ancestors(result)
+        self.data_nodes = descendants(self.input)
+        self.needed = ancestors(result)
         by_node: dict[fx.Node, list[str]] = {}
         for name, node in outputs.items():
-            if tracer.module_calls[name] == 1 and name and _shape(node) is not None:
+            if tracer.module_calls[name] == 1 and name and shape_of(node) is not None:
                 by_node.setdefault(node, []).append(name)
         self.candidates = {node: sorted(names, key=lambda s: (s.count("."), len(s), s))
-                           for node, names in by_node.items() if len(_shape(node)) == 4}
+                           for node, names in by_node.items() if len(shape_of(node)) == 4}
         self.multi_called = {n for n, c in tracer.module_calls.items() if c > 1}
         self.blocks = self._token_blocks(tracer)
         self._cuts = None
@@ -261,8 +271,8 @@ class CutGraph:
             if not name or tracer.module_calls[name] != 1 or node not in self.order \
                     or out not in self.order:
                 continue
-            shape = _shape(node)
-            if shape is None or len(shape) != 3 or _shape(out) != shape:
+            shape = shape_of(node)
+            if shape is None or len(shape) != 3 or shape_of(out) != shape:
                 continue
             norms = [outputs.get(f"{name}.{child}") for child, sub in module.named_children()
                      if isinstance(sub, nn.LayerNorm)]
@@ -272,8 +282,8 @@ class CutGraph:
         if not blocks:
             return {}
         first = min(self.order[node] for _, node, _, _ in blocks)
-        maps = [tuple(_shape(n)[2:]) for n in sorted(self.gm.graph.nodes, key=self.order.get)
-                if self.order[n] < first and len(_shape(n) or ()) == 4]
+        maps = [tuple(shape_of(n)[2:]) for n in sorted(self.gm.graph.nodes, key=self.order.get)
+                if self.order[n] < first and len(shape_of(n) or ()) == 4]
         found = sorted((self._token_block(*b, maps) for b in blocks),
                        key=lambda b: self.order[b.input])
         return {b.name: b for b in found}
@@ -282,7 +292,7 @@ class CutGraph:
                      maps: list[tuple[int, int]]) -> TokenBlock:
         """The block with its patch grid: from the last 4-D map before the first block that
         leaves a few leading tokens (the patch embedding), else 1 + a square token count."""
-        tokens = _shape(node)[1]
+        tokens = shape_of(node)[1]
         grid, prefix, problem = token_grid(tokens, maps)
         return TokenBlock(name, node, ln1, out, grid, prefix, problem)
 
@@ -301,7 +311,7 @@ class CutGraph:
         return self._module(graph)
 
     def _f_nodes(self, node: fx.Node) -> set[fx.Node]:
-        return _ancestors(node) & self.data_nodes
+        return ancestors(node) & self.data_nodes
 
     def why_invalid(self, node: fx.Node) -> str | None:
         """None for a valid cut, else what crosses it."""
@@ -325,7 +335,7 @@ class CutGraph:
         return self._cuts
 
     def _token_cut(self, block: TokenBlock) -> Cut:
-        return Cut((block.name,), block.input, _shape(block.input)[1:], False, block)
+        return Cut((block.name,), block.input, shape_of(block.input)[1:], False, block)
 
     def token_problem(self, block: TokenBlock) -> str | None:
         """Why the stream entering ``block`` cannot be explained, or None."""
@@ -340,15 +350,13 @@ class CutGraph:
     def _head_problem(self) -> str | None:
         """Why the head after the last block is not explainable, or None: one check serves
         every block (it runs the head)."""
-        from .token_tail import head_problem
-
         return head_problem(self, list(self.blocks.values())[-1])
 
     def _cut(self, node: fx.Node) -> Cut:
         pooling = node.op == "call_module" and isinstance(
             self.gm.get_submodule(node.target),
             (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
-        return Cut(tuple(self.candidates[node]), node, _shape(node)[1:], pooling)
+        return Cut(tuple(self.candidates[node]), node, shape_of(node)[1:], pooling)
 
     def default_cut(self) -> Cut:
         """The last valid cut with a spatial map (h, w > 1), skipping head pooling layers;
@@ -407,7 +415,7 @@ class CutGraph:
                 if n in self.needed and n not in f_nodes and n.op != "output"]
         f_graph = fx.Graph()
         env: dict[fx.Node, fx.Node] = {}
-        f_all = _ancestors(x)
+        f_all = ancestors(x)
         for n in self.gm.graph.nodes:
             if n in f_all:
                 env[n] = f_graph.node_copy(n, lambda a: env[a])
@@ -420,11 +428,11 @@ class CutGraph:
 
         readers = [u for u in x.users if u in self.needed and not _is_batch_size_read(u)]
         g_pooled = None
-        if len(readers) == 1 and _is_gap(self.gm, readers[0], _shape(x)):
+        if len(readers) == 1 and _is_gap(self.gm, readers[0], shape_of(x)):
             gap = readers[0]
             p_graph = fx.Graph()
             pooled = p_graph.placeholder("pooled")
-            reshaped = p_graph.call_method("reshape", (pooled, (-1, *_shape(gap)[1:])))
+            reshaped = p_graph.call_method("reshape", (pooled, (-1, *shape_of(gap)[1:])))
             rest = [n for n in tail if n is not gap]
             p_graph = self._copy_tail(p_graph, rest, f_nodes, {gap: reshaped, x: pooled}, pooled)
             g_pooled = self._module(p_graph)
@@ -445,3 +453,40 @@ class CutGraph:
         gm.delete_all_unused_submodules()
         gm.recompile()
         return gm.eval()
+
+
+def head_problem(graph: CutGraph, last: TokenBlock) -> str | None:
+    """Why the head after the last block ``last`` is not explainable, or None: it must read
+    the class token alone (changing the patch tokens leaves the scores unchanged)."""
+    g = fx.Graph()
+    tokens = g.placeholder("tokens")
+    env = {last.output: tokens}
+    after = [n for n in graph.tail_nodes(last.output)]
+    try:
+        copy_nodes(g, after, env, graph.f_nodes(last.output), tokens)
+    except KeyError:
+        return "the head reads tokens from before the last block"
+    g.output(env[graph.result])
+    rest = graph.module(g)
+    if any(_pools_tokens(n) for n in after):
+        return ("the head pools over the tokens (a mean over the token axis), it does not "
+                "read the class token")
+    count, width = shape_of(last.output)[1:]
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2, count, width, generator=generator)
+    changed = z.clone()
+    changed[:, last.prefix:] = torch.randn(2, count - last.prefix, width, generator=generator)
+    with torch.no_grad():
+        same = torch.equal(rest(z), rest(changed))
+    return None if same else "the head reads the patch tokens, not the class token alone"
+
+
+def _pools_tokens(node: fx.Node) -> bool:
+    """A mean, sum or max over axis 1 of a 3-D tensor (pooling the tokens)."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if name not in ("mean", "sum", "amax", "max") or not node.args:
+        return False
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    shape = shape_of(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+    return shape is not None and len(shape) == 3 and any(d % 3 == 1 for d in dims)

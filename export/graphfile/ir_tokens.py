@@ -10,25 +10,19 @@ starts there (a ``Softmax`` or ``ScaledDotProductAttention`` on the way). ``g`` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
 from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME
 
-from .file_cut import CutPoint, TokenLayout, token_grid
-
-if TYPE_CHECKING:
-    from .ir_cut import IrGraph
+from ..artifact.graph_ops import OpenVINOOps
+from ..features import token_grid
+from .file_cut import CutPoint, TokenLayout
+from .ir_graph import IrGraph, key
+from .token_sequences import masked_copies, masked_layer_norm, per_image_scores
 
 ATTENTION = ("Softmax", "ScaledDotProductAttention")
-Key = tuple[int, int]
-
-
-def _key(output: ov.Output) -> Key:
-    return output.get_node().get_instance_id(), output.get_index()
 
 
 def _readers(output: ov.Output) -> list[ov.Node]:
@@ -69,7 +63,7 @@ def _attention_block(stream: ov.Output) -> ov.Node | None:
                     below.add(reader.get_instance_id())
                     stack.append(reader)
     for add in (n for n in readers if n.get_type_name() == "Add"):
-        others = [v for v in add.input_values() if _key(v) != _key(stream)]
+        others = [v for v in add.input_values() if key(v) != key(stream)]
         if len(others) != 1 or others[0].get_node().get_instance_id() not in below:
             continue
         seen, stack = set(), [others[0].get_node()]
@@ -85,11 +79,12 @@ def _attention_block(stream: ov.Output) -> ov.Node | None:
     return None
 
 
-def find_token_cuts(graph: IrGraph, ordered: list[ov.Node], names: dict[int, str],
-                    reads_input: set[int], result: ov.Node
-                    ) -> tuple[list[tuple[CutPoint, int, int]], list[tuple[CutPoint, str]]]:
+def find_token_cuts(graph: IrGraph) -> tuple[list[tuple[CutPoint, int, int]],
+                                             list[tuple[CutPoint, str]]]:
     """The token cuts in graph order, each with its node's position and output index, and
     those that cannot be explained with the reason."""
+    ordered, names, reads_input, result = (graph.ordered, graph.names, graph.reads_input,
+                                           graph.result)
     streams = []
     for position, node in enumerate(ordered):
         if node.get_instance_id() not in reads_input or node.get_type_name() in (
@@ -101,7 +96,7 @@ def find_token_cuts(graph: IrGraph, ordered: list[ov.Node], names: dict[int, str
                     or ps.rank.get_length() != 3 or any(d.is_dynamic for d in list(ps)[1:]):
                 continue
             mvn = _attention_block(out)
-            if mvn is not None and graph._all_paths_through(out, result):
+            if mvn is not None and graph.all_paths_through(out, result):
                 streams.append((position, node, out, mvn))
     if not streams:
         return [], []
@@ -139,7 +134,7 @@ def head_problem(graph: IrGraph, ordered: list[ov.Node], tokens: int,
             if ps.rank.is_static and ps.rank.get_length() == 3 and ps[1].is_static \
                     and ps[1].get_length() == tokens and ps[2].is_static \
                     and node.get_type_name() not in ("Parameter", "Result") \
-                    and graph._all_paths_through(out, result):
+                    and graph.all_paths_through(out, result):
                 last = (position, out.get_index())
     if last is None:
         return None
@@ -165,45 +160,29 @@ def head_problem(graph: IrGraph, ordered: list[ov.Node], tokens: int,
 def masked_sequences(feature: ov.Output, scores: ov.Output, cut: CutPoint,
                      ordered: list[ov.Node]) -> tuple[list[ov.Node], ov.Output, ov.Output]:
     """Rewire the graph holding ``feature`` (the cut) and ``scores`` into the masked-sequence
-    tail: returns its Parameters (``feature``, ``masks``), its (B, M, classes) scores and the
-    masked stream (B·M, T, D), which now stands wherever ``feature`` was read but by the
-    LayerNorm. ``ordered`` is the graph's ops in order (the cut's layout names the
-    LayerNorm output by position)."""
+    tail (:mod:`.token_sequences`): returns its Parameters (``feature``, ``masks``), its
+    (B, M, classes) scores and the masked stream (B·M, T, D), which now stands wherever
+    ``feature`` was read but by the LayerNorm. ``ordered`` is the graph's ops in order (the
+    cut's layout names the LayerNorm output by position)."""
     tokens, width = cut.shape
     layout = cut.tokens
-    i64 = np.int64
     position, index = (int(v) for v in layout.ln1.split(":"))
     ln1 = ordered[position].output(index)
     mvn = _mvn_of(ln1)
     param = ops.parameter([-1, tokens, width], ov.Type.f32, name=FEATURE_NAME)
     masks = ops.parameter([-1, tokens - layout.prefix], ov.Type.f32, name=MASKS_NAME)
-    rows = ops.gather(ops.shape_of(masks, "i64"), ops.constant(np.array([0], i64)),
-                      ops.constant(np.array(0, i64)))
-    ones = ops.broadcast(ops.constant(np.ones((1, 1), np.float32)),
-                         ops.concat([rows, ops.constant(np.array([layout.prefix], i64))], 0))
-    weights = ops.concat([ones, masks], 1)
-    w4 = ops.reshape(weights, ops.constant(np.array([1, -1, tokens, 1], i64)), False)
-    seq = ops.constant(np.array([-1, tokens, width], i64))
-    image = ops.reshape(param, ops.constant(np.array([-1, 1, tokens, width], i64)), False)
-    stream = ops.reshape(ops.multiply(image, w4), seq, False)
-    plain = ops.reshape(ops.multiply(image, ops.reshape(
-        ones, ops.constant(np.array([1, -1, 1, 1], i64)), False)), seq, False)
-    per_image = ops.concat([ops.constant(np.array([-1], i64)), rows,
-                            ops.constant(np.array([tokens, width], i64))], 0)
+    writer = OpenVINOOps()
+    copies = masked_copies(writer, param.output(0), masks.output(0), cut.shape, layout.prefix)
     ln1_targets = list(ln1.get_target_inputs())
-    masked_ln1 = ops.reshape(ops.multiply(ops.reshape(ln1, per_image, False), w4), seq, False)
+    masked_ln1 = masked_layer_norm(writer, ln1, copies)
     for target in ln1_targets:
-        target.replace_source_output(masked_ln1.output(0))
+        target.replace_source_output(masked_ln1)
     for target in list(feature.get_target_inputs()):
         if target.get_node().get_instance_id() == mvn.get_instance_id():
-            target.replace_source_output(plain.output(0))
+            target.replace_source_output(copies.plain)
         else:
-            target.replace_source_output(stream.output(0))
-    classes = ops.gather(ops.shape_of(scores, "i64"), ops.constant(np.array([1], i64)),
-                         ops.constant(np.array(0, i64)))
-    shaped = ops.reshape(scores, ops.concat([ops.constant(np.array([-1], i64)), rows, classes],
-                                            0), False)
-    return [param, masks], shaped.output(0), stream.output(0)
+            target.replace_source_output(copies.stream)
+    return [param, masks], per_image_scores(writer, scores, copies), copies.stream
 
 
 def _mvn_of(ln1: ov.Output) -> ov.Node:

@@ -1,4 +1,7 @@
-"""Cut an ONNX classifier graph into ``f`` and ``g`` with onnx's own tooling (no torch)."""
+"""An ONNX classifier file read with onnx's own tooling (no torch): its image input, every
+tensor's shape, the paths from the input to the output, and its runs with ONNX Runtime.
+
+The map cut (:mod:`.onnx_cut`) and the token cut (:mod:`.onnx_tokens`) both read it."""
 
 from __future__ import annotations
 
@@ -9,51 +12,31 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from reciprocam_ir.artifact import FEATURE_NAME, INPUT_NAME, OUTPUT_NAME, POOLED_NAME
 from reciprocam_ir.messages import first_line
 
-from .errors import ExportError
-from .file_cut import CutPoint, ImageInput, find_cut, image_input, softmax_over_classes
-from .graph_files import BATCH
-from .input_size import InputSize
-from .layouts import NCHW, REDUCTIONS, Op, infer_layouts, layout_problem, transposed
-from .onnx_tokens import find_token_cuts, masked_sequences
+from ..artifact.graph_files import BATCH
+from ..artifact.graph_ops import onnx_opset
+from ..errors import ExportError
+from ..input_size import InputSize
+from .file_cut import CutPoint, ImageInput, image_input, softmax_over_classes
+from .layouts import REDUCTIONS, Op
 
 FLOAT_TYPES = (TensorProto.FLOAT,)
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
-def _dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
-    t = value.type.tensor_type
-    if not t.HasField("shape"):
+def dims_of(value: onnx.ValueInfoProto | None) -> list[int | None] | None:
+    """A tensor's sizes, None for a symbolic one; None when its shape is unknown."""
+    if value is None or not value.type.tensor_type.HasField("shape"):
         return None
-    return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-
-
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename tensor ``old`` to ``new`` everywhere in ``graph`` (moving a clash aside)."""
-    if old == new:
-        return
-    names = {n for node in graph.node for n in (*node.input, *node.output)}
-    names |= {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
-    if new in names:
-        _rename(graph, new, f"{new}_orig")
-    for node in graph.node:
-        node.input[:] = [new if n == old else n for n in node.input]
-        node.output[:] = [new if n == old else n for n in node.output]
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        if value.name == old:
-            value.name = new
-
-
-def _set_batch(value: onnx.ValueInfoProto) -> None:
-    dim = value.type.tensor_type.shape.dim[0]
-    dim.Clear()
-    dim.dim_param = BATCH
+    return [d.dim_value if d.HasField("dim_value") else None
+            for d in value.type.tensor_type.shape.dim]
 
 
 class OnnxGraph:
-    """An ONNX classifier file: its image input, valid cuts, and ``f``/``g`` extraction."""
+    """An ONNX classifier file: its image input (size fixed, batch dynamic), every tensor's
+    inferred shape (``values``; ``maps``: the 4-D float tensors computed from the input), the
+    final Softmax, and the paths from the input to the output."""
 
     def __init__(self, path: str | Path, size: InputSize | None = None) -> None:
         self.path = Path(path)
@@ -68,7 +51,7 @@ class OnnxGraph:
         self.metadata = {p.key: p.value for p in model.metadata_props}
         initializers = {i.name for i in graph.initializer}
         inputs = [v for v in graph.input if v.name not in initializers]
-        dims = _dims(inputs[0]) if len(inputs) == 1 else None
+        dims = dims_of(inputs[0]) if len(inputs) == 1 else None
         is_float = len(inputs) == 1 and inputs[0].type.tensor_type.elem_type in FLOAT_TYPES
         self.input: ImageInput = image_input(self.source, [v.name for v in inputs], dims,
                                              is_float, size)
@@ -96,6 +79,7 @@ class OnnxGraph:
         graph = self.model.graph
         self.producer = {out: node for node in graph.node for out in node.output if out}
         values = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+        self.values = values
         reads_input = {self.input.name}
         for node in graph.node:
             if any(i in reads_input for i in node.input):
@@ -104,40 +88,19 @@ class OnnxGraph:
             raise ExportError(f"{self.source}: the output does not depend on the input")
         self.batch_reads = {n.output[0] for n in graph.node if self._reads_batch_only(n)}
         self.known = set(self.producer) | {n.name for n in graph.node if n.name}
-        shapes = self._feature_shapes(values, reads_input)
-        layouts = infer_layouts([self._op(n) for n in graph.node], [*shapes, self.input.name],
-                                {self.input.name: self.input.layout})
-        self.cuts: list[CutPoint] = []
-        self.misplaced: list[tuple[CutPoint, str]] = []
-        for node in graph.node:
-            for out in node.output:
-                dims = shapes.get(out)
-                if dims is None or min(dims[2:]) < 2 or not self._all_paths_through(out):
-                    continue
-                aliases = (node.name,) if node.name and len(node.output) == 1 else ()
-                point = CutPoint(out, (dims[1], dims[2], dims[3]), aliases)
-                problem = layout_problem(layouts.get(out))
-                if problem is None:
-                    self.cuts.append(point)
-                else:
-                    self.misplaced.append((point, problem))
-        order = {out: i for i, node in enumerate(graph.node) for out in node.output}
-        tokens, refused = find_token_cuts(self, values, shapes)
-        self.cuts = sorted(self.cuts + tokens, key=lambda c: order[c.name])
-        self.misplaced += refused
+        self.maps = self._feature_shapes(values, reads_input)
         self.softmax = self._final_softmax(values)
         self.softmax_input = self.softmax.input[0] if self.softmax is not None else None
         # g ends at the Softmax's input when that already is the (N, classes) f32 scores;
         # otherwise (a (N, C, 1, 1) Softmax then Flatten, say) the Softmax is bypassed
         logits = values.get(self.softmax_input or "")
         self.logits_end = self.softmax_input if logits is not None and \
-            logits.type.tensor_type.elem_type in FLOAT_TYPES and len(_dims(logits) or ()) == 2 \
+            logits.type.tensor_type.elem_type in FLOAT_TYPES and len(dims_of(logits) or ()) == 2 \
             else self.output
 
     def _final_softmax(self, values: dict[str, onnx.ValueInfoProto]) -> onnx.NodeProto | None:
         """The Softmax over the classes that makes the output, seen through a no-op tail."""
-        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")),
-                     13)
+        opset = onnx_opset(self.model) or 13
         node = self.producer.get(self.output)
         while node is not None and node.op_type != "Softmax":
             passed = self._passed_on(node)
@@ -146,7 +109,7 @@ class OnnxGraph:
             return None
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         value = values.get(node.input[0])
-        dims = _dims(value) if value is not None else None
+        dims = dims_of(value) if value is not None else None
         return node if softmax_over_classes(dims, attrs.get("axis", -1 if opset >= 13 else 1)) \
             else None
 
@@ -160,7 +123,7 @@ class OnnxGraph:
         if node.op_type in ("Mul", "Div") and len(node.input) == 2:
             pairs = ((0, 1), (1, 0)) if node.op_type == "Mul" else ((0, 1),)
             for data, other in pairs:
-                one = self._constant(node.input[other])
+                one = self.constant(node.input[other])
                 if one is not None and bool(np.all(one == 1)):
                     return node.input[data]
         return None
@@ -175,7 +138,7 @@ class OnnxGraph:
         shapes, unsure = {}, []
         for name in reads_input - {self.input.name, self.output}:
             value = values.get(name)
-            dims = _dims(value) if value is not None else None
+            dims = dims_of(value) if value is not None else None
             elem = value.type.tensor_type.elem_type if value is not None else None
             if elem is not None and elem != TensorProto.UNDEFINED and elem not in FLOAT_TYPES:
                 continue
@@ -187,7 +150,7 @@ class OnnxGraph:
         if unsure:
             import onnxruntime as ort
 
-            from .verify import verification_input
+            from ..artifact.verify import verification_input
 
             model = copy.deepcopy(self.model)
             model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in unsure)
@@ -203,7 +166,7 @@ class OnnxGraph:
                           if a.dtype == np.float32 and a.ndim == 4)
         return shapes
 
-    def _op(self, node: onnx.NodeProto) -> Op:
+    def layout_op(self, node: onnx.NodeProto) -> Op:
         """``node`` as the layout rules see it: its Transpose perm or reduction axes."""
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         perm = tuple(attrs["perm"]) if node.op_type == "Transpose" and "perm" in attrs else None
@@ -215,11 +178,11 @@ class OnnxGraph:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
-            const = self._constant(node.input[1])
+            const = self.constant(node.input[1])
             axes = None if const is None else const.ravel().tolist()
         return None if axes is None else tuple(sorted(int(a) % 4 for a in axes))
 
-    def _constant(self, name: str) -> np.ndarray | None:
+    def constant(self, name: str) -> np.ndarray | None:
         init = next((i for i in self.model.graph.initializer if i.name == name), None)
         if init is not None:
             return onnx.numpy_helper.to_array(init)
@@ -238,7 +201,7 @@ class OnnxGraph:
             return True
         users = [n for n in self.model.graph.node if node.output[0] in n.input]
         for user in users:
-            index = self._constant(user.input[1]) if len(user.input) > 1 else None
+            index = self.constant(user.input[1]) if len(user.input) > 1 else None
             axis = {a.name: helper.get_attribute_value(a) for a in user.attribute}.get("axis", 0)
             if user.op_type != "Gather" or axis != 0 or index is None \
                     or index.size != 1 or int(index.ravel()[0]) != 0:
@@ -262,7 +225,7 @@ class OnnxGraph:
                     stack.append(i)
         return made
 
-    def _all_paths_through(self, cut: str) -> bool:
+    def all_paths_through(self, cut: str) -> bool:
         """Whether the output reads the input only through ``cut`` (batch size aside)."""
         seen, stack = {cut}, [self.output]
         while stack:
@@ -278,15 +241,11 @@ class OnnxGraph:
                     stack.append(i)
         return True
 
-    def find(self, layer: str | None) -> CutPoint:
-        """The named cut (tensor or node name), or the default (last spatial) cut."""
-        return find_cut(self.source, self.cuts, layer, self.known, self.misplaced)
-
     def scores_tensor(self, keep_softmax: bool) -> str:
         """The tensor ``g`` ends at: the Softmax's input unless it is kept (or bypassed)."""
         return self.output if self.softmax is None or keep_softmax else self.logits_end
 
-    def _scores_model(self, keep_softmax: bool) -> onnx.ModelProto:
+    def scores_model(self, keep_softmax: bool) -> onnx.ModelProto:
         """The model, or a copy whose final Softmax passes its input on (an Identity)."""
         if self.softmax is None or keep_softmax or self.logits_end != self.output:
             return self.model
@@ -300,7 +259,7 @@ class OnnxGraph:
         """The original graph's scores on ``x`` with ONNX Runtime (pre-Softmax by default)."""
         import onnxruntime as ort
 
-        model = copy.deepcopy(self._scores_model(keep_softmax))
+        model = copy.deepcopy(self.scores_model(keep_softmax))
         wanted = self.scores_tensor(keep_softmax)
         if wanted != self.output:
             model.graph.output.append(helper.make_empty_tensor_value_info(wanted))
@@ -330,36 +289,7 @@ class OnnxGraph:
             raise ExportError(f"{self.source}: ONNX Runtime cannot run the graph "
                               f"({first_line(exc)})") from None
 
-    def pooled_start(self, cut: CutPoint) -> tuple[str, list[int]] | None:
-        """The global average pool that alone reads ``cut``, if ``g`` starts so.
-
-        Returns its output and the shape a (B, C) vector takes to stand for it. The pool may
-        come after Transposes (a channels-last head: ``ReduceMean`` over axes 1, 2).
-        """
-        name, layout = cut.name, NCHW
-        while True:
-            users = [n for n in self.model.graph.node if name in n.input]
-            if len(users) != 1:
-                return None
-            node = users[0]
-            op = self._op(node)
-            if node.op_type != "Transpose" or op.perm is None or len(op.perm) != 4:
-                break
-            name, layout = node.output[0], transposed(layout, op.perm)
-        channels = cut.shape[0]
-        kept = [-1 if a == "N" else channels if a == "C" else 1 for a in layout]
-        if node.op_type == "GlobalAveragePool" and layout == NCHW:
-            return node.output[0], kept
-        if node.op_type != "ReduceMean" or op.axes != tuple(sorted(
-                (layout.index("H"), layout.index("W")))):
-            return None
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("keepdims", 1) == 1:
-            return node.output[0], kept
-        return (node.output[0], [-1, channels]) if layout.index("N") < layout.index("C") \
-            else None
-
-    def _rebound(self, model: onnx.ModelProto, start: str, end: str) -> onnx.ModelProto:
+    def rebound(self, model: onnx.ModelProto, start: str, end: str) -> onnx.ModelProto:
         """``model`` with the batch-size reads between ``start`` and ``end`` reading ``start``.
 
         The batch size after the cut comes from the feature map (a 4-D N, C, h, w tensor).
@@ -376,48 +306,3 @@ class OnnxGraph:
                 node.input[0] = start
         return model
 
-    def write(self, cut: CutPoint, folder: Path, keep_softmax: bool) -> dict[str, Path]:
-        """Write ``f.onnx``, ``g.onnx`` (and ``g_pooled.onnx`` after a GAP) into ``folder``."""
-        scores, source = self.scores_tensor(keep_softmax), self._scores_model(keep_softmax)
-        parts = {"f": ([self.input.name], [cut.name], INPUT_NAME, FEATURE_NAME),
-                 "g": ([cut.name], [scores], FEATURE_NAME, OUTPUT_NAME)}
-        pooled = self.pooled_start(cut) if cut.tokens is None else None
-        if pooled is not None:
-            parts["g_pooled"] = ([pooled[0]], [scores], POOLED_NAME, OUTPUT_NAME)
-        files = {}
-        for role, (ins, outs, in_name, out_name) in parts.items():
-            try:
-                model = onnx.utils.Extractor(self._rebound(source, ins[0], outs[0])).extract_model(
-                    ins, outs)
-            except Exception as exc:
-                raise ExportError(f"{self.source}: cannot extract {role} at '{cut.name}' "
-                                  f"({first_line(exc)})") from None
-            graph = model.graph
-            del graph.value_info[:]
-            _rename(graph, ins[0], in_name)
-            _rename(graph, outs[0], out_name)
-            if role == "g_pooled":
-                _pooled_input(graph, cut.shape[0], pooled[1])
-            for value in (graph.input[0], graph.output[0]):
-                _set_batch(value)
-            if role == "g" and cut.tokens is not None:
-                model = masked_sequences(model, cut)
-                graph = model.graph
-            graph.name = role
-            files[role] = folder / f"{role}.onnx"
-            onnx.save(model, str(files[role]))
-        return files
-
-
-def _pooled_input(graph: onnx.GraphProto, channels: int, shape: list[int]) -> None:
-    """Make the pooled input a (N, C) vector input, reshaped inside to ``shape`` (the pool's
-    own output shape, such as (-1, C, 1, 1))."""
-    inner = f"{POOLED_NAME}_pool"
-    _rename(graph, POOLED_NAME, inner)
-    graph.input.remove(next(v for v in graph.input if v.name == inner))
-    graph.input.insert(0, helper.make_tensor_value_info(POOLED_NAME, TensorProto.FLOAT,
-                                                        [BATCH, channels]))
-    target = f"{POOLED_NAME}_shape"
-    graph.initializer.append(onnx.numpy_helper.from_array(np.array(shape, np.int64), target))
-    graph.node.insert(0, helper.make_node("Reshape", [POOLED_NAME, target], [inner],
-                                          name="pooled_to_pool_shape"))

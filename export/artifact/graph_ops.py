@@ -1,9 +1,10 @@
 """The few tensor operations the explain graph is made of, written into ONNX or OpenVINO.
 
-:mod:`export.explain_graph` states the computation once against :class:`GraphOps`; the two
-writers below turn each call into an ONNX node (``onnx.helper``) or an OpenVINO node
-(``openvino.opset13``). A value is whatever the writer uses to name a tensor: a tensor name
-for ONNX, an ``ov.Output`` for OpenVINO.
+:mod:`.explain_graph` (and a graph file's masked-sequence tail,
+:mod:`export.graphfile.token_sequences`) state their computation once against
+:class:`GraphOps`; the two writers below turn each call into an ONNX node (``onnx.helper``)
+or an OpenVINO node (``openvino.opset13``). A value is whatever the writer uses to name a
+tensor: a tensor name for ONNX, an ``ov.Output`` for OpenVINO.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import numpy as np
 Value = Any
 
 
+def onnx_opset(model: Any) -> int:
+    """The default-domain opset an ONNX model imports (0 when none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 class GraphOps(ABC):
     """One graph under construction; every method adds nodes and returns the new value."""
 
@@ -26,7 +32,18 @@ class GraphOps(ABC):
     def reshape(self, x: Value, shape: list[int]) -> Value: ...
 
     @abstractmethod
+    def reshape_to(self, x: Value, shape: Value) -> Value:
+        """``x`` reshaped to the int64 shape tensor ``shape`` (-1 allowed)."""
+
+    @abstractmethod
     def transpose(self, x: Value, perm: list[int]) -> Value: ...
+
+    @abstractmethod
+    def dim(self, x: Value, axis: int) -> Value:
+        """``x``'s size on ``axis`` (not negative), as a 1-element int64 tensor."""
+
+    @abstractmethod
+    def concat(self, values: list[Value], axis: int) -> Value: ...
 
     @abstractmethod
     def binary(self, op: str, a: Value, b: Value) -> Value:
@@ -50,6 +67,10 @@ class GraphOps(ABC):
     @abstractmethod
     def expand(self, x: Value, shape: list[int]) -> Value:
         """``x`` broadcast (numpy rules, both ways) with a tensor of ``shape``."""
+
+    @abstractmethod
+    def broadcast_to(self, x: Value, shape: Value) -> Value:
+        """``x`` broadcast (numpy rules, one way) to the int64 shape tensor ``shape``."""
 
     @abstractmethod
     def slice(self, x: Value, start: int, stop: int, axis: int) -> Value: ...
@@ -98,8 +119,18 @@ class OnnxOps(GraphOps):
     def reshape(self, x: str, shape: list[int]) -> str:
         return self.node("Reshape", [x, self._ints(shape)])
 
+    def reshape_to(self, x: str, shape: str) -> str:
+        return self.node("Reshape", [x, shape])
+
     def transpose(self, x: str, perm: list[int]) -> str:
         return self.node("Transpose", [x], perm=perm)
+
+    def dim(self, x: str, axis: int) -> str:
+        shape = self.node("Shape", [x])
+        return self.node("Slice", [shape, self._ints([axis]), self._ints([axis + 1])])
+
+    def concat(self, values: list[str], axis: int) -> str:
+        return self.node("Concat", values, axis=axis)
 
     def binary(self, op: str, a: str, b: str) -> str:
         kinds = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "matmul": "MatMul",
@@ -126,6 +157,9 @@ class OnnxOps(GraphOps):
     def expand(self, x: str, shape: list[int]) -> str:
         return self.node("Expand", [x, self._ints(shape)])
 
+    def broadcast_to(self, x: str, shape: str) -> str:
+        return self.node("Expand", [x, shape])
+
     def slice(self, x: str, start: int, stop: int, axis: int) -> str:
         return self.node("Slice", [x, self._ints([start]), self._ints([stop]),
                                    self._ints([axis])])
@@ -151,8 +185,19 @@ class OpenVINOOps(GraphOps):
     def reshape(self, x: Any, shape: list[int]) -> Any:
         return self.ops.reshape(x, self.const(np.asarray(shape, np.int64)), False).output(0)
 
+    def reshape_to(self, x: Any, shape: Any) -> Any:
+        return self.ops.reshape(x, shape, False).output(0)
+
     def transpose(self, x: Any, perm: list[int]) -> Any:
         return self.ops.transpose(x, self.const(np.asarray(perm, np.int64))).output(0)
+
+    def dim(self, x: Any, axis: int) -> Any:
+        shape = self.ops.shape_of(x, "i64")
+        return self.ops.gather(shape, self.const(np.asarray([axis], np.int64)),
+                               self.const(np.asarray(0, np.int64))).output(0)
+
+    def concat(self, values: list[Any], axis: int) -> Any:
+        return self.ops.concat(values, axis).output(0)
 
     def binary(self, op: str, a: Any, b: Any) -> Any:
         if op == "matmul":
@@ -180,6 +225,9 @@ class OpenVINOOps(GraphOps):
     def expand(self, x: Any, shape: list[int]) -> Any:
         return self.ops.broadcast(x, self.const(np.asarray(shape, np.int64)),
                                   broadcast_spec="BIDIRECTIONAL").output(0)
+
+    def broadcast_to(self, x: Any, shape: Any) -> Any:
+        return self.ops.broadcast(x, shape).output(0)
 
     def slice(self, x: Any, start: int, stop: int, axis: int) -> Any:
         one = [np.asarray([v], np.int64) for v in (start, stop, 1, axis)]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from reciprocam_ir.messages import first_line
 
-from .errors import ExportError
+from ..errors import ExportError
 
 if TYPE_CHECKING:
     import torch

@@ -21,7 +21,7 @@ from reciprocam_ir.backends import create_backend
 from reciprocam_ir.masking import masked_batch, spatial_masks
 from reciprocam_ir.messages import first_line
 
-from .errors import ExportError
+from ..errors import ExportError
 
 TOLERANCE = 1e-4
 """Largest accepted max|g(f(x)) − model(x)| relative to max|model(x)| (and likewise for f)."""
@@ -94,73 +94,68 @@ def _error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max())
 
 
-def check_graphs(backend: str, graphs: dict[str, Path], ref: Reference, what: str
-                 ) -> dict[str, float]:
+@dataclass(frozen=True)
+class _Tail:
+    """How the check runs ``g``: ``scores`` its scores (and ``g_pooled``'s) of f's maps or
+    tokens, ``masked`` its scores of masked maps (mask rows, with the first image's tokens),
+    ``shapes`` what a batch may vary in, ``needs`` the axes the runtime needs free."""
+
+    scores: Callable[[np.ndarray], list[np.ndarray]]
+    masked: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    shapes: str
+    needs: str
+
+
+def _map_tail(compiled: dict[str, Any], ref: Reference) -> _Tail:
+    g, pooled = compiled["g"], compiled.get("g_pooled")
+
+    def scores(features: np.ndarray) -> list[np.ndarray]:
+        if pooled is None:
+            return [g(features)]
+        return [g(features), pooled(features.reshape(*features.shape[:2], -1).mean(axis=2))]
+
+    return _Tail(scores, lambda first, maps: g(maps), "2 images", "a free batch axis")
+
+
+def _token_tail(compiled: dict[str, Any], ref: Reference) -> _Tail:
+    g = compiled["g"]
+    ones = np.ones((1, ref.masked.shape[1]), np.float32)
+    return _Tail(lambda tokens: [g(tokens, ones)[:, 0]], lambda first, rows: g(first, rows)[0],
+                 f"2 images or of {len(ref.masked)} masks", "free batch and mask axes")
+
+
+def check_graphs(backend: str, graphs: dict[str, Path], ref: Reference, what: str,
+                 tokens: bool = False) -> dict[str, float]:
     """Max abs errors of the exported graphs against ``ref`` on ``backend`` in f32.
 
     ``scores``: g(f(x)) (and ``g_pooled``) on one image; ``batch``: the same on a batch of the
-    two images, and ``g`` on a batch of masked maps; ``feature`` and ``feature_batch``: f
-    against the source's map, on one image and on the batch.
+    two images, and ``g`` on a batch of ``ref.masked`` against ``ref.masked_scores`` (None:
+    ``g`` one at a time); ``feature`` and ``feature_batch``: f against the source's map, on
+    one image and on the batch. A token artifact's (``tokens``) ``g`` takes (tokens, mask
+    rows): its scores are those of the all-ones row, its masked scores those of
+    ``ref.masked`` rows on the first image's tokens.
     """
     try:
         engine = create_backend(backend, "CPU", "f32")
         compiled = {role: engine.compile(path) for role, path in graphs.items()}
-        f, g = compiled["f"], compiled["g"]
+        f = compiled["f"]
+        tail = (_token_tail if tokens else _map_tail)(compiled, ref)
         first = f(ref.images[:1])
-        errors = {"scores": _error(g(first), ref.scores[:1])}
-        if "g_pooled" in compiled:
-            pooled = first.reshape(1, first.shape[1], -1).mean(axis=2)
-            errors["scores"] = max(errors["scores"],
-                                   _error(compiled["g_pooled"](pooled), ref.scores[:1]))
-    except Exception as exc:  # ORT, OpenVINO and backend errors: a graph that cannot run
-        raise ExportError(f"{what}: the exported graphs do not run on {backend} "
-                          f"({first_line(exc)})") from None
-    try:
-        features = f(ref.images)
-        masked_scores = ref.masked_scores if ref.masked_scores is not None \
-            else one_at_a_time(g, ref.masked)
-        batch = [_error(g(features), ref.scores), _error(g(ref.masked), masked_scores)]
-        if "g_pooled" in compiled:
-            pooled = features.reshape(*features.shape[:2], -1).mean(axis=2)
-            batch.append(_error(compiled["g_pooled"](pooled), ref.scores))
-    except Exception as exc:  # e.g. a reshape fixed at batch 1
-        raise ExportError(f"{what}: the exported graphs fail on a batch of 2 images on "
-                          f"{backend} ({first_line(exc)}); the runtime needs a free batch axis"
-                          ) from None
-    errors["batch"] = max(batch)
-    if ref.feature is not None:
-        errors["feature"] = _error(first, ref.feature[:1])
-        errors["feature_batch"] = _error(features, ref.feature)
-    return errors
-
-
-def check_token_graphs(backend: str, graphs: dict[str, Path], ref: Reference, what: str
-                       ) -> dict[str, float]:
-    """:func:`check_graphs` for a token artifact, whose ``g`` takes (tokens, mask rows).
-
-    ``scores``: g on f(x) with the all-ones row (the unmasked model) on one image;
-    ``batch``: the same on the two images, and g on ``ref.masked`` rows (one call) against
-    ``ref.masked_scores`` (None: g one row at a time).
-    """
-    try:
-        engine = create_backend(backend, "CPU", "f32")
-        f, g = (engine.compile(graphs[role]) for role in ("f", "g"))
-        first = f(ref.images[:1])
-        ones = np.ones((1, ref.masked.shape[1]), np.float32)
-        errors = {"scores": _error(g(first, ones)[:, 0], ref.scores[:1])}
+        errors = {"scores": max(_error(s, ref.scores[:1]) for s in tail.scores(first))}
     except Exception as exc:  # ORT, OpenVINO and backend errors: a graph that cannot run
         raise ExportError(f"{what}: the exported graphs do not run on {backend} "
                           f"({first_line(exc)})") from None
     try:
         features = f(ref.images)
         masked_scores = ref.masked_scores if ref.masked_scores is not None else np.concatenate(
-            [g(first, row[None])[0] for row in ref.masked])
-        errors["batch"] = max(_error(g(features, ones)[:, 0], ref.scores),
-                              _error(g(first, ref.masked)[0], masked_scores))
+            [tail.masked(first, one[None]) for one in ref.masked])
+        batch = [_error(s, ref.scores) for s in tail.scores(features)]
+        batch.append(_error(tail.masked(first, ref.masked), masked_scores))
     except Exception as exc:  # e.g. a reshape fixed at batch 1
-        raise ExportError(f"{what}: the exported graphs fail on a batch of 2 images or of "
-                          f"{len(ref.masked)} masks on {backend} ({first_line(exc)}); the "
-                          "runtime needs free batch and mask axes") from None
+        raise ExportError(f"{what}: the exported graphs fail on a batch of {tail.shapes} on "
+                          f"{backend} ({first_line(exc)}); the runtime needs {tail.needs}"
+                          ) from None
+    errors["batch"] = max(batch)
     if ref.feature is not None:
         errors["feature"] = _error(first, ref.feature[:1])
         errors["feature_batch"] = _error(features, ref.feature)

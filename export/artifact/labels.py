@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ExportError
+from ..errors import ExportError
 
 PREFERRED_KEYS = ("labels", "names", "classes", "class_names", "categories", "character")
 """Metadata keys read first, in this order; any other key is tried after them."""

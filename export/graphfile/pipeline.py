@@ -7,6 +7,7 @@ preprocessing cannot be read from a bare graph, so it comes from the command lin
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,49 +22,48 @@ from reciprocam_ir.artifact import (
 )
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-from .errors import ExportError
-from .explain_graph import add_explain_graphs, explain_spec
-from .file_cut import is_graph_file
-from .graph_files import declare_output_shape, declared_outputs, write_ir
-from .input_size import InputSize
-from .labels import graph_labels, read_labels_file
-from .manifest_entries import feature_entry, graphs_entry, tail_entries
-from .staging import FORMATS, check_destination, staged
-from .verify import (
+from ..artifact.explain_graph import add_explain_graphs, explain_spec
+from ..artifact.graph_files import declare_output_shape, declared_outputs, write_ir
+from ..artifact.labels import graph_labels, read_labels_file
+from ..artifact.manifest_entries import feature_entry, graphs_entry, tail_entries
+from ..artifact.staging import FORMATS, check_destination, staged
+from ..artifact.verify import (
     Reference,
     check_graphs,
     check_input_dependence,
     check_mask_rows,
-    check_token_graphs,
     first_masked_maps,
     judge,
     one_at_a_time,
     verification_images,
 )
+from ..errors import ExportError
+from ..input_size import InputSize
+from .file_cut import is_graph_file
 
 if TYPE_CHECKING:
     from .file_cut import CutPoint
-    from .ir_cut import IrGraph
-    from .onnx_cut import OnnxGraph
+    from .ir_cut import IrCutter
+    from .onnx_cut import OnnxCutter
 
 DEFAULT_SCALE = 1.0 / 255.0
 DEFAULT_COLOR = "RGB"
 
 
-def open_graph(path: str | Path, size: InputSize | None = None) -> OnnxGraph | IrGraph:
+def open_graph(path: str | Path, size: InputSize | None = None) -> OnnxCutter | IrCutter:
     """The cutter for a ``.onnx`` or ``.xml`` file (imports only what that one needs)."""
     if str(path).lower().endswith(".onnx"):
-        from .onnx_cut import OnnxGraph
+        from .onnx_cut import OnnxCutter
 
-        return OnnxGraph(path, size)
+        return OnnxCutter(path, size)
     if str(path).lower().endswith(".xml"):
-        from .ir_cut import IrGraph
+        from .ir_cut import IrCutter
 
-        return IrGraph(path, size)
+        return IrCutter(path, size)
     raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
 
 
-def graph_reference(graph: OnnxGraph | IrGraph, images: np.ndarray, cut: CutPoint,
+def graph_reference(graph: OnnxCutter | IrCutter, images: np.ndarray, cut: CutPoint,
                     keep_softmax: bool) -> Reference:
     """The original graph's scores and map at the cut, one image at a time, by its own runtime.
 
@@ -148,7 +148,7 @@ def export_graph_file(
         log("dropping the final Softmax: g outputs logits (--keep-softmax keeps it)")
     names = graph_labels(graph.metadata, num_classes, labels, file_labels, log)
 
-    check = check_graphs if cut.tokens is None else check_token_graphs
+    check = partial(check_graphs, tokens=cut.tokens is not None)
     with staged(out) as staging:
         files = graph.write(cut, staging, keep_softmax)
         errors = {}
@@ -161,9 +161,9 @@ def export_graph_file(
                 ir_files = write_ir(files, staging, source, log)
                 # OpenVINO's own run of the original graph, converted as f and g were:
                 # INT8 kernels differ between runtimes and conversion paths
-                from .ir_cut import IrGraph
+                from .ir_cut import IrCutter
 
-                ov_graph = IrGraph(path, size, convert=True)
+                ov_graph = IrCutter(path, size, convert=True)
                 ov_scores = one_at_a_time(lambda x: ov_graph.reference(x, keep_softmax),
                                           ref.images)
                 errors["openvino"] = check(

@@ -3,35 +3,29 @@
 A token cut is a float (B, T, D) tensor that every path from the input to the output flows
 through and that enters a pre-norm attention block: a ``LayerNormalization`` reads it, and
 an ``Add`` reads it and the attention branch that starts at that LayerNorm (a ``Softmax`` on
-the way). ``g`` is rewritten to ViT-ReciproCAM's tail: inputs ``feature`` (B, T, D) and
-``masks`` (M, N); every masked copy of the tokens, with the LayerNorm's output weighted
-alike, runs through the rest of the model; output (B, M, classes).
+the way). ``g`` is rewired to ViT-ReciproCAM's tail (computed by :mod:`.token_sequences`):
+inputs ``feature`` (B, T, D) and ``masks`` (M, N); every masked copy of the tokens, with the
+LayerNorm's output weighted alike, runs through the rest of the model; output (B, M,
+classes).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME, OUTPUT_NAME
 
-from .file_cut import CutPoint, TokenLayout, token_grid
-
-if TYPE_CHECKING:
-    from .onnx_cut import OnnxGraph
+from ..artifact.graph_ops import OnnxOps, onnx_opset
+from ..features import token_grid
+from .file_cut import CutPoint, TokenLayout
+from .onnx_graph import OnnxGraph, dims_of
+from .token_sequences import masked_copies, masked_layer_norm, per_image_scores
 
 LAYER_NORMS = ("LayerNormalization",)
-
-
-def _dims(value: onnx.ValueInfoProto | None) -> list[int | None] | None:
-    if value is None or not value.type.tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else None
-            for d in value.type.tensor_type.shape.dim]
 
 
 def _descendants(start: str, users: dict[str, list[onnx.NodeProto]]) -> set[str]:
@@ -46,15 +40,13 @@ def _descendants(start: str, users: dict[str, list[onnx.NodeProto]]) -> set[str]
     return seen
 
 
-def find_token_cuts(graph: OnnxGraph, values: dict[str, onnx.ValueInfoProto],
-                    maps: dict[str, tuple[int, ...]]
-                    ) -> tuple[list[CutPoint], list[tuple[CutPoint, str]]]:
+def find_token_cuts(graph: OnnxGraph) -> tuple[list[CutPoint], list[tuple[CutPoint, str]]]:
     """The token cuts of ``graph`` in graph order, and those that cannot be explained with
     the reason (a token count that is not 1 + a grid, a head that pools the tokens).
 
-    ``maps``: the 4-D float tensors' shapes; those made before the first block show the
-    patch grid (the patch embedding)."""
-    nodes = graph.model.graph.node
+    The graph's 4-D float tensors made before the first block show the patch grid (the patch
+    embedding)."""
+    nodes, values, maps = graph.model.graph.node, graph.values, graph.maps
     users: dict[str, list[onnx.NodeProto]] = {}
     for node in nodes:
         for name in node.input:
@@ -62,12 +54,12 @@ def find_token_cuts(graph: OnnxGraph, values: dict[str, onnx.ValueInfoProto],
     streams = []
     for node in nodes:
         for out in node.output:
-            dims = _dims(values.get(out))
+            dims = dims_of(values.get(out))
             if dims is None or len(dims) != 3 or None in dims[1:] or \
                     values[out].type.tensor_type.elem_type != TensorProto.FLOAT:
                 continue
             ln1 = _attention_block(out, users, graph.producer)
-            if ln1 is not None and graph._all_paths_through(out):
+            if ln1 is not None and graph.all_paths_through(out):
                 streams.append((node, out, dims, ln1))
     order = {out: i for i, node in enumerate(nodes) for out in node.output}
     first = order[streams[0][1]] if streams else 0
@@ -120,14 +112,14 @@ def head_problem(graph: OnnxGraph, values: dict[str, onnx.ValueInfoProto], token
     import onnxruntime as ort
 
     streams = [out for node in graph.model.graph.node for out in node.output
-               if (_dims(values.get(out)) or [None])[1:2] == [tokens]
-               and len(_dims(values.get(out))) == 3 and graph._all_paths_through(out)]
+               if (dims_of(values.get(out)) or [None])[1:2] == [tokens]
+               and len(dims_of(values.get(out))) == 3 and graph.all_paths_through(out)]
     if not streams:
         return None
     last = streams[-1]
-    width = _dims(values[last])[2]
+    width = dims_of(values[last])[2]
     try:
-        model = onnx.utils.Extractor(graph._rebound(graph.model, last, graph.output)
+        model = onnx.utils.Extractor(graph.rebound(graph.model, last, graph.output)
                                      ).extract_model([last], [graph.output])
         session = ort.InferenceSession(model.SerializeToString(),
                                        providers=["CPUExecutionProvider"])
@@ -145,73 +137,36 @@ def head_problem(graph: OnnxGraph, values: dict[str, onnx.ValueInfoProto], token
 def masked_sequences(model: onnx.ModelProto, cut: CutPoint) -> onnx.ModelProto:
     """``g`` (feature → scores) rewritten to (feature, masks) → (B, M, classes): the tokens
     and the block's first LayerNorm output (of the unmasked tokens) weighted by each mask row
-    (leading tokens 1)."""
+    (leading tokens 1), as :mod:`.token_sequences` states it."""
     model = copy.deepcopy(model)
     graph = model.graph
-    tokens, width = cut.shape
+    tokens = cut.shape[0]
     layout = cut.tokens
-    nodes: list[onnx.NodeProto] = []
-    consts: list[onnx.TensorProto] = []
-
-    def const(name: str, value: np.ndarray) -> str:
-        consts.append(numpy_helper.from_array(value, f"rc/const/{name}"))
-        return f"rc/const/{name}"
-
-    def node(op: str, inputs: list[str], name: str, **attrs: object) -> str:
-        nodes.append(helper.make_node(op, inputs, [f"rc/{name}"], **attrs))
-        return f"rc/{name}"
-
-    rows = node("Slice", [node("Shape", [MASKS_NAME], "mask_shape"),
-                          const("zero", np.array([0], np.int64)),
-                          const("one", np.array([1], np.int64))], "mask_rows")
-    ones = node("Expand", [const("one_f", np.ones((1, 1), np.float32)),
-                           node("Concat", [rows, const("prefix", np.array([layout.prefix],
-                                                                          np.int64))],
-                                "ones_shape", axis=0)], "ones")
-    weights = node("Concat", [ones, MASKS_NAME], "weights", axis=1)
-    w4 = node("Reshape", [weights, const("w4_shape", np.array([1, -1, tokens, 1], np.int64))],
-              "w4")
-    seq = const("seq_shape", np.array([-1, tokens, width], np.int64))
-    one_image = node("Reshape", [FEATURE_NAME, const("image_shape",
-                                                     np.array([-1, 1, tokens, width], np.int64))],
-                     "feature_4d")
-    stream = node("Reshape", [node("Mul", [one_image, w4], "copies"), seq], "stream")
-    plain = node("Reshape", [node("Mul", [one_image, node("Reshape", [ones, const(
-        "ones_4d", np.array([1, -1, 1, 1], np.int64))], "ones_4d")], "plain_4d"), seq], "plain")
-    per_image = node("Concat", [const("minus_one", np.array([-1], np.int64)), rows,
-                                const("seq_tail", np.array([tokens, width], np.int64))],
-                     "per_image_shape", axis=0)
-    ln1 = node("Reshape", [node("Mul", [node("Reshape", [layout.ln1, per_image], "ln1_4d"), w4],
-                                "ln1_masked_4d"), seq], "ln1_masked")
+    ops = OnnxOps(max(onnx_opset(model), 13))  # its reductions need 13; a tail uses none
+    copies = masked_copies(ops, FEATURE_NAME, MASKS_NAME, cut.shape, layout.prefix)
+    first = len(ops.nodes)
+    ln1 = masked_layer_norm(ops, layout.ln1, copies)
+    on_ln1 = len(ops.nodes)
     norm = next(n for n in graph.node if layout.ln1 in n.output)
-    _redirect(graph, FEATURE_NAME, stream)
-    norm.input[0] = plain
+    _redirect(graph, FEATURE_NAME, copies.stream)
+    norm.input[0] = copies.plain
     _redirect(graph, layout.ln1, ln1)
     producer = next(n for n in graph.node if OUTPUT_NAME in n.output)
-    producer.output[:] = ["rc/scores_rows" if o == OUTPUT_NAME else o for o in producer.output]
-    classes = node("Slice", [node("Shape", ["rc/scores_rows"], "rows_shape"),
-                             const("one_2", np.array([1], np.int64)),
-                             const("two", np.array([2], np.int64))], "classes")
-    tail = [helper.make_node("Reshape", ["rc/scores_rows", node(
-        "Concat", [const("minus_one_2", np.array([-1], np.int64)), rows, classes],
-        "scores_shape", axis=0)], [OUTPUT_NAME])]
-    _insert_after(graph, layout.ln1, [n for n in nodes if n.output[0].startswith("rc/ln1")])
-    last = ("rc/rows_shape", "rc/classes", "rc/scores_shape")
-    for index, node in enumerate(n for n in nodes if not n.output[0].startswith("rc/ln1")
-                                 and n.output[0] not in last):
+    rows = f"{ops.prefix}scores_rows"
+    producer.output[:] = [rows if o == OUTPUT_NAME else o for o in producer.output]
+    per_image_scores(ops, rows, copies)
+    ops.nodes[-1].output[0] = OUTPUT_NAME  # the scores keep the graph's output name
+    _insert_after(graph, layout.ln1, ops.nodes[first:on_ln1])
+    for index, node in enumerate(ops.nodes[:first]):
         graph.node.insert(index, node)
-    graph.node.extend([n for n in nodes if n.output[0] in last] + tail)
-    graph.initializer.extend(consts)
+    graph.node.extend(ops.nodes[on_ln1:])
+    graph.initializer.extend(ops.initializers)
     graph.input.append(helper.make_tensor_value_info(MASKS_NAME, TensorProto.FLOAT,
                                                      [MASKS_NAME, tokens - layout.prefix]))
     out = graph.output[0]
     del out.type.tensor_type.shape.dim[:]
     for d in ("batch", MASKS_NAME, "classes"):
-        dim = out.type.tensor_type.shape.dim.add()
-        if isinstance(d, str):
-            dim.dim_param = d
-        else:
-            dim.dim_value = d
+        out.type.tensor_type.shape.dim.add().dim_param = d
     return model
 
 

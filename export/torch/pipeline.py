@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +20,31 @@ from reciprocam_ir.artifact import (
 )
 from reciprocam_ir.messages import first_line
 
-from .errors import ExportError
-from .explain_graph import add_explain_graphs, explain_spec
-from .graph_cut import Cut, CutGraph, Split
-from .graph_files import (
+from ..artifact.explain_graph import add_explain_graphs, explain_spec
+from ..artifact.graph_files import (
     declare_output_shape,
     declared_outputs,
     write_ir,
     write_onnx,
     write_token_tail_onnx,
 )
-from .input_size import InputSize
-from .labels import check_count, read_labels_file
-from .manifest_entries import feature_entry, graphs_entry, tail_entries
+from ..artifact.labels import check_count, read_labels_file
+from ..artifact.manifest_entries import feature_entry, graphs_entry, tail_entries
+from ..artifact.staging import FORMATS, check_destination, staged
+from ..artifact.verify import (
+    Reference,
+    check_graphs,
+    check_input_dependence,
+    check_mask_rows,
+    first_masked_maps,
+    judge,
+    one_at_a_time,
+    verification_images,
+)
+from ..errors import ExportError
+from ..input_size import InputSize
+from .graph_cut import Cut, CutGraph, Split
 from .model_source import LoadedModel, load_model
-from .staging import FORMATS, check_destination, staged
 from .token_tail import (
     CLASS_TOKEN,
     SEQUENCES,
@@ -41,17 +52,6 @@ from .token_tail import (
     hooked_scores,
     sequences_tail,
     token_weights,
-)
-from .verify import (
-    Reference,
-    check_graphs,
-    check_input_dependence,
-    check_mask_rows,
-    check_token_graphs,
-    first_masked_maps,
-    judge,
-    one_at_a_time,
-    verification_images,
 )
 
 
@@ -71,7 +71,7 @@ def torch_reference(loaded: LoadedModel, split: Split) -> Reference:
 
     For a token cut, the tokens entering the block (a hook on its input) and, as the masked
     scores, the whole model with the stream and its first LayerNorm's output masked by hooks
-    (:func:`~export.token_tail.hooked_scores`): the definition, not the exported tail.
+    (:func:`~.token_tail.hooked_scores`): the definition, not the exported tail.
     """
 
     def run(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
@@ -178,7 +178,7 @@ def export_artifact(
     ref = torch_reference(loaded, split)
     with torch.no_grad():
         feature = split.f(example)
-    check = check_graphs if block is None else check_token_graphs
+    check = partial(check_graphs, tokens=block is not None)
     declared = declared_outputs(cut.shape, graph.num_classes, block is not None)
 
     with staged(out) as staging:

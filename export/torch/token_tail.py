@@ -19,8 +19,6 @@ own scores).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -28,7 +26,7 @@ from torch import nn
 
 from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME
 
-from .graph_cut import CutGraph, TokenBlock, _shape
+from .graph_cut import CutGraph, TokenBlock, ancestors, copy_nodes
 
 CLASS_TOKEN, SEQUENCES = "class_token", "sequences"
 
@@ -93,15 +91,6 @@ def class_token_rows(tokens: torch.Tensor, attended: torch.Tensor) -> torch.Tens
 
 # ------------------------------------------------------------------------- tails ---
 
-def _copy(graph: fx.Graph, nodes: list[fx.Node], env: dict[fx.Node, fx.Node],
-          f_nodes: set[fx.Node], batch: fx.Node,
-          after: Callable[[fx.Node, fx.Node], fx.Node] = lambda old, new: new) -> None:
-    """Copy ``nodes`` into ``graph``; reads of ``f``'s nodes (batch sizes) read ``batch``."""
-    for n in nodes:
-        env[n] = after(n, graph.node_copy(
-            n, lambda a: env[a] if a in env else (batch if a in f_nodes else env[a])))
-
-
 def sequences_tail(graph: CutGraph, block: TokenBlock) -> fx.GraphModule:
     """``g`` (tokens, masks) → (B, M, classes): every masked sequence through the rest of the
     model; ``block``'s first LayerNorm reads the unmasked tokens and its output is masked."""
@@ -118,7 +107,7 @@ def sequences_tail(graph: CutGraph, block: TokenBlock) -> fx.GraphModule:
         new.args = (plain, *new.args[1:])
         return g.call_function(masked_rows, (new, weights))
 
-    _copy(g, graph.tail_nodes(block.input), env, graph.f_nodes(block.input), stream, masked)
+    copy_nodes(g, graph.tail_nodes(block.input), env, graph.f_nodes(block.input), stream, masked)
     g.output(g.call_function(per_image, (env[graph.result], masks)))
     return graph.module(g)
 
@@ -183,61 +172,14 @@ def class_token_tail(graph: CutGraph, block: TokenBlock) -> fx.GraphModule | Non
         mha.num_heads))
     rows = g.call_function(class_token_rows, (tokens, attended))
     env = {add: rows}
-    before = _ancestors_of(add)
+    before = ancestors(add)
     rest = [n for n in graph.tail_nodes(block.input) if n not in before]
     try:
-        _copy(g, rest, env, graph.f_nodes(block.input), rows)
+        copy_nodes(g, rest, env, graph.f_nodes(block.input), rows)
     except KeyError:  # something after the block reads inside it: not this pattern
         return None
     g.output(g.call_function(per_image, (env[graph.result], masks)))
     return graph.module(g)
-
-
-def _ancestors_of(node: fx.Node) -> set[fx.Node]:
-    seen, stack = {node}, [node]
-    while stack:
-        for a in stack.pop().all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                stack.append(a)
-    return seen
-
-
-def head_problem(graph: CutGraph, last: TokenBlock) -> str | None:
-    """Why the head after the last block ``last`` is not explainable, or None: it must read
-    the class token alone (changing the patch tokens leaves the scores unchanged)."""
-    g = fx.Graph()
-    tokens = g.placeholder("tokens")
-    env = {last.output: tokens}
-    after = [n for n in graph.tail_nodes(last.output)]
-    try:
-        _copy(g, after, env, graph.f_nodes(last.output), tokens)
-    except KeyError:
-        return "the head reads tokens from before the last block"
-    g.output(env[graph.result])
-    rest = graph.module(g)
-    if any(_pools_tokens(n) for n in after):
-        return ("the head pools over the tokens (a mean over the token axis), it does not "
-                "read the class token")
-    count, width = _shape(last.output)[1:]
-    generator = torch.Generator().manual_seed(0)
-    z = torch.randn(2, count, width, generator=generator)
-    changed = z.clone()
-    changed[:, last.prefix:] = torch.randn(2, count - last.prefix, width, generator=generator)
-    with torch.no_grad():
-        same = torch.equal(rest(z), rest(changed))
-    return None if same else "the head reads the patch tokens, not the class token alone"
-
-
-def _pools_tokens(node: fx.Node) -> bool:
-    """A mean, sum or max over axis 1 of a 3-D tensor (pooling the tokens)."""
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    if name not in ("mean", "sum", "amax", "max") or not node.args:
-        return False
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    dims = [dims] if isinstance(dims, int) else list(dims or [])
-    shape = _shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-    return shape is not None and len(shape) == 3 and any(d % 3 == 1 for d in dims)
 
 
 # -------------------------------------------------------------------- reference ---

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from reciprocam_ir.artifact import MANIFEST_NAME, OLD_INFIX, default_mode, interrupted_exports
 
-from .errors import ExportError
+from ..errors import ExportError
 
 FORMATS = ("onnx", "ir", "both")
 PARTIAL, OLD = ".partial-", OLD_INFIX

@@ -3,7 +3,7 @@
 Any ONNX Runtime or OpenVINO consumer runs it with no project code (DESIGN.md, "Explain
 graph"): input ``input``, outputs ``scores`` (B, classes), ``targets`` (B, K) int64 and
 ``saliency`` (B, K, h, w) in [0, 1]. The computation is stated once, in
-:func:`explain_outputs`, over :class:`~export.graph_ops.GraphOps`; :func:`onnx_explain_model`
+:func:`explain_outputs`, over :class:`~.graph_ops.GraphOps`; :func:`onnx_explain_model`
 and :func:`ir_explain_model` splice it between the artifact's own ``f`` and tail graphs.
 """
 
@@ -24,6 +24,7 @@ from reciprocam_ir.artifact import (
     Artifact,
     write_manifest,
 )
+from reciprocam_ir.mask_options import mask_option_problem
 from reciprocam_ir.masking import (
     DEFAULT_WINDOW_STRENGTH,
     MASK_KINDS,
@@ -38,8 +39,8 @@ from reciprocam_ir.masking import (
 )
 from reciprocam_ir.messages import first_line
 
-from .errors import ExportError
-from .graph_ops import GraphOps, OnnxOps, OpenVINOOps, Value
+from ..errors import ExportError
+from .graph_ops import GraphOps, OnnxOps, OpenVINOOps, Value, onnx_opset
 from .verify import TOLERANCE as SCORE_TOLERANCE
 from .verify import verification_images
 
@@ -183,8 +184,8 @@ def onnx_explain_model(f: Any, tail: Any, feature_shape: tuple[int, int, int],
 
     from reciprocam_ir.backends.onnxruntime_backend import affine_of_onnx
 
-    opset = max(_onnx_opset(f), _onnx_opset(tail), 13)
-    f, tail = (m if _onnx_opset(m) == opset else version_converter.convert_version(m, opset)
+    opset = max(onnx_opset(f), onnx_opset(tail), 13)
+    f, tail = (m if onnx_opset(m) == opset else version_converter.convert_version(m, opset)
                for m in (f, tail))
     affine = affine_of_onnx(tail) if pooled else None
     f = _prefixed_keeping_input(f, "f/")
@@ -218,10 +219,6 @@ def onnx_explain_model(f: Any, tail: Any, feature_shape: tuple[int, int, int],
                               opset_imports=_merged_opsets(f, tail, opset))
     model.producer_name = "reciprocam-export"
     return model
-
-
-def _onnx_opset(model: Any) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _merged_opsets(f: Any, tail: Any, opset: int) -> list[Any]:
@@ -310,13 +307,9 @@ def explain_spec(top_k: int, mask: str | None = None, mask_sigma: float | None =
     for a value out of range or one that does not apply."""
     if mask is not None and mask not in MASK_KINDS:
         raise ExportError(f"--explain-mask {mask}: must be one of {', '.join(MASK_KINDS)}")
-    if mask_sigma is not None and mask in (None, "onehot"):
-        raise ExportError("--explain-mask-sigma sets the window of --explain-mask gaussian, "
-                          "drop or window; " + ("the onehot mask has none" if mask
-                                                else "name the mask it sets"))
-    if mask_strength is not None and mask != "window":
-        raise ExportError(f"--explain-mask-strength applies to --explain-mask window, not to "
-                          f"the {mask or 'default'} mask")
+    problem = mask_option_problem(mask, mask_sigma, mask_strength, flag_prefix="explain-")
+    if problem is not None:
+        raise ExportError(problem)
     try:
         if mask_sigma is not None:
             check_sigma(mask_sigma)

@@ -16,8 +16,8 @@ from torch import nn
 from reciprocam_ir.messages import first_line
 from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-from .errors import ExportError
-from .input_size import InputSize, as_hw, checked_size
+from ..errors import ExportError
+from ..input_size import InputSize, as_hw, checked_size
 
 DEFAULT_SIZE = 224
 RESIZE_RATIO = 256 / 224
@@ -71,7 +71,7 @@ def apply_weights(model: nn.Module, path: str | Path) -> None:
 
 def _torchvision_preprocessing(weights: Any) -> Preprocessing:
     """The weights' own ``transforms()`` (resize, crop, interpolation, antialias) as a manifest;
-    :func:`~export.input_size.at_input_size` scales it to another input size."""
+    :func:`at_input_size` scales it to another input size."""
     t = weights.transforms()
     crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
     return Preprocessing(size=(crop, crop), resize="shorter_side_crop", resize_size=resize,
