@@ -144,7 +144,7 @@ def accuracy_photos(folder: Path, quick: bool = False) -> dict[str, Path]:
 
 
 def lite0_artifact(folder: Path) -> Path:
-    from export.pipeline import export_artifact
+    from export.torch.pipeline import export_artifact
 
     return export_artifact("export.pretrained:efficientnet_lite0", out=folder / "lite0",
                            fmt="onnx")
