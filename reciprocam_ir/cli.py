@@ -11,9 +11,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from . import dataset_cli
+from . import dataset_cli, detect_cli
 from .artifact import atomic_write_bytes, sha256_file
 from .backends import add_engine_arguments
+from .detection import DEFAULT_CONF, DEFAULT_IOU
+from .detection_cam import DetectionCAM
 from .explainer import ReciproCAM
 from .explanation import slug
 from .masking import (
@@ -57,6 +59,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--mask-strength", type=float, default=None, metavar="S",
                    help="strength of the window mask: the kept evidence is S/N of the whole "
                         f"map's (default {DEFAULT_WINDOW_STRENGTH:g})")
+    e.add_argument("--conf", type=float, default=None,
+                   help=f"detectors: keep boxes scoring above this (default {DEFAULT_CONF:g}, "
+                        "as Ultralytics' predict)")
+    e.add_argument("--iou", type=float, default=None,
+                   help=f"detectors: NMS IoU threshold (default {DEFAULT_IOU:g}, as Ultralytics' "
+                        "predict)")
     e.add_argument("--out", default="explanations", help="output folder (default: explanations)")
     e.add_argument("--save-npz", action="store_true", help="also write <stem>.npz per image")
     e.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -179,6 +187,11 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
                          cache_dir=args.cache_dir)
     except (ValueError, MemoryError) as exc:  # ValueError: also ArtifactError, BackendError
         return fail(str(exc))
+    if isinstance(cam, DetectionCAM):
+        return detect_cli.explain_boxes(args, cam, progress)
+    if args.conf is not None or args.iou is not None:
+        return fail("--conf and --iou apply to detection artifacts; "
+                    f"{args.artifact} explains a classifier")
     try:
         cam.check_targets(targets, top_k)
     except ValueError as exc:
@@ -265,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     np.seterr(all="ignore")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # errors are ours to say
+    refused = detect_cli.refusal(args)
+    if refused:
+        return fail(refused)
     if args.command == "serve":
         from .serving import serve  # kserve is imported by this command only
 

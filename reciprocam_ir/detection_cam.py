@@ -20,9 +20,17 @@ import numpy as np
 
 from .artifact import Artifact
 from .backends import Backend, Graph, create_backend
-from .detection import DEFAULT_CONF, DEFAULT_IOU, MAX_DET, Detections, box_iou, check_thresholds
+from .detection import (
+    DEFAULT_CONF,
+    DEFAULT_IOU,
+    MAX_DET,
+    Detections,
+    box_iou,
+    check_thresholds,
+    to_image,
+    xywh_to_xyxy,
+)
 from .detection import decode as decode_raw
-from .detection import to_image, xywh_to_xyxy
 from .detection_explanation import DetectionExplanation
 from .masking import MASK_KINDS, check_sigma, check_strength, default_sigma, spatial_masks
 from .preprocess import DEFAULT_MAX_PIXELS, as_rgb, read_image
