@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--train", type=int, default=800)
     p.add_argument("--val", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export-only", action="store_true",
+                   help="export OUT_DIR/run/train/weights/best.pt as it is (a run stopped early)")
     p.add_argument("--model", default=str(Path(__file__).with_name("yolov8n-tiny.yaml")))
     a = p.parse_args()
     out = a.out.resolve()
@@ -54,11 +56,12 @@ def main() -> None:
     from ultralytics.utils import SETTINGS
 
     SETTINGS.update({"sync": False})
-    model = YOLO(a.model)
-    model.train(data=str(data), epochs=a.epochs, imgsz=a.size, batch=16, device="cpu",
-                workers=2, seed=a.seed, deterministic=True, plots=False, amp=False,
-                project=str(out / "run"), name="train", exist_ok=True, pretrained=False,
-                val=True, verbose=False, close_mosaic=5)
+    if not a.export_only:
+        YOLO(a.model).train(
+            data=str(data), epochs=a.epochs, imgsz=a.size, batch=16, device="cpu", workers=2,
+            seed=a.seed, deterministic=True, plots=False, amp=False, project=str(out / "run"),
+            name="train", exist_ok=True, pretrained=False, val=True, verbose=False,
+            close_mosaic=5)
     best = out / "run" / "train" / "weights" / "best.pt"
     weights = out / "yolo_synth.pt"
     shutil.copy(best, weights)

@@ -1,0 +1,54 @@
+"""Maps per box equal a torch computation on the same Ultralytics model, with forward hooks
+masking the same levels (needs ultralytics, AGPL-3.0, which the project does not install:
+skipped without it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DETECTOR_IMAGES, TESTS
+from reciprocam_ir import ReciproCAM
+from reciprocam_ir.detection import decode
+from reciprocam_ir.preprocess import read_image
+from reciprocam_ir.saliency import normalise
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("ultralytics")
+
+WEIGHTS = TESTS / "data" / "yolo_synth.pt"
+
+
+def torch_maps(cam, x: np.ndarray, anchors: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The maps of the kept boxes from Ultralytics' own module: layers 4, 6 and 9 (the cut)
+    multiplied by the masks in forward hooks, on N copies of the image."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(WEIGHTS)).model.float().eval().fuse()
+    masks = iter(cam.masks)
+    hooks = []
+    for index in (4, 6, 9):
+        mask = torch.from_numpy(next(masks))[:, None]
+        hooks.append(model.model[index].register_forward_hook(
+            lambda module, args, out, mask=mask: out * mask))
+    try:
+        with torch.no_grad():
+            out = model(torch.from_numpy(x).repeat(len(cam.masks[0]), 1, 1, 1))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    raw = (out[0] if isinstance(out, (tuple, list)) else out).numpy()
+    scores = raw[:, 4 + classes, anchors]
+    return normalise(scores).reshape(len(anchors), *cam.grid_shape)
+
+
+@pytest.mark.parametrize("backend, precision", [("onnxruntime", "auto"), ("openvino", "f32")])
+def test_maps_equal_torch_with_forward_hooks(detector_dir, backend, precision):
+    cam = ReciproCAM(detector_dir, backend=backend, precision=precision, grid=2)
+    image = read_image(DETECTOR_IMAGES[0])
+    x = cam.preprocessing(image)
+    kept = decode(cam.predict(x)[0], 0.25, 0.7)
+    exp = cam.explain(image)
+    expected = torch_maps(cam, x, kept.anchors, kept.classes)
+    assert len(kept) >= 2
+    assert np.abs(exp.saliency[0] - expected).max() <= 1e-4
