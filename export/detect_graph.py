@@ -99,6 +99,10 @@ class OnnxDetector:
         if len(graph.output) != 1:
             raise ExportError(f"{path}: graph has {len(graph.output)} outputs; expected one "
                               "raw YOLO output (batch, 4 + classes, anchors)")
+        task = self.metadata.get("task", "detect")
+        if task != "detect":
+            raise ExportError(f"{path}: an Ultralytics '{task}' model; only detection models "
+                              "(task 'detect') are explained box by box")
         self.num_classes = detection_output(_dims(graph.output[0]), self.input.size)
         if self.num_classes is None:
             raise ExportError(f"{path}: output shape {_dims(graph.output[0])} is not a YOLO "

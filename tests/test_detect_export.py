@@ -80,3 +80,14 @@ def test_a_named_cut_is_used_and_a_partial_cut_refused(detector_dir, tmp_path, c
 def test_options_of_classifiers_are_refused_for_a_detector(tmp_path, capsys):
     line = export_refused(capsys, tmp_path, str(DETECTOR_ONNX), "--explain-top-k", "2")
     assert "--explain-top-k" in line
+
+
+def test_an_ultralytics_model_of_another_task_is_refused(tmp_path, capsys):
+    import onnx
+
+    model = onnx.load(str(DETECTOR_ONNX))
+    next(p for p in model.metadata_props if p.key == "task").value = "pose"
+    pose = tmp_path / "pose.onnx"
+    onnx.save(model, str(pose))
+    line = export_refused(capsys, tmp_path, str(pose), "--task", "detect")
+    assert "'pose'" in line
