@@ -165,6 +165,19 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def table(summary: dict) -> str:
+    """The summary as a Markdown table, one row per method."""
+    keys = ["pointing box", "pointing mask", "energy box", "energy mask", "deletion",
+            "insertion"]
+    lines = ["| method | " + " | ".join(keys) + " | boxes | ms per box |",
+             "|---" * (len(keys) + 3) + "|"]
+    for name, row in summary["methods"].items():
+        cells = [f"{row[k]:.3f}" if k in row else "" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {row['n']} | {summary['ms_per_box'][name]:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("artifact", type=Path)
@@ -273,6 +286,7 @@ def main() -> None:
         "ms_per_box": {name: 1e3 * s / explained[name] for name, s in seconds.items()},
     }
     print(json.dumps(summary, indent=2))
+    print(table(summary))
     if a.json:
         a.json.write_text(json.dumps(summary, indent=2))
 
