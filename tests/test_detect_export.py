@@ -63,7 +63,8 @@ def test_ir_detector_export_reproduces_the_source_in_f32(detector_ir_dir):
     g = core.compile_model(str(detector_ir_dir / "g.xml"), "CPU", config)
     levels = list(f(x).values())
     raw = g(levels)[0]
-    assert np.abs(raw - source_raw(x)).max() < 1e-3
+    reference = source_raw(x)  # Ultralytics converted the IR itself: not bit-equal to the ONNX
+    assert np.abs(raw - reference).max() < 1e-4 * np.abs(reference).max()
 
 
 def test_a_named_cut_is_used_and_a_partial_cut_refused(detector_dir, tmp_path, capsys):

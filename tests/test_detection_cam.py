@@ -13,7 +13,7 @@ from reciprocam_ir.detection import decode, to_image
 from reciprocam_ir.detection_cam import DetectionCAM, level_masks
 from reciprocam_ir.preprocess import read_image
 
-CONF = 0.001
+CONF = 0.25
 
 
 @pytest.fixture(scope="module")
