@@ -17,20 +17,29 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ultralytics")
 
 WEIGHTS = TESTS / "data" / "yolo_synth.pt"
+CUT = (4, 6, 9)
+"""The YOLOv8 layers whose outputs the default cut takes (the backbone's, read by the neck)."""
 
 
 def torch_maps(cam, x: np.ndarray, anchors: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """The maps of the kept boxes from Ultralytics' own module: layers 4, 6 and 9 (the cut)
-    multiplied by the masks in forward hooks, on N copies of the image."""
+    """The maps of the kept boxes from Ultralytics' own module: a first pass keeps the
+    outputs of layers 4, 6 and 9 (the cut); on N copies of the image, forward hooks then
+    replace each of those outputs by the kept one times the masks, so the neck reads the
+    masked levels (and the backbone's own later layers are overwritten, as ``g`` never runs
+    them)."""
     from ultralytics import YOLO
 
     model = YOLO(str(WEIGHTS)).model.float().eval().fuse()
-    masks = iter(cam.masks)
-    hooks = []
-    for index in (4, 6, 9):
-        mask = torch.from_numpy(next(masks))[:, None]
-        hooks.append(model.model[index].register_forward_hook(
-            lambda module, args, out, mask=mask: out * mask))
+    kept: dict[int, torch.Tensor] = {}
+    hooks = [model.model[i].register_forward_hook(
+        lambda module, args, out, i=i: kept.__setitem__(i, out)) for i in CUT]
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    for hook in hooks:
+        hook.remove()
+    masks = {i: torch.from_numpy(mask)[:, None] for i, mask in zip(CUT, cam.masks, strict=True)}
+    hooks = [model.model[i].register_forward_hook(
+        lambda module, args, out, i=i: kept[i] * masks[i]) for i in CUT]
     try:
         with torch.no_grad():
             out = model(torch.from_numpy(x).repeat(len(cam.masks[0]), 1, 1, 1))
@@ -45,6 +54,8 @@ def torch_maps(cam, x: np.ndarray, anchors: np.ndarray, classes: np.ndarray) -> 
 @pytest.mark.parametrize("backend, precision", [("onnxruntime", "auto"), ("openvino", "f32")])
 def test_maps_equal_torch_with_forward_hooks(detector_dir, backend, precision):
     cam = ReciproCAM(detector_dir, backend=backend, precision=precision, grid=2)
+    cut = [lv["source_name"].split("/")[1] for lv in cam.artifact.manifest["feature"]["levels"]]
+    assert cut == [f"model.{i}" for i in CUT]
     image = read_image(DETECTOR_IMAGES[0])
     x = cam.preprocessing(image)
     kept = decode(cam.predict(x)[0], 0.25, 0.7)
