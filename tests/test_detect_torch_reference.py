@@ -63,3 +63,20 @@ def test_maps_equal_torch_with_forward_hooks(detector_dir, backend, precision):
     expected = torch_maps(cam, x, kept.anchors, kept.classes)
     assert len(kept) >= 2
     assert np.abs(exp.saliency[0] - expected).max() <= 1e-4
+
+
+def test_boxes_equal_ultralytics_predict_on_the_onnx_graph(detector_dir, tmp_path):
+    import cv2
+    from ultralytics import YOLO
+
+    from conftest import DETECTOR_ONNX
+
+    wide = tmp_path / "wide.png"  # not square: the letterbox pads
+    cv2.imwrite(str(wide), cv2.imread(str(DETECTOR_IMAGES[1]))[30:230])
+    result = YOLO(str(DETECTOR_ONNX), task="detect").predict(
+        str(wide), imgsz=256, conf=0.25, iou=0.7, verbose=False)[0]
+    exp = ReciproCAM(detector_dir, backend="onnxruntime").explain(wide)
+    assert len(result.boxes) >= 2
+    assert exp.targets[0].tolist() == result.boxes.cls.numpy().astype(int).tolist()
+    assert np.allclose(exp.scores[0], result.boxes.conf.numpy(), atol=2e-3)
+    assert np.allclose(exp.boxes[0], result.boxes.xyxy.numpy(), atol=0.5)
