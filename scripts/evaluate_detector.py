@@ -54,6 +54,9 @@ RECIPROCAM = {  # name: (grid level, mask, box score)
     "reciprocam 8x8 window anchor": (2, "window", "anchor"),
 }
 
+CURVES = ["d-rise", "class probability", "reciprocam 16x16 onehot anchor",
+          "reciprocam 16x16 onehot drise", "reciprocam 8x8 onehot anchor"]
+
 
 def similarity(raw: np.ndarray, box: np.ndarray, cls: int) -> np.ndarray:
     """D-RISE's score of each output (B, 4 + classes, A) for a box: best IoU x class score."""
@@ -187,6 +190,8 @@ def main() -> None:
     p.add_argument("--drise-images", type=int, default=12)
     p.add_argument("--curve-images", type=int, default=12)
     p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--curves", nargs="+", default=CURVES, metavar="METHOD",
+                   help="methods whose deletion/insertion curves are measured")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
@@ -259,9 +264,7 @@ def main() -> None:
                     record(name, "pointing mask", points_into(full, mask))
                     record(name, "energy box", energy_in(full, box))
                     record(name, "energy mask", energy_in(full, mask))
-                    if index < a.curve_images and (name == "d-rise" or name in (
-                            "class probability", "reciprocam 16x16 onehot anchor",
-                            "reciprocam 8x8 onehot anchor")):
+                    if index < a.curve_images and name in a.curves:
                         box_k, c = kept.boxes[k], int(kept.classes[k])
 
                         def predict(batch: np.ndarray, box_k=box_k, c=c) -> np.ndarray:
