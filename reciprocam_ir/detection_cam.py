@@ -38,7 +38,8 @@ from .saliency import normalise
 
 BOX_SCORES = ("anchor", "drise")
 """How a masked copy is scored for a box (module docstring)."""
-DEFAULT_BOX_SCORE = "anchor"
+DEFAULT_BOX_SCORE = "drise"
+"""Twice the energy inside the box at the same pointing game as ``anchor`` (docs/detection.md)."""
 DETECT_MASKS = ("onehot", "window")
 DEFAULT_DETECT_MASK = "onehot"
 

@@ -53,7 +53,8 @@ def torch_maps(cam, x: np.ndarray, anchors: np.ndarray, classes: np.ndarray) -> 
 
 @pytest.mark.parametrize("backend, precision", [("onnxruntime", "auto"), ("openvino", "f32")])
 def test_maps_equal_torch_with_forward_hooks(detector_dir, backend, precision):
-    cam = ReciproCAM(detector_dir, backend=backend, precision=precision, grid=2)
+    cam = ReciproCAM(detector_dir, backend=backend, precision=precision, grid=2,
+                     box_score="anchor")
     cut = [lv["source_name"].split("/")[1] for lv in cam.artifact.manifest["feature"]["levels"]]
     assert cut == [f"model.{i}" for i in CUT]
     image = read_image(DETECTOR_IMAGES[0])

@@ -19,8 +19,10 @@ CONF = 0.25
 @pytest.fixture(scope="module")
 def cams(detector_dir):
     """Both backends, masks on the 8x8 grid (64 copies: fast tests)."""
-    return {"onnxruntime": ReciproCAM(detector_dir, backend="onnxruntime", grid=2),
-            "openvino": ReciproCAM(detector_dir, backend="openvino", precision="f32", grid=2)}
+    return {"onnxruntime": ReciproCAM(detector_dir, backend="onnxruntime", grid=2,
+                                      box_score="anchor"),
+            "openvino": ReciproCAM(detector_dir, backend="openvino", precision="f32", grid=2,
+                                   box_score="anchor")}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def explained(cams):
     return {name: cam.explain(DETECTOR_IMAGES, conf=CONF) for name, cam in cams.items()}
 
 
-def by_hand(detector_dir, image, anchors, classes):
+def by_hand(detector_dir, image, anchors, classes, boxes=None):
     """(K, 8, 8) maps from f.onnx and g.onnx run here: copy n keeps cell n of the 8x8 grid
     on every level (its 4x4 block at stride 8, its 2x2 block at stride 16)."""
     cam = ReciproCAM(detector_dir, backend="onnxruntime")
@@ -44,7 +46,17 @@ def by_hand(detector_dir, image, anchors, classes):
             out[n, :, k * r : k * r + k, k * c : k * c + k] = \
                 level[0, :, k * r : k * r + k, k * c : k * c + k]
     raw = g.run(None, {f"feature{i}": m for i, m in enumerate(batch)})[0]
-    scores = raw[:, 4 + classes, anchors]
+    if boxes is None:  # the box's own anchor's class score
+        scores = raw[:, 4 + classes, anchors]
+    else:  # D-RISE: the best IoU with the box x the box's class score, over all predictions
+        x1, y1 = raw[:, 0] - raw[:, 2] / 2, raw[:, 1] - raw[:, 3] / 2
+        x2, y2 = raw[:, 0] + raw[:, 2] / 2, raw[:, 1] + raw[:, 3] / 2
+        scores = np.zeros((64, len(boxes)))
+        for k, (bx1, by1, bx2, by2) in enumerate(boxes):
+            inter = np.clip(np.minimum(x2, bx2) - np.maximum(x1, bx1), 0, None) * \
+                np.clip(np.minimum(y2, by2) - np.maximum(y1, by1), 0, None)
+            iou = inter / ((x2 - x1) * (y2 - y1) + (bx2 - bx1) * (by2 - by1) - inter)
+            scores[:, k] = (iou * raw[:, 4 + classes[k]]).max(axis=1)
     span = scores.max(0) - scores.min(0)
     return ((scores - scores.min(0)) / np.where(span > 0, span, 1)).T.reshape(-1, 8, 8)
 
@@ -81,20 +93,29 @@ def test_one_map_per_box_equal_to_masking_by_hand(explained, cams, detector_dir)
                                                             else 1e-3), name
 
 
+def test_the_default_drise_score_equals_masking_by_hand(detector_dir):
+    cam = ReciproCAM(detector_dir, backend="onnxruntime", grid=2)
+    assert cam.box_score == "drise"
+    image = read_image(DETECTOR_IMAGES[1])
+    kept = decode(cam.predict(cam.preprocessing(image))[0], CONF, 0.7)
+    expected = by_hand(detector_dir, image, kept.anchors, kept.classes, kept.boxes)
+    assert np.abs(cam.explain(image).saliency[0] - expected).max() < 1e-4
+
+
 def test_maps_of_two_boxes_differ(explained):
     maps = explained["openvino"].saliency[0]
     assert len(maps) >= 2 and np.abs(maps[0] - maps[1]).max() > 0.1
 
 
-def test_window_mask_and_drise_scores(detector_dir):
+def test_window_mask(detector_dir):
     image = read_image(DETECTOR_IMAGES[1])
     window = ReciproCAM(detector_dir, backend="onnxruntime", mask="window", grid=2
                         ).explain(image, conf=CONF)
-    drise = ReciproCAM(detector_dir, backend="onnxruntime", box_score="drise", grid=2
-                       ).explain(image, conf=CONF)
-    assert window.saliency[0].shape == drise.saliency[0].shape
+    onehot = ReciproCAM(detector_dir, backend="onnxruntime", grid=2).explain(image, conf=CONF)
+    assert window.saliency[0].shape == onehot.saliency[0].shape
     assert len(window.saliency[0]) >= 1
-    assert np.isfinite(window.saliency[0]).all() and np.isfinite(drise.saliency[0]).all()
+    assert np.isfinite(window.saliency[0]).all()
+    assert np.abs(window.saliency[0] - onehot.saliency[0]).max() > 0.05
 
 
 @pytest.mark.parametrize("option", [{"mask": "drop"}, {"box_score": "iou"}, {"scores": "softmax"},
