@@ -84,7 +84,7 @@ class DetectionCAM:
         batch_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cache_dir: str | Path | None = None,
-        **unused: object,
+        **unused: object,  # ReciproCAM's options: refused unless None (explain_graph: no graph)
     ) -> None:
         mask = mask or DEFAULT_DETECT_MASK
         if mask not in DETECT_MASKS:
@@ -101,7 +101,8 @@ class DetectionCAM:
             check_strength(mask_strength)
         if box_score not in BOX_SCORES:
             raise ValueError(f"box_score must be one of {BOX_SCORES}, got {box_score!r}")
-        given = {k: v for k, v in unused.items() if v is not None}
+        given = {k: v for k, v in unused.items()
+                 if v is not None and not (k == "explain_graph" and isinstance(v, bool))}
         if given:
             raise ValueError(f"{', '.join(sorted(given))} do not apply to a detector")
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
@@ -122,7 +123,6 @@ class DetectionCAM:
             default_sigma(mask) if mask_sigma is None else float(mask_sigma))
         self.mask_strength = None if mask == "onehot" else mask_strength
         self.box_score = box_score
-        self.scores = box_score
         _, gh, gw = self.levels[self.grid]
         self.grid_shape = (gh, gw)
         masks = spatial_masks(gh, gw, kind=mask, sigma=self.mask_sigma,
