@@ -61,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--explain-mask-strength", type=float, default=None, metavar="S",
                    help="strength of --explain-mask window (default "
                         f"{DEFAULT_WINDOW_STRENGTH:g})")
+    p.add_argument("--task", choices=("classify", "detect"), default=None,
+                   help="graph files: a classifier, or a YOLO detector (raw output batch x "
+                        "4+classes x anchors) explained box by box (default: from the output)")
     p.add_argument("--list-layers", action="store_true",
                    help="print the valid cut points with their feature shapes and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -114,7 +117,7 @@ def list_layers(model: str, weights: str | None, size: tuple[int, int] | None) -
                graph.default_cut().name)
 
 
-GRAPH_ONLY = ("mean", "std", "scale", "color", "keep_softmax", "resize", "resize_size",
+GRAPH_ONLY = ("task", "mean", "std", "scale", "color", "keep_softmax", "resize", "resize_size",
               "pad_position", "pad_value", "interpolation", "antialias")
 
 
@@ -128,11 +131,15 @@ def check_torch_args(args: argparse.Namespace) -> None:
 
 def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | None:
     """Export (or with --list-layers, list) an ONNX/IR file; no torch is imported."""
+    from .graphfile.detect_cut import is_detector
     from .graphfile.pipeline import export_graph_file, open_graph
 
     if args.weights is not None:
         raise ExportError(f"{args.model}: --weights does not apply to a graph file "
                           "(its weights are in the file)")
+    if args.task == "detect" or (args.task is None and not args.list_layers
+                                 and is_detector(args.model)):
+        return export_detector_file(args, log)
     if args.list_layers:
         graph = open_graph(args.model, args.input_size)
         print_cuts([(c.name, c.description, c.aliases) for c in graph.cuts],
@@ -147,6 +154,25 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
     return export_graph_file(args.model, args.layer, args.input_size, args.format, args.out,
                              log, keep_softmax=args.keep_softmax, labels=args.labels,
                              **explain_options(args), **options)
+
+
+def export_detector_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path:
+    """Export a YOLO detector graph file as a detection artifact."""
+    from .graphfile.detect_pipeline import export_detector
+
+    refused = [f"--{n.replace('_', '-')}" for n in ("keep_softmax", "list_layers", "resize_size")
+               if getattr(args, n) not in (None, False)]
+    refused += [f"--{n.replace('_', '-')}" for n, default in (
+        ("explain_top_k", 1), ("explain_mask", None), ("explain_mask_sigma", None),
+        ("explain_mask_strength", None)) if getattr(args, n) != default]
+    if refused:
+        raise ExportError(f"{args.model}: {', '.join(refused)} do not apply to a detector")
+    options = {k: getattr(args, k) for k in ("mean", "std", "scale", "color", "resize",
+                                             "pad_position", "pad_value", "interpolation")}
+    if args.antialias is not None:
+        options["antialias"] = args.antialias == "on"
+    return export_detector(args.model, args.layer, args.input_size, args.format, args.out,
+                           log, labels=args.labels, **options)
 
 
 def explain_options(args: argparse.Namespace) -> dict[str, Any]:

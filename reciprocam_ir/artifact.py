@@ -30,6 +30,9 @@ MAX_MANIFEST_BYTES = 16 << 20
 INPUT_NAME, FEATURE_NAME, POOLED_NAME, OUTPUT_NAME = "input", "feature", "pooled", "scores"
 MASKS_NAME = "masks"
 """The token tail's second input: mask rows (M, N), one weight per patch token."""
+TASKS = ("classify", "detect")
+"""``task``: a classifier (absent in manifests written before detectors), or a detector
+(DESIGN.md, "Detection artifacts")."""
 FEATURE_KINDS = ("map", "tokens")
 """``feature.kind``: a (C, h, w) map (CNNs; the default), or (T, D) tokens on an h×w grid."""
 TOKEN_TAILS = ("class_token", "sequences")
@@ -196,7 +199,12 @@ def validate_manifest(m: Any) -> None:
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ArtifactError(f"manifest: invalid 'input': {exc}") from None
     _require(_is_shape(m["input"].get("shape"), 4), "'input.shape' must be 4 positive ints")
-    if m["feature"].get("kind", "map") == "tokens":
+    _require(m.get("task", "classify") in TASKS, f"'task' must be one of {TASKS}")
+    if m.get("task") == "detect":
+        from .detection_artifact import validate_levels
+
+        validate_levels(m["feature"], _require)
+    elif m["feature"].get("kind", "map") == "tokens":
         _validate_tokens(m)
     else:
         _require(m["feature"].get("kind", "map") in FEATURE_KINDS,
@@ -411,6 +419,11 @@ class Artifact:
         if explain is not None:
             return explain["mask"]
         return "gaussian" if self.tokens is not None else DEFAULT_MASK
+
+    @property
+    def task(self) -> str:
+        """``classify`` or ``detect`` (:data:`TASKS`)."""
+        return self.manifest.get("task", "classify")
 
     @property
     def num_classes(self) -> int:

@@ -11,9 +11,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from . import dataset_cli
+from . import dataset_cli, detect_cli
 from .artifact import atomic_write_bytes, sha256_file
 from .backends import add_engine_arguments
+from .detection import DEFAULT_CONF, DEFAULT_IOU
+from .detection_cam import DetectionCAM
 from .explainer import ReciproCAM
 from .explanation import slug
 from .image_reader import DECODE_MODES
@@ -85,6 +87,12 @@ def parser() -> argparse.ArgumentParser:
                         "torchvision computes it; reduced: decode JPEGs at the smallest 1/2, "
                         "1/4 or 1/8 scale that leaves 3x the resize target (shrink on load: "
                         "faster on photos, maps within about 0.06, docs/performance.md)")
+    e.add_argument("--conf", type=float, default=None,
+                   help=f"detectors: keep boxes scoring above this (default {DEFAULT_CONF:g}, "
+                        "as Ultralytics' predict)")
+    e.add_argument("--iou", type=float, default=None,
+                   help=f"detectors: NMS IoU threshold (default {DEFAULT_IOU:g}, as Ultralytics' "
+                        "predict)")
     e.add_argument("--out", default="explanations", help="output folder (default: explanations)")
     e.add_argument("--save-npz", action="store_true", help="also write <stem>.npz per image")
     e.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -220,6 +228,11 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
                          decode=args.decode)
     except (ValueError, MemoryError) as exc:  # ValueError: also ArtifactError, BackendError
         return fail(str(exc).replace("max_targets", "--max-targets"))
+    if isinstance(cam, DetectionCAM):
+        return detect_cli.explain_boxes(args, cam, progress)
+    if args.conf is not None or args.iou is not None:
+        return fail("--conf and --iou apply to detection artifacts; "
+                    f"{args.artifact} explains a classifier")
     try:
         targets = cam.check_targets(targets, top_k)
     except ValueError as exc:
@@ -308,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     np.seterr(all="ignore")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # errors are ours to say
+    refused = detect_cli.refusal(args)
+    if refused:
+        return fail(refused)
     if args.command == "serve":
         from .serving import serve  # kserve is imported by this command only
 

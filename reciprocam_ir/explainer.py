@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from numbers import Real
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import Artifact
+from .artifact import MANIFEST_NAME, Artifact
 from .backends import Backend, BackendError, Graph, create_backend
 from .backends.base import FeaturesAndScores
 from .explanation import Explanation
@@ -81,6 +82,18 @@ def check_options(scores: str | None, memory_budget_mb: float, batch_size: int,
         check_strength(mask_strength)
 
 
+def is_detection(artifact: str | Path | Artifact) -> bool:
+    """Whether ``artifact`` (a folder or a loaded one) says ``task: detect``; an unreadable
+    manifest is left for :meth:`Artifact.load` to refuse."""
+    if isinstance(artifact, Artifact):
+        return artifact.task == "detect"
+    try:
+        manifest = json.loads((Path(artifact) / MANIFEST_NAME).read_bytes())
+    except (OSError, ValueError, TypeError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("task") == "detect"
+
+
 class ReciproCAM:
     """Explains images with an exported ``f``/``g`` artifact on one backend.
 
@@ -96,6 +109,16 @@ class ReciproCAM:
     times faster on photos; not the default because it moved one photo's map by 0.056,
     docs/performance.md).
     """
+
+    def __new__(cls, artifact: str | Path | Artifact, *args: object, **kwargs: object
+                ) -> ReciproCAM:
+        """A :class:`~reciprocam_ir.detection_cam.DetectionCAM` for a detection artifact
+        (DESIGN.md, "Detection artifacts"), else a ReciproCAM."""
+        if cls is ReciproCAM and is_detection(artifact):
+            from .detection_cam import DetectionCAM
+
+            return DetectionCAM(artifact, *args, **kwargs)  # type: ignore[return-value]
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -252,3 +252,28 @@ def pointing_game(saliency: np.ndarray, boxes: Sequence[tuple[float, float, floa
         if np.hypot(dy, dx) <= tolerance:
             return True
     return False
+
+
+# --------------------------------------------------------------------------- detectors, per box
+
+
+def box_region(box: Sequence[float], shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the pixels whose centre lies in ``box`` (x1, y1, x2, y2)."""
+    x1, y1, x2, y2 = box
+    ys = np.arange(shape[0])[:, None] + 0.5
+    xs = np.arange(shape[1])[None, :] + 0.5
+    return (ys >= y1) & (ys <= y2) & (xs >= x1) & (xs <= x2)
+
+
+def points_into(saliency: np.ndarray, region: np.ndarray) -> bool:
+    """Pointing game of a map already at image size: its (first) maximum lies in ``region``
+    (an (H, W) bool box or object mask)."""
+    i, j = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+    return bool(region[i, j])
+
+
+def energy_in(saliency: np.ndarray, region: np.ndarray) -> float:
+    """Energy-based pointing game (Score-CAM): the share of the map's mass inside ``region``
+    (0 for an all-zero map)."""
+    total = float(np.sum(saliency))
+    return float(np.sum(saliency[region])) / total if total > 0 else 0.0

@@ -143,3 +143,25 @@ def photos() -> dict[str, np.ndarray]:
     from sample_images import sample_images
 
     return sample_images()
+
+
+DETECTOR_ONNX = TESTS / "data" / "yolo_synth.onnx"
+DETECTOR_IR = TESTS / "data" / "yolo_synth_openvino_model" / "yolo_synth.xml"
+"""The synthetic YOLOv8 detector as Ultralytics exported it (tests/data/README.md)."""
+DETECTOR_IMAGES = [TESTS / "data" / "yolo_val_0001.png", TESTS / "data" / "yolo_val_0006.png"]
+
+
+@pytest.fixture(scope="session")
+def detector_dir(tmp_path_factory) -> Path:
+    """The detection artifact of the shipped ONNX detector (ONNX and IR graphs)."""
+    from export.graphfile.detect_pipeline import export_detector
+
+    return export_detector(DETECTOR_ONNX, out=tmp_path_factory.mktemp("det") / "yolo")
+
+
+@pytest.fixture(scope="session")
+def detector_ir_dir(tmp_path_factory) -> Path:
+    """The detection artifact of the shipped OpenVINO IR detector."""
+    from export.graphfile.detect_pipeline import export_detector
+
+    return export_detector(DETECTOR_IR, out=tmp_path_factory.mktemp("det_ir") / "yolo")
