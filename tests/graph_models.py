@@ -321,3 +321,13 @@ def with_metadata(path: Path, props: dict[str, str]) -> Path:
     helper.set_model_props(model, props)
     onnx.save(model, str(path))
     return path
+
+
+def symbolic_channels(path: Path, layout: str = "NCHW") -> Path:
+    """The tiny classifier as Hugging Face optimum declares its input: every axis symbolic."""
+    model = onnx.load(str(tiny_classifier(path, layout=layout, dynamic_size=True)))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[1 if layout == "NCHW" else 3]
+    dim.Clear()
+    dim.dim_param = "num_channels"
+    onnx.save(model, str(path))
+    return path

@@ -33,6 +33,25 @@ def dims_of(value: onnx.ValueInfoProto | None) -> list[int | None] | None:
             for d in value.type.tensor_type.shape.dim]
 
 
+def first_conv(graph: onnx.GraphProto, image: str) -> tuple[str, int] | None:
+    """The layout (NCHW, or NHWC when a Transpose to NCHW comes first) and channel count the
+    first convolution computed from ``image`` reads; None without a readable one."""
+    reads, layout = {image}, "NCHW"
+    weights = {i.name: list(i.dims) for i in graph.initializer}
+    for node in graph.node:
+        if not any(i in reads for i in node.input):
+            continue
+        if node.op_type == "Transpose" and image in node.input:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            layout = "NHWC" if perm == [0, 3, 1, 2] else layout
+        if node.op_type == "Conv":
+            dims = weights.get(node.input[1]) if len(node.input) > 1 else None
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            return None if dims is None or len(dims) != 4 else (layout, dims[1] * group)
+        reads.update(o for o in node.output if o)
+    return None
+
+
 class OnnxGraph:
     """An ONNX classifier file: its image input (size fixed, batch dynamic), every tensor's
     inferred shape (``values``; ``maps``: the 4-D float tensors computed from the input), the
@@ -53,8 +72,9 @@ class OnnxGraph:
         inputs = [v for v in graph.input if v.name not in initializers]
         dims = dims_of(inputs[0]) if len(inputs) == 1 else None
         is_float = len(inputs) == 1 and inputs[0].type.tensor_type.elem_type in FLOAT_TYPES
+        conv = first_conv(graph, inputs[0].name) if len(inputs) == 1 else None
         self.input: ImageInput = image_input(self.source, [v.name for v in inputs], dims,
-                                             is_float, size)
+                                             is_float, size, conv)
         if len(graph.output) != 1:
             raise ExportError(f"{path}: graph has {len(graph.output)} outputs; expected one "
                               "2-D tensor of class scores (batch, classes)")

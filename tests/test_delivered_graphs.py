@@ -1,0 +1,31 @@
+"""Graph files as the tools deliver them (issue 25): Hugging Face optimum's symbolic channel
+axis, a static batch inside ``f`` (Ultralytics), tiny inputs, whole-map AveragePool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import read_manifest as manifest
+from export.graphfile.pipeline import export_graph_file
+from graph_models import SIZE, symbolic_channels, tiny_classifier, to_ir
+from reciprocam_ir import ReciproCAM
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("suffix", [".onnx", ".xml"])
+def test_symbolic_channel_axis_is_read_from_the_first_conv(tmp_path, image, layout, suffix):
+    """optimum declares ``pixel_values`` ?x?x?x?: the first Conv's weights say 3 channels,
+    and the maps equal those of the same graph with the channel axis written."""
+    model = symbolic_channels(tmp_path / "optimum.onnx", layout)
+    twin = tiny_classifier(tmp_path / "twin.onnx", layout=layout, dynamic_size=True)
+    if suffix == ".xml":
+        model, twin = to_ir(model), to_ir(twin)
+    out = export_graph_file(model, size=SIZE, out=tmp_path / "out")
+    ref = export_graph_file(twin, size=SIZE, out=tmp_path / "ref")
+    shape = [1, 3, SIZE, SIZE] if layout == "NCHW" else [1, SIZE, SIZE, 3]
+    assert manifest(out)["input"]["shape"] == shape
+    assert manifest(out)["check"]["max_abs_error"] < 1e-5
+    got = ReciproCAM(out, backend="openvino", precision="f32").explain(image, top_k=2)
+    want = ReciproCAM(ref, backend="openvino", precision="f32").explain(image, top_k=2)
+    np.testing.assert_allclose(got.saliency, want.saliency, atol=1e-6)
