@@ -331,3 +331,44 @@ def symbolic_channels(path: Path, layout: str = "NCHW") -> Path:
     dim.dim_param = "num_channels"
     onnx.save(model, str(path))
     return path
+
+
+def static_batch_classifier(path: Path, seed: int = 0) -> Path:
+    """Ultralytics' default export in small: an attention-like block in ``f`` whose Reshapes
+    fix the batch at 1 ((1, 2, 4, 256), softmax over positions, back to (1, 8, 16, 16))."""
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
+
+    def ints(name: str, values: list[int]) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 8, 8, 3, 3), init("b2", 8),
+             init("wfc", CLASSES, 8), init("bfc", CLASSES),
+             ints("heads", [1, 2, 4, SIZE * SIZE]), ints("back", [1, 8, SIZE, SIZE])]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Reshape", ["r1", "heads"], ["split"], name="attn_view"),
+        helper.make_node("Softmax", ["split"], ["attention"], axis=-1),
+        helper.make_node(
+            "Constant", [], ["back_c"],
+            value=numpy_helper.from_array(np.array([1, 8, SIZE, SIZE], np.int64))),
+        helper.make_node("Reshape", ["attention", "back_c"], ["merged"], name="attn_back"),
+        helper.make_node("Add", ["merged", "r1"], ["mixed"]),
+        helper.make_node("Conv", ["mixed", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["scores"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "static_batch",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, CLASSES])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path

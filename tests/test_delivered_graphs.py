@@ -8,7 +8,13 @@ import pytest
 
 from conftest import read_manifest as manifest
 from export.graphfile.pipeline import export_graph_file
-from graph_models import SIZE, symbolic_channels, tiny_classifier, to_ir
+from graph_models import (
+    SIZE,
+    static_batch_classifier,
+    symbolic_channels,
+    tiny_classifier,
+    to_ir,
+)
 from reciprocam_ir import ReciproCAM
 
 
@@ -29,3 +35,21 @@ def test_symbolic_channel_axis_is_read_from_the_first_conv(tmp_path, image, layo
     got = ReciproCAM(out, backend="openvino", precision="f32").explain(image, top_k=2)
     want = ReciproCAM(ref, backend="openvino", precision="f32").explain(image, top_k=2)
     np.testing.assert_allclose(got.saliency, want.saliency, atol=1e-6)
+
+
+def test_batch_fixed_at_one_inside_f_is_made_free(tmp_path, photos):
+    """Reshapes with a leading 1 in ``f`` (Ultralytics' default export): the export frees
+    the batch, says so, and the runtime explains several images as it does one by one."""
+    model = static_batch_classifier(tmp_path / "yolo_like.onnx")
+    said: list[str] = []
+    out = export_graph_file(model, out=tmp_path / "out", log=said.append)
+    assert any("attn_view" in line and "free" in line for line in said)
+    m = manifest(out)
+    assert m["target_layer"] == "r2" and m["check"]["max_abs_error"] < 1e-5
+    for backend in ("onnxruntime", "openvino"):
+        cam = ReciproCAM(out, backend=backend, precision="f32")
+        two = list(photos.values())[:2]
+        both = cam.explain(two, top_k=2)
+        for i, photo in enumerate(two):
+            one = cam.explain(photo, top_k=2)
+            np.testing.assert_allclose(both.saliency[i], one.saliency[0], atol=1e-5)

@@ -86,14 +86,51 @@ class OnnxGraph:
                 d.dim_param = BATCH
             else:
                 d.dim_value = shape[i]
-        try:
-            self.model = onnx.shape_inference.infer_shapes(model, strict_mode=False,
-                                                           data_prop=True)
-        except Exception as exc:
-            raise ExportError(f"{path}: ONNX shape inference failed ({first_line(exc)})"
-                              ) from None
+        self.model = self._inferred(model)
+        self.freed_batch = self._free_batch()
         self.output = self.model.graph.output[0].name
         self._analyse()
+
+    def _inferred(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        try:
+            return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception as exc:
+            raise ExportError(f"{self.source}: ONNX shape inference failed ({first_line(exc)})"
+                              ) from None
+
+    def _free_batch(self) -> list[str]:
+        """Free the batch where a Reshape fixes it at 1 (Ultralytics' default export traces
+        ``x.view(B, ...)`` with B = 1): its shape's leading 1 becomes 0, "copy the input's
+        batch", when the Reshape's input has the batch axis first. The Reshapes' names."""
+        freed: list[str] = []
+        for _ in range(64):  # a freed Reshape frees the batch of the tensors after it
+            graph = self.model.graph
+            self.producer = {out: node for node in graph.node for out in node.output if out}
+            values = {v.name: v for v in (*graph.input, *graph.value_info)}
+            more = [n for n in graph.node if n.op_type == "Reshape" and n.name not in freed
+                    and self._fixes_batch(n, values.get(n.input[0]))]
+            if not more:
+                return freed
+            for node in more:
+                shape = self.constant(node.input[1])
+                shape = np.concatenate([[0], shape[1:]]).astype(shape.dtype)
+                name = f"{node.input[1]}_free_batch"
+                graph.initializer.append(onnx.numpy_helper.from_array(shape, name))
+                node.input[1] = name
+                node.name = node.name or node.output[0]
+                freed.append(node.name)
+            del graph.value_info[:]  # inferred with the batch fixed: infer again
+            self.model = self._inferred(self.model)
+        return freed
+
+    def _fixes_batch(self, node: onnx.NodeProto, data: onnx.ValueInfoProto | None) -> bool:
+        """A Reshape to a constant shape that sets a batch-first input's batch to 1."""
+        dims = dims_of(data)
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        if allowzero or not dims or dims[0] is not None:  # sizes but the batch are fixed
+            return False
+        shape = self.constant(node.input[1])
+        return shape is not None and shape.ndim == 1 and len(shape) > 0 and shape[0] == 1
 
     def _analyse(self) -> None:
         graph = self.model.graph

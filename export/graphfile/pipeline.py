@@ -135,6 +135,11 @@ def export_graph_file(
                                       layout=graph.input.layout, **resampling)
     except (TypeError, ValueError) as exc:
         raise ExportError(f"{source}: invalid preprocessing: {exc}") from None
+    freed = getattr(graph, "freed_batch", [])
+    if freed:
+        log(f"batch fixed at 1 by {len(freed)} Reshape(s) ({', '.join(freed[:3])}"
+            f"{', ...' if len(freed) > 3 else ''}): made free (their leading 1 copies the "
+            "input's batch)")
     cut = graph.find(layer)
     out = Path(out) if out is not None else Path("models") / Path(source).stem
     check_destination(out)
