@@ -372,3 +372,47 @@ def static_batch_classifier(path: Path, seed: int = 0) -> Path:
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return path
+
+
+def text_line_classifier(path: Path, seed: int = 0, opset: int = 11) -> Path:
+    """A Paddle-made text-line classifier in small: conv stack on a dynamic H x W input, head
+    Reshape(pool, Concat(Shape-slice, const)) -> MatMul -> Add -> Softmax -> Identity."""
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
+
+    def ints(name: str, values: list[int]) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 16, 8, 3, 3), init("b2", 16),
+             init("fc_w", 16, 2), init("fc_b", 2), ints("zero", [0]), ints("one", [1]),
+             ints("features", [16])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("HardSigmoid", ["c1"], ["hs"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["c1", "hs"], ["a1"]),
+        helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["a2"]),
+        helper.make_node("GlobalAveragePool", ["a2"], ["pool"]),
+        helper.make_node("Shape", ["pool"], ["pool_shape"]),
+        helper.make_node("Slice", ["pool_shape", "zero", "one"], ["batch_size"]),
+        helper.make_node("Concat", ["batch_size", "features"], ["flat_shape"], axis=0),
+        helper.make_node("Reshape", ["pool", "flat_shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "fc_w"], ["mm"]),
+        helper.make_node("Add", ["mm", "fc_b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        helper.make_node("Identity", ["probs"], ["save_infer_model/scale_0.tmp_1"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "text_line_cls",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["p2o.DynamicDimension.0", 3,
+                                                                "p2o.DynamicDimension.1",
+                                                                "p2o.DynamicDimension.2"])],
+        [helper.make_tensor_value_info("save_infer_model/scale_0.tmp_1", TensorProto.FLOAT,
+                                       ["p2o.DynamicDimension.3", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path

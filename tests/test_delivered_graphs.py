@@ -4,7 +4,10 @@ axis, a static batch inside ``f`` (Ultralytics), tiny inputs, whole-map AverageP
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from onnx import helper
 
 from conftest import read_manifest as manifest
 from export.graphfile.pipeline import export_graph_file
@@ -12,10 +15,19 @@ from graph_models import (
     SIZE,
     static_batch_classifier,
     symbolic_channels,
+    text_line_classifier,
     tiny_classifier,
     to_ir,
 )
 from reciprocam_ir import ReciproCAM
+
+
+def tensor_of(path, name: str, x: np.ndarray) -> np.ndarray:
+    """Tensor ``name`` of the ONNX graph at ``path`` on ``x``, by ONNX Runtime."""
+    model = onnx.load(str(path))
+    model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([name], {model.graph.input[0].name: x})[0]
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -53,3 +65,23 @@ def test_batch_fixed_at_one_inside_f_is_made_free(tmp_path, photos):
         for i, photo in enumerate(two):
             one = cam.explain(photo, top_k=2)
             np.testing.assert_allclose(both.saliency[i], one.saliency[0], atol=1e-5)
+
+
+def test_text_line_head_is_decided_alike_on_onnx_and_ir(tmp_path, image):
+    """Paddle's head (Reshape by a computed shape, MatMul, Add, Softmax, Identity) resolves
+    only at 48x192: both formats find the Softmax, drop it and cut at the same map."""
+    model = text_line_classifier(tmp_path / "text_line.onnx")
+    outs = {"onnx": export_graph_file(model, size=(48, 192), fmt="onnx", out=tmp_path / "o"),
+            "ir": export_graph_file(to_ir(model), size=(48, 192), out=tmp_path / "i")}
+    decided = [{k: manifest(o)[k] for k in ("output", "target_layer", "feature", "input")}
+               for o in outs.values()]
+    assert decided[0] == decided[1]
+    assert decided[0]["output"]["softmax_removed"] and decided[0]["output"]["logits"]
+    cams = {"onnx": ReciproCAM(outs["onnx"], backend="onnxruntime"),
+            "ir": ReciproCAM(outs["ir"], backend="openvino", precision="f32")}
+    x = cams["onnx"].preprocessing(image)
+    logits = tensor_of(model, "logits", x)
+    explained = [cam.explain_tensor(x, top_k=2) for cam in cams.values()]
+    for exp in explained:
+        np.testing.assert_allclose(exp.scores, logits, atol=1e-5)
+    np.testing.assert_allclose(explained[0].saliency, explained[1].saliency, atol=1e-4)

@@ -129,7 +129,11 @@ class OnnxCutter(OnnxGraph):
             _rename(graph, outs[0], out_name)
             if role == "g_pooled":
                 _pooled_input(graph, cut.shape[0], pooled[1])
-            for value in (graph.input[0], graph.output[0]):
+            for value, name in ((graph.input[0], ins[0]), (graph.output[0], outs[0])):
+                shape = value.type.tensor_type.shape
+                if not shape.dim:  # a head reshaped by a computed shape: its measured sizes
+                    for size in self.scores_dims(name) or ():
+                        shape.dim.add().dim_value = size or 1
                 _set_batch(value)
             if role == "g" and cut.tokens is not None:
                 model = masked_sequences(model, cut)

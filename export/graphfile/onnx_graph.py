@@ -137,6 +137,7 @@ class OnnxGraph:
         self.producer = {out: node for node in graph.node for out in node.output if out}
         values = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
         self.values = values
+        self._head_shapes: dict[str, list[int | None]] = {}
         reads_input = {self.input.name}
         for node in graph.node:
             if any(i in reads_input for i in node.input):
@@ -152,8 +153,19 @@ class OnnxGraph:
         # otherwise (a (N, C, 1, 1) Softmax then Flatten, say) the Softmax is bypassed
         logits = values.get(self.softmax_input or "")
         self.logits_end = self.softmax_input if logits is not None and \
-            logits.type.tensor_type.elem_type in FLOAT_TYPES and len(dims_of(logits) or ()) == 2 \
-            else self.output
+            logits.type.tensor_type.elem_type in FLOAT_TYPES \
+            and len(self.scores_dims(self.softmax_input) or ()) == 2 else self.output
+
+    def scores_dims(self, name: str) -> list[int | None] | None:
+        """The sizes of the head's tensor ``name``: inferred, else measured at the input size
+        (so the ONNX and IR cutters, OpenVINO resolving shapes itself, decide alike)."""
+        dims = dims_of(self.values.get(name))
+        if dims is not None and None not in dims[1:]:
+            return dims
+        if name not in self._head_shapes:
+            array = self.measured([name])[name]
+            self._head_shapes[name] = [None, *array.shape[1:]] if array.ndim else []
+        return self._head_shapes[name]
 
     def _final_softmax(self, values: dict[str, onnx.ValueInfoProto]) -> onnx.NodeProto | None:
         """The Softmax over the classes that makes the output, seen through a no-op tail."""
@@ -165,8 +177,7 @@ class OnnxGraph:
         if node is None:
             return None
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        value = values.get(node.input[0])
-        dims = dims_of(value) if value is not None else None
+        dims = self.scores_dims(node.input[0])
         return node if softmax_over_classes(dims, attrs.get("axis", -1 if opset >= 13 else 1)) \
             else None
 
@@ -205,23 +216,30 @@ class OnnxGraph:
             elif dims is None or len(dims) == 4:
                 unsure.append(name)
         if unsure:
-            import onnxruntime as ort
-
-            from ..artifact.verify import verification_input
-
-            model = copy.deepcopy(self.model)
-            model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in unsure)
-            try:
-                session = ort.InferenceSession(model.SerializeToString(),
-                                               providers=["CPUExecutionProvider"])
-                measured = session.run(unsure, {self.input.name:
-                                                verification_input(self.input.shape())})
-            except Exception as exc:
-                raise ExportError(f"{self.source}: ONNX Runtime cannot run the graph "
-                                  f"({first_line(exc)})") from None
-            shapes.update((n, a.shape) for n, a in zip(unsure, measured, strict=True)
+            shapes.update((n, a.shape) for n, a in self.measured(unsure).items()
                           if a.dtype == np.float32 and a.ndim == 4)
         return shapes
+
+    def measured(self, names: list[str]) -> dict[str, np.ndarray]:
+        """Tensors ``names`` of the graph on one verification image, by ONNX Runtime: their
+        shapes where inference leaves them open (a head reshaped by a computed shape)."""
+        import onnxruntime as ort
+
+        from ..artifact.verify import verification_input
+
+        model = copy.deepcopy(self.model)
+        outputs = {o.name for o in model.graph.output}
+        model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names
+                                  if n not in outputs)
+        try:
+            session = ort.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+            arrays = session.run(names, {self.input.name:
+                                         verification_input(self.input.shape())})
+        except Exception as exc:
+            raise ExportError(f"{self.source}: ONNX Runtime cannot run the graph "
+                              f"({first_line(exc)})") from None
+        return dict(zip(names, arrays, strict=True))
 
     def layout_op(self, node: onnx.NodeProto) -> Op:
         """``node`` as the layout rules see it: its Transpose perm or reduction axes."""
