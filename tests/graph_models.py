@@ -416,3 +416,15 @@ def text_line_classifier(path: Path, seed: int = 0, opset: int = 11) -> Path:
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return path
+
+
+def whole_map_average_pool(path: Path) -> Path:
+    """The tiny classifier with its global pool written as AveragePool(8x8) over the 8x8 map
+    (PyTorch's ``AvgPool2d(7)`` in a VGG-like head)."""
+    model = onnx.load(str(tiny_classifier(path)))
+    node = next(n for n in model.graph.node if n.op_type == "GlobalAveragePool")
+    node.op_type = "AveragePool"
+    node.attribute.extend([helper.make_attribute("kernel_shape", [SIZE // 2, SIZE // 2])])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path

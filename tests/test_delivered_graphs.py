@@ -18,6 +18,7 @@ from graph_models import (
     text_line_classifier,
     tiny_classifier,
     to_ir,
+    whole_map_average_pool,
 )
 from reciprocam_ir import ReciproCAM
 
@@ -85,3 +86,20 @@ def test_text_line_head_is_decided_alike_on_onnx_and_ir(tmp_path, image):
     for exp in explained:
         np.testing.assert_allclose(exp.scores, logits, atol=1e-5)
     np.testing.assert_allclose(explained[0].saliency, explained[1].saliency, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".xml"])
+def test_average_pool_over_the_whole_map_is_a_global_pool(tmp_path, image, suffix):
+    """``AveragePool`` whose kernel is the map's size starts ``g`` as a GAP does (fast path),
+    with the maps of the same graph written with GlobalAveragePool."""
+    model = whole_map_average_pool(tmp_path / "avg.onnx")
+    twin = tiny_classifier(tmp_path / "t.onnx")
+    if suffix == ".xml":
+        model, twin = to_ir(model), to_ir(twin)
+    out = export_graph_file(model, out=tmp_path / "out")
+    ref = export_graph_file(twin, out=tmp_path / "ref")
+    m = manifest(out)
+    assert m["target_layer"] == manifest(ref)["target_layer"] and m["g_starts_with_gap"]
+    got = ReciproCAM(out, backend="openvino", precision="f32").explain(image, top_k=2)
+    want = ReciproCAM(ref, backend="openvino", precision="f32").explain(image, top_k=2)
+    np.testing.assert_allclose(got.saliency, want.saliency, atol=1e-5)
