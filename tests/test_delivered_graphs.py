@@ -103,3 +103,16 @@ def test_average_pool_over_the_whole_map_is_a_global_pool(tmp_path, image, suffi
     got = ReciproCAM(out, backend="openvino", precision="f32").explain(image, top_k=2)
     want = ReciproCAM(ref, backend="openvino", precision="f32").explain(image, top_k=2)
     np.testing.assert_allclose(got.saliency, want.saliency, atol=1e-5)
+
+
+def test_a_coarse_default_cut_names_finer_ones(tmp_path):
+    """At 8 x 8 the text-line classifier's last map is 2 x 2: the log names the 4 x 4 cut."""
+    said: list[str] = []
+    export_graph_file(text_line_classifier(tmp_path / "small.onnx"), size=8, fmt="onnx",
+                      out=tmp_path / "out", log=said.append)
+    hint = [line for line in said if "finer" in line]
+    assert len(hint) == 1 and "--layer a1 (4 x 4)" in hint[0]
+    said.clear()
+    export_graph_file(text_line_classifier(tmp_path / "big.onnx"), size=16, fmt="onnx",
+                      out=tmp_path / "big", log=said.append)
+    assert not [line for line in said if "finer" in line]

@@ -63,6 +63,20 @@ def open_graph(path: str | Path, size: InputSize | None = None) -> OnnxCutter | 
     raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
 
 
+def coarse_cut_hint(cut: CutPoint, cuts: Sequence[CutPoint]) -> str | None:
+    """A hint naming finer cuts when the default cut's grid is 3 x 3 or smaller (a tiny
+    input, say): such a map says little more than which corner."""
+    if cut.tokens is not None or max(cut.shape[1:]) > 3:
+        return None
+    finer: dict[tuple[int, ...], str] = {}
+    for c in reversed(cuts):
+        if c.tokens is None and c.shape[1] * c.shape[2] > cut.shape[1] * cut.shape[2]:
+            finer.setdefault(c.shape[1:], c.name)
+    named = [f"--layer {name} ({h} x {w})" for (h, w), name in list(finer.items())[:2]]
+    return (f"hint: the default cut '{cut.name}' gives a {cut.shape[1]} x {cut.shape[2]} map; "
+            + (f"finer cuts: {', '.join(named)}" if named else "no finer cut exists"))
+
+
 def graph_reference(graph: OnnxCutter | IrCutter, images: np.ndarray, cut: CutPoint,
                     keep_softmax: bool) -> Reference:
     """The original graph's scores and map at the cut, one image at a time, by its own runtime.
@@ -141,6 +155,10 @@ def export_graph_file(
             f"{', ...' if len(freed) > 3 else ''}): made free (their leading 1 copies the "
             "input's batch)")
     cut = graph.find(layer)
+    if layer is None:
+        hint = coarse_cut_hint(cut, graph.cuts)
+        if hint:
+            log(hint)
     out = Path(out) if out is not None else Path("models") / Path(source).stem
     check_destination(out)
     log(f"cutting at '{cut.name}' (feature {cut.description}"
