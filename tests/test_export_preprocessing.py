@@ -12,6 +12,7 @@ from export import cli
 from export.torch.model_source import load_model
 from graph_models import tiny_classifier
 from reciprocam_ir import ReciproCAM
+from reciprocam_ir.preprocess import Preprocessing
 
 
 @pytest.mark.parametrize("name, interpolation, resize", [
@@ -75,3 +76,18 @@ def test_bad_graph_file_preprocessing(capsys, tmp_path, tiny, args, match):
 def test_graph_file_flags_are_refused_for_torch_models(capsys, tmp_path):
     assert "--resize, --pad-value apply only to .onnx/.xml" in refused(
         capsys, tmp_path, "resnet18", "--weights", "none", "--resize", "pad", "--pad-value", "1")
+
+
+def test_squash_then_crop_recipe(tmp_path, image, capsys):
+    """``--resize squash-crop --resize-size N``: both sides to N, then the centre crop (the
+    Caffe-era 256 x 256 then 224), equal to a direct resize to N x N cropped by hand."""
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    out = tmp_path / "squash"
+    assert cli.main([str(model), "--resize", "squash-crop", "--resize-size", "20",
+                     "--format", "onnx", "--out", str(out), "-q"]) == 0
+    m = manifest(out)["input"]
+    assert (m["resize"], m["resize_size"]) == ("squash_crop", 20)
+    x = ReciproCAM(out, backend="onnxruntime").preprocessing(image)
+    whole = Preprocessing(size=(20, 20), resize="direct")(image)
+    np.testing.assert_array_equal(x, whole[:, :, 2:18, 2:18])
+    assert "--resize-size" in refused(capsys, tmp_path, str(model), "--resize", "squash-crop")

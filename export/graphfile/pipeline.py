@@ -20,7 +20,7 @@ from reciprocam_ir.artifact import (
     OUTPUT_NAME,
     sha256_file,
 )
-from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from reciprocam_ir.preprocess import CROP_POLICIES, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from ..artifact.explain_graph import add_explain_graphs, explain_spec
 from ..artifact.graph_files import declare_output_shape, declared_outputs, write_ir
@@ -229,9 +229,10 @@ def export_graph_file(
 def resize_policy(resize: str | None, resize_size: int | None, options: dict[str, Any]) -> str:
     """The manifest's policy for ``--resize`` (``crop`` needs ``--resize-size``, and only it)."""
     policy = {None: "direct" if resize_size is None else "shorter_side_crop",
-              "crop": "shorter_side_crop"}.get(resize, resize)
-    if (policy == "shorter_side_crop") != (resize_size is not None):
-        raise ValueError("--resize-size N goes with --resize crop, and crop needs it")
+              "crop": "shorter_side_crop", "squash-crop": "squash_crop"}.get(resize, resize)
+    if (policy in CROP_POLICIES) != (resize_size is not None):
+        raise ValueError("--resize-size N goes with --resize crop or squash-crop, and they "
+                         "need it")
     if policy != "pad" and {"pad_position", "pad_value"} & set(options):
         raise ValueError("--pad-position and --pad-value apply only to --resize pad")
     return policy
