@@ -40,6 +40,7 @@ from ..artifact.verify import (
 from ..errors import ExportError
 from ..input_size import InputSize
 from .file_cut import is_graph_file
+from .tool_recipes import Recipe, describe, tool_recipe
 
 if TYPE_CHECKING:
     from .file_cut import CutPoint
@@ -61,6 +62,34 @@ def open_graph(path: str | Path, size: InputSize | None = None) -> OnnxCutter | 
 
         return IrCutter(path, size)
     raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
+
+
+def open_recorded_size(path: str | Path, size: InputSize | None,
+                       recipe: Recipe | None) -> OnnxCutter | IrCutter:
+    """The graph at ``size``, else at the size its tool recorded when its input takes it."""
+    if size is None and recipe is not None and recipe.size is not None:
+        try:
+            return open_graph(path, recipe.size)
+        except ExportError:  # a fixed input size: the graph's own
+            pass
+    return open_graph(path, size)
+
+
+def recipe_account(recipe: Recipe | None, given: dict[str, Any],
+                   log: Callable[[str], None]) -> str:
+    """Where the preprocessing came from, for the log and the manifest; a warning when it
+    is an assumption (no flags and nothing recorded: ImageNet's)."""
+    for note in recipe.notes if recipe else ():
+        log(f"warning: {recipe.source}: {note}")
+    stated = {"mean", "std", "scale"} & set(given)
+    if recipe is not None:
+        return recipe.source + (" and the command line" if given else "")
+    if not stated:
+        log("warning: no --mean/--std/--scale given and none recorded by the graph's tool: "
+            "assuming ImageNet's (x 1/255, mean 0.485 0.456 0.406, std 0.229 0.224 0.225); "
+            "state the model's own with the flags")
+        return "assumed (ImageNet's)"
+    return "the command line"
 
 
 def coarse_cut_hint(cut: CutPoint, cuts: Sequence[CutPoint]) -> str | None:
@@ -98,10 +127,10 @@ def export_graph_file(
     fmt: str = "both",
     out: str | Path | None = None,
     log: Callable[[str], None] = lambda message: None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    scale: float = DEFAULT_SCALE,
-    color: str = DEFAULT_COLOR,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    scale: float | None = None,
+    color: str | None = None,
     keep_softmax: bool = False,
     resize_size: int | None = None,
     resize: str | None = None,
@@ -140,15 +169,27 @@ def export_graph_file(
         fmt = "ir"
     file_labels = read_labels_file(labels) if labels is not None else None
     log(f"reading {source}")
-    graph = open_graph(path, size)
+    recipe = tool_recipe(path, {})
+    graph = open_recorded_size(path, size, recipe)
+    recipe = recipe or tool_recipe(path, graph.metadata)
+    given = {k: v for k, v in (("mean", mean), ("std", std), ("scale", scale),
+                               ("color", color)) if v is not None}
     try:
-        resize = resize_policy(resize, resize_size, resampling)
-        preprocessing = Preprocessing(size=graph.input.size, resize=resize,
-                                      resize_size=resize_size, scale=scale,
-                                      mean=tuple(mean), std=tuple(std), color=color,
-                                      layout=graph.input.layout, **resampling)
+        if resize is not None or resize_size is not None or recipe is None:
+            given["resize"] = resize_policy(resize, resize_size, resampling)
+            given["resize_size"] = resize_size
+        elif {"pad_position", "pad_value"} & set(resampling):
+            raise ValueError("--pad-position and --pad-value apply only to --resize pad")
+        given.update(resampling)
+        options = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "scale": DEFAULT_SCALE,
+                   "color": DEFAULT_COLOR, **(recipe.options if recipe else {}), **given}
+        preprocessing = Preprocessing(size=graph.input.size, layout=graph.input.layout,
+                                      **{k: tuple(v) if k in ("mean", "std") else v
+                                         for k, v in options.items()})
     except (TypeError, ValueError) as exc:
         raise ExportError(f"{source}: invalid preprocessing: {exc}") from None
+    recipe_source = recipe_account(recipe, given, log)
+    log(f"preprocessing: {describe(preprocessing.to_dict())} ({recipe_source})")
     freed = getattr(graph, "freed_batch", [])
     if freed:
         log(f"batch fixed at 1 by {len(freed)} Reshape(s) ({', '.join(freed[:3])}"
@@ -208,7 +249,7 @@ def export_graph_file(
                        **_versions(kind)},
             "target_layer": cut.name,
             "input": {"name": INPUT_NAME, "source_name": graph.input.name,
-                      **preprocessing.to_dict()},
+                      **preprocessing.to_dict(), "recipe_source": recipe_source},
             "feature": feature_entry(cut.shape, layout),
             "output": {"name": OUTPUT_NAME, "num_classes": num_classes,
                        "logits": not (graph.softmax_input is not None and keep_softmax),
