@@ -3,6 +3,7 @@ axis, a static batch inside ``f`` (Ultralytics), tiny inputs, whole-map AverageP
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -116,3 +117,20 @@ def test_a_coarse_default_cut_names_finer_ones(tmp_path):
     export_graph_file(text_line_classifier(tmp_path / "big.onnx"), size=16, fmt="onnx",
                       out=tmp_path / "big", log=said.append)
     assert not [line for line in said if "finer" in line]
+
+
+def test_overlays_of_tiny_images_are_enlarged(tmp_path):
+    """A 64 x 64 chip's overlay PNG is written at 256 x 256 (x4), a photo's at its own size;
+    the enlarged overlay shrunk back is close to the one at the chip's size."""
+    out = export_graph_file(tiny_classifier(tmp_path / "tiny.onnx"), fmt="onnx",
+                            out=tmp_path / "art", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    cam = ReciproCAM(out, backend="onnxruntime")
+    rng = np.random.default_rng(3)
+    chip = cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (9, 9), 3)
+    photo = rng.integers(0, 256, (300, 320, 3), dtype=np.uint8)
+    exp = cam.explain([chip, photo])
+    written = exp.save(tmp_path / "png")
+    assert cv2.imread(str(written[0])).shape[:2] == (256, 256)
+    assert cv2.imread(str(written[1])).shape[:2] == (300, 320)
+    small = cv2.resize(exp.overlay(0, 0, min_side=256), (64, 64), interpolation=cv2.INTER_AREA)
+    assert np.abs(small.astype(int) - exp.overlay(0, 0).astype(int)).mean() < 8
