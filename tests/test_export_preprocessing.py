@@ -13,7 +13,7 @@ from conftest import read_manifest as manifest
 from export import cli
 from export.graphfile.pipeline import export_graph_file
 from export.torch.model_source import load_model
-from graph_models import tiny_classifier, with_metadata
+from graph_models import tiny_classifier, to_ir, with_metadata
 from reciprocam_ir import ReciproCAM
 from reciprocam_ir.preprocess import Preprocessing
 
@@ -110,6 +110,9 @@ def test_recipe_is_read_from_ultralytics_metadata(tmp_path):
     assert m["labels"] == ["cat", "dog", "owl", "fox", "elk"]
     assert "Ultralytics" in m["input"]["recipe_source"]
     assert not [line for line in said if line.startswith("warning")]
+    ir = manifest(export_graph_file(to_ir(model), out=tmp_path / "ir"))
+    assert ir["input"] == {**m["input"], "source_name": ir["input"]["source_name"]}
+    assert ir["labels"] == m["labels"]
     out = export_graph_file(model, fmt="onnx", out=tmp_path / "flag", mean=(0.5, 0.5, 0.5))
     assert manifest(out)["input"]["mean"] == [0.5, 0.5, 0.5]
     assert manifest(out)["input"]["std"] == [1, 1, 1]

@@ -37,9 +37,11 @@ class Recipe:
 
 
 def tool_recipe(path: str | Path, metadata: Mapping[str, str]) -> Recipe | None:
-    """The recipe recorded for the graph at ``path`` (its ``metadata``), if any."""
-    if metadata.get("task") == "classify" and "imgsz" in metadata:
-        return ultralytics_recipe(metadata)
+    """The recipe recorded for the graph at ``path`` (its ``metadata``; an IR converted
+    from ONNX keeps it under ``framework/``), if any."""
+    short = {key.rsplit("/", 1)[-1]: value for key, value in metadata.items()}
+    if short.get("task") == "classify" and "imgsz" in short:
+        return ultralytics_recipe(short)
     config = Path(path).with_name(HF_CONFIG)
     if config.is_file():
         return optimum_recipe(config)
