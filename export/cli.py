@@ -76,12 +76,14 @@ def parser() -> argparse.ArgumentParser:
                    help="pixel multiplier before mean/std (default: 1/255)")
     g.add_argument("--color", choices=("RGB", "BGR"), default=None,
                    help="channel order the graph expects (default: RGB)")
-    g.add_argument("--resize", choices=("direct", "crop", "pad"), default=None,
+    g.add_argument("--resize", choices=("direct", "crop", "squash-crop", "pad"), default=None,
                    help="direct: straight to the input size (default); crop: shorter side to "
-                        "--resize-size, centre crop (the default with --resize-size); pad: "
+                        "--resize-size, centre crop (the default with --resize-size); "
+                        "squash-crop: both sides to --resize-size, centre crop; pad: "
                         "fit inside keeping the aspect ratio, pad the rest")
     g.add_argument("--resize-size", type=int, default=None, metavar="N",
-                   help="resize the shorter side to N, then centre-crop the input size")
+                   help="resize the shorter side (squash-crop: both sides) to N, then "
+                        "centre-crop the input size")
     g.add_argument("--pad-position", choices=PAD_POSITIONS, default=None,
                    help="with --resize pad: where the image goes (default center; top_left "
                         "pads right and bottom, as for text lines)")

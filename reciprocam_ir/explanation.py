@@ -12,7 +12,7 @@ import numpy as np
 
 from .artifact import atomic_write_bytes
 from .image_reader import image_size
-from .visualise import overlay, upsample, write_png
+from .visualise import MIN_OVERLAY_SIDE, overlay, upsample, write_png
 
 
 def slug(text: str) -> str:
@@ -67,10 +67,19 @@ class Explanation:
         shape = image_size(self._image(i))
         return np.stack([upsample(m, self.boxes[i], shape) for m in self.saliency[i]])
 
-    def overlay(self, i: int, k: int = 0, alpha: float = 0.5) -> np.ndarray:
-        """Image ``i`` with map ``k`` coloured over it, HxWx3 uint8 RGB."""
+    def overlay(self, i: int, k: int = 0, alpha: float = 0.5, min_side: int = 0) -> np.ndarray:
+        """Image ``i`` with map ``k`` coloured over it, HxWx3 uint8 RGB; enlarged (bilinear,
+        by a whole factor) until its longer side reaches ``min_side``, so that a 64 x 64
+        chip is viewable."""
         image = self.full_image(i)
-        full = upsample(self.saliency[i, k], self.boxes[i], image.shape[:2])
+        box = self.boxes[i]
+        factor = -(-min_side // max(image.shape[:2])) if min_side else 1
+        if factor > 1:
+            height, width = image.shape[:2]
+            image = cv2.resize(np.asarray(image), (width * factor, height * factor),
+                               interpolation=cv2.INTER_LINEAR)
+            box = tuple(v * factor for v in box)
+        full = upsample(self.saliency[i, k], box, image.shape[:2])
         return overlay(image, full, alpha)
 
     def stem(self, i: int) -> str:
@@ -94,7 +103,8 @@ class Explanation:
                  alpha: float = 0.5) -> list[Path]:
         paths = []
         for k, name in enumerate(self.output_names(i)):
-            paths.append(write_png(out_dir / name, self.overlay(i, k, alpha)))
+            paths.append(write_png(out_dir / name,
+                                   self.overlay(i, k, alpha, MIN_OVERLAY_SIDE)))
         if save_npz:
             buffer = io.BytesIO()
             np.savez(buffer, saliency=self.saliency[i].astype(np.float32),

@@ -14,7 +14,8 @@ from .resample import INTERPOLATIONS, axis_taps, resample
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_POLICIES = ("direct", "shorter_side_crop", "pad")
+RESIZE_POLICIES = ("direct", "shorter_side_crop", "squash_crop", "pad")
+CROP_POLICIES = ("shorter_side_crop", "squash_crop")
 PAD_POSITIONS = ("center", "top_left")
 COLOR_ORDERS = ("RGB", "BGR")
 LAYOUTS = ("NCHW", "NHWC")
@@ -36,7 +37,9 @@ class Preprocessing:
 
     ``resize`` policies: ``"direct"`` resizes straight to ``size``; ``"shorter_side_crop"``
     resizes the shorter side to ``resize_size`` and takes the centre ``size`` crop
-    (torchvision's ``Resize`` + ``CenterCrop``, with its rounding); ``"pad"`` scales the
+    (torchvision's ``Resize`` + ``CenterCrop``, with its rounding); ``"squash_crop"``
+    resizes both sides to ``resize_size`` (the aspect ratio lost) and takes the centre
+    ``size`` crop (Caffe-era recipes: 256 x 256, then 224); ``"pad"`` scales the
     image to fit inside ``size`` keeping its aspect ratio and fills the rest with
     ``pad_value`` (a pixel value, 0..255 before ``scale``), the image at the centre or the
     top left (``pad_position``). ``interpolation`` and ``antialias`` are torchvision's
@@ -67,7 +70,7 @@ class Preprocessing:
                 _is_int(self.resize_size) and 1 <= self.resize_size <= MAX_SIDE):
             problems.append(f"resize_size must be an integer in 1..{MAX_SIDE}, "
                             f"got {self.resize_size!r}")
-        elif self.resize == "shorter_side_crop" and not problems and (
+        elif self.resize in CROP_POLICIES and not problems and (
             self.resize_size is None or self.resize_size < min(self.size)
         ):
             problems.append(f"resize_size must be at least the crop size, got {self.resize_size}")
@@ -139,6 +142,9 @@ class Preprocessing:
             if self.pad_position == "top_left":
                 return (rh, 0), (rw, 0)
             return (rh, (h - rh) // 2), (rw, (w - rw) // 2)
+        if self.resize == "squash_crop":
+            return (self.resize_size, _crop_start(self.resize_size, h)), \
+                (self.resize_size, _crop_start(self.resize_size, w))
         # torchvision: the long side truncated, the crop offset rounded (pads if it must)
         short, long = sorted((height, width))
         new_long = int(self.resize_size * long / short)

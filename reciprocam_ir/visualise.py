@@ -9,6 +9,9 @@ import numpy as np
 
 from .artifact import atomic_write_bytes
 
+MIN_OVERLAY_SIDE = 256
+"""Overlay PNGs of smaller images are enlarged until their longer side reaches this."""
+
 
 def upsample(saliency: np.ndarray, box: tuple[float, float, float, float],
              image_shape: tuple[int, int]) -> np.ndarray:

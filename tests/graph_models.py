@@ -321,3 +321,110 @@ def with_metadata(path: Path, props: dict[str, str]) -> Path:
     helper.set_model_props(model, props)
     onnx.save(model, str(path))
     return path
+
+
+def symbolic_channels(path: Path, layout: str = "NCHW") -> Path:
+    """The tiny classifier as Hugging Face optimum declares its input: every axis symbolic."""
+    model = onnx.load(str(tiny_classifier(path, layout=layout, dynamic_size=True)))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[1 if layout == "NCHW" else 3]
+    dim.Clear()
+    dim.dim_param = "num_channels"
+    onnx.save(model, str(path))
+    return path
+
+
+def static_batch_classifier(path: Path, seed: int = 0) -> Path:
+    """Ultralytics' default export in small: an attention-like block in ``f`` whose Reshapes
+    fix the batch at 1 ((1, 2, 4, 256), softmax over positions, back to (1, 8, 16, 16))."""
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
+
+    def ints(name: str, values: list[int]) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 8, 8, 3, 3), init("b2", 8),
+             init("wfc", CLASSES, 8), init("bfc", CLASSES),
+             ints("heads", [1, 2, 4, SIZE * SIZE]), ints("back", [1, 8, SIZE, SIZE])]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Reshape", ["r1", "heads"], ["split"], name="attn_view"),
+        helper.make_node("Softmax", ["split"], ["attention"], axis=-1),
+        helper.make_node(
+            "Constant", [], ["back_c"],
+            value=numpy_helper.from_array(np.array([1, 8, SIZE, SIZE], np.int64))),
+        helper.make_node("Reshape", ["attention", "back_c"], ["merged"], name="attn_back"),
+        helper.make_node("Add", ["merged", "r1"], ["mixed"]),
+        helper.make_node("Conv", ["mixed", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["scores"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "static_batch",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, CLASSES])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def text_line_classifier(path: Path, seed: int = 0, opset: int = 11) -> Path:
+    """A Paddle-made text-line classifier in small: conv stack on a dynamic H x W input, head
+    Reshape(pool, Concat(Shape-slice, const)) -> MatMul -> Add -> Softmax -> Identity."""
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
+
+    def ints(name: str, values: list[int]) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 16, 8, 3, 3), init("b2", 16),
+             init("fc_w", 16, 2), init("fc_b", 2), ints("zero", [0]), ints("one", [1]),
+             ints("features", [16])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("HardSigmoid", ["c1"], ["hs"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["c1", "hs"], ["a1"]),
+        helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["a2"]),
+        helper.make_node("GlobalAveragePool", ["a2"], ["pool"]),
+        helper.make_node("Shape", ["pool"], ["pool_shape"]),
+        helper.make_node("Slice", ["pool_shape", "zero", "one"], ["batch_size"]),
+        helper.make_node("Concat", ["batch_size", "features"], ["flat_shape"], axis=0),
+        helper.make_node("Reshape", ["pool", "flat_shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "fc_w"], ["mm"]),
+        helper.make_node("Add", ["mm", "fc_b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        helper.make_node("Identity", ["probs"], ["save_infer_model/scale_0.tmp_1"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "text_line_cls",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["p2o.DynamicDimension.0", 3,
+                                                                "p2o.DynamicDimension.1",
+                                                                "p2o.DynamicDimension.2"])],
+        [helper.make_tensor_value_info("save_infer_model/scale_0.tmp_1", TensorProto.FLOAT,
+                                       ["p2o.DynamicDimension.3", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def whole_map_average_pool(path: Path) -> Path:
+    """The tiny classifier with its global pool written as AveragePool(8x8) over the 8x8 map
+    (PyTorch's ``AvgPool2d(7)`` in a VGG-like head)."""
+    model = onnx.load(str(tiny_classifier(path)))
+    node = next(n for n in model.graph.node if n.op_type == "GlobalAveragePool")
+    node.op_type = "AveragePool"
+    node.attribute.extend([helper.make_attribute("kernel_shape", [SIZE // 2, SIZE // 2])])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from torch import nn
@@ -9,9 +11,11 @@ from torch import nn
 from conftest import export_refused as refused
 from conftest import read_manifest as manifest
 from export import cli
+from export.graphfile.pipeline import export_graph_file
 from export.torch.model_source import load_model
-from graph_models import tiny_classifier
+from graph_models import tiny_classifier, to_ir, with_metadata
 from reciprocam_ir import ReciproCAM
+from reciprocam_ir.preprocess import Preprocessing
 
 
 @pytest.mark.parametrize("name, interpolation, resize", [
@@ -75,3 +79,75 @@ def test_bad_graph_file_preprocessing(capsys, tmp_path, tiny, args, match):
 def test_graph_file_flags_are_refused_for_torch_models(capsys, tmp_path):
     assert "--resize, --pad-value apply only to .onnx/.xml" in refused(
         capsys, tmp_path, "resnet18", "--weights", "none", "--resize", "pad", "--pad-value", "1")
+
+
+def test_squash_then_crop_recipe(tmp_path, image, capsys):
+    """``--resize squash-crop --resize-size N``: both sides to N, then the centre crop (the
+    Caffe-era 256 x 256 then 224), equal to a direct resize to N x N cropped by hand."""
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    out = tmp_path / "squash"
+    assert cli.main([str(model), "--resize", "squash-crop", "--resize-size", "20",
+                     "--format", "onnx", "--out", str(out), "-q"]) == 0
+    m = manifest(out)["input"]
+    assert (m["resize"], m["resize_size"]) == ("squash_crop", 20)
+    x = ReciproCAM(out, backend="onnxruntime").preprocessing(image)
+    whole = Preprocessing(size=(20, 20), resize="direct")(image)
+    np.testing.assert_array_equal(x, whole[:, :, 2:18, 2:18])
+    assert "--resize-size" in refused(capsys, tmp_path, str(model), "--resize", "squash-crop")
+
+
+def test_recipe_is_read_from_ultralytics_metadata(tmp_path):
+    """Ultralytics' metadata (task classify, imgsz, names): its classify transforms and
+    class names, without a flag; a flag overrides its field."""
+    names = "{0: 'cat', 1: 'dog', 2: 'owl', 3: 'fox', 4: 'elk'}"
+    model = with_metadata(tiny_classifier(tmp_path / "yolo.onnx"),
+                          {"task": "classify", "imgsz": "[16, 16]", "names": names})
+    said: list[str] = []
+    out = export_graph_file(model, fmt="onnx", out=tmp_path / "o", log=said.append)
+    m = manifest(out)
+    assert (m["input"]["resize"], m["input"]["resize_size"]) == ("shorter_side_crop", 16)
+    assert m["input"]["mean"] == [0, 0, 0] and m["input"]["std"] == [1, 1, 1]
+    assert m["labels"] == ["cat", "dog", "owl", "fox", "elk"]
+    assert "Ultralytics" in m["input"]["recipe_source"]
+    assert not [line for line in said if line.startswith("warning")]
+    ir = manifest(export_graph_file(to_ir(model), out=tmp_path / "ir"))
+    assert ir["input"] == {**m["input"], "source_name": ir["input"]["source_name"]}
+    assert ir["labels"] == m["labels"]
+    out = export_graph_file(model, fmt="onnx", out=tmp_path / "flag", mean=(0.5, 0.5, 0.5))
+    assert manifest(out)["input"]["mean"] == [0.5, 0.5, 0.5]
+    assert manifest(out)["input"]["std"] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("config, size, resize, resize_size, interpolation", [
+    ({"size": {"height": 32, "width": 32}, "resample": 2, "image_mean": [0.5] * 3,
+      "image_std": [0.5] * 3}, [32, 32], "direct", None, "bilinear"),
+    ({"size": {"shortest_edge": 28}, "crop_pct": 0.875, "resample": 3,
+      "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
+     [28, 28], "shorter_side_crop", 32, "bicubic"),
+])
+def test_recipe_is_read_from_optimums_preprocessor_config(tmp_path, config, size, resize,
+                                                          resize_size, interpolation):
+    """optimum's folder: model.onnx (dynamic H, W) and preprocessor_config.json beside it."""
+    model = tiny_classifier(tmp_path / "model.onnx", dynamic_size=True)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    out = export_graph_file(model, fmt="onnx", out=tmp_path / "o")
+    m = manifest(out)["input"]
+    assert m["shape"] == [1, 3, *size]
+    assert (m["resize"], m["resize_size"], m["interpolation"]) == (
+        resize, resize_size, interpolation)
+    assert m["mean"] == config["image_mean"] and m["std"] == config["image_std"]
+    assert "preprocessor_config.json" in m["recipe_source"]
+
+
+def test_an_assumed_recipe_is_said_to_be_one(tmp_path):
+    """No flags, nothing recorded: ImageNet's, with a warning and 'assumed' in the manifest."""
+    said: list[str] = []
+    out = export_graph_file(tiny_classifier(tmp_path / "bare.onnx"), fmt="onnx",
+                            out=tmp_path / "o", log=said.append)
+    assert manifest(out)["input"]["recipe_source"].startswith("assumed")
+    assert [line for line in said if line.startswith("warning") and "ImageNet" in line]
+    said.clear()
+    export_graph_file(tiny_classifier(tmp_path / "bare.onnx"), fmt="onnx", out=tmp_path / "f",
+                      log=said.append, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert not [line for line in said if line.startswith("warning")]
+    assert [line for line in said if line.startswith("preprocessing:")]

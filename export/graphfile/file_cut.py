@@ -66,17 +66,21 @@ class ImageInput:
 
 
 def image_input(source: str, names: Sequence[str], dims: Sequence[int | None] | None,
-                is_float: bool, size: InputSize | None) -> ImageInput:
+                is_float: bool, size: InputSize | None,
+                first_conv: tuple[str, int] | None = None) -> ImageInput:
     """Check the graph has one float NCHW/NHWC 3-channel input; fix its size.
 
     ``dims`` holds None for dynamic axes. ``size`` is N or (height, width): a dynamic height
     or width takes it (default 224); a static one must equal it when it is given.
+    ``first_conv`` is the layout and input channel count the graph's first convolution
+    reads the input with: it fills a symbolic channel axis (Hugging Face optimum's ?x?x?x?).
     """
     if len(names) != 1:
         raise ExportError(f"{source}: graph has {len(names)} inputs ({', '.join(names)}); "
                           "only single-image classifiers (one input tensor) can be explained")
     name = names[0]
     shown = "?" if dims is None else "x".join("?" if d is None else str(d) for d in dims)
+    dims = with_channels(dims, first_conv)
     if dims is None or len(dims) != 4 or not (dims[1] == 3 or dims[3] == 3):
         raise ExportError(f"{source}: input '{name}' has shape {shown}; expected one image "
                           "tensor N x 3 x H x W (NCHW) or N x H x W x 3 (NHWC)")
@@ -95,6 +99,18 @@ def image_input(source: str, names: Sequence[str], dims: Sequence[int | None] | 
         else:
             hw.append(d)
     return ImageInput(name, layout, (hw[0], hw[1]))
+
+
+def with_channels(dims: Sequence[int | None] | None,
+                  first_conv: tuple[str, int] | None) -> Sequence[int | None] | None:
+    """``dims`` with a symbolic channel axis set from the first convolution's weights."""
+    if dims is None or len(dims) != 4 or first_conv is None or 3 in (dims[1], dims[3]):
+        return dims
+    layout, channels = first_conv
+    axis = 1 if layout == "NCHW" else 3
+    if dims[axis] is not None:
+        return dims
+    return [*dims[:axis], channels, *dims[axis + 1:]]
 
 
 def find_cut(source: str, cuts: Sequence[CutPoint], layer: str | None,

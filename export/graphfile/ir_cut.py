@@ -30,6 +30,18 @@ from .ir_tokens import find_token_cuts, masked_sequences
 from .layouts import NCHW, infer_layouts, layout_problem, transposed
 
 
+def whole_map_average(node: ov.Node, shape: ov.PartialShape) -> bool:
+    """An unpadded ``AvgPool`` whose kernel covers the whole (h, w) map: a global pool."""
+    if node.get_type_name() != "AvgPool" or shape.rank.get_length() != 4 \
+            or shape[2].is_dynamic or shape[3].is_dynamic:
+        return False
+    attrs = node.get_attributes()
+    unpadded = not any(attrs.get("pads_begin", ())) and not any(attrs.get("pads_end", ())) \
+        and str(attrs.get("auto_pad", "explicit")).lower() in ("explicit", "valid", "notset")
+    size = [shape[2].get_length(), shape[3].get_length()]
+    return unpadded and list(attrs.get("kernel", ())) == size
+
+
 class IrCutter(IrGraph):
     """An OpenVINO IR classifier file with its valid cuts (maps and tokens, in graph order),
     and ``f``/``g`` written at one of them."""
@@ -125,10 +137,12 @@ class IrCutter(IrGraph):
             if op.kind != "Transpose" or op.perm is None or len(op.perm) != 4:
                 break
             value, layout = node.output(0), transposed(layout, op.perm)
+        channels = feature.get_partial_shape()[1].get_length()
+        if layout == NCHW and whole_map_average(node, feature.get_partial_shape()):
+            return node.output(0), [-1, channels, 1, 1]
         if op.kind != "ReduceMean" or op.axes != tuple(sorted(
                 (layout.index("H"), layout.index("W")))):
             return None
-        channels = feature.get_partial_shape()[1].get_length()
         if node.get_attributes().get("keep_dims"):
             return node.output(0), [-1 if a == "N" else channels if a == "C" else 1
                                     for a in layout]

@@ -35,6 +35,32 @@ def dims_of(shape: ov.PartialShape) -> list[int | None] | None:
     return [d.get_length() if d.is_static else None for d in shape]
 
 
+def first_conv(param: ov.Node) -> tuple[str, int] | None:
+    """The layout (NCHW, or NHWC when a Transpose to NCHW comes first) and channel count the
+    first convolution reached from ``param`` reads; None without one."""
+    layout, value = "NCHW", param.output(0)
+    for _ in range(8):  # a few converts, scalings and a transpose may come first
+        readers = [t.get_node() for t in value.get_target_inputs()]
+        if len(readers) != 1:
+            return None
+        node = readers[0]
+        kind = node.get_type_name()
+        if kind in ("Convolution", "GroupConvolution"):
+            weights = node.get_input_partial_shape(1)
+            if weights.is_dynamic:
+                return None
+            dims = [d.get_length() for d in weights]
+            channels = dims[1] if kind == "Convolution" else dims[0] * dims[2]
+            return layout, channels
+        if kind == "Transpose":
+            perm = node.input_value(1).get_node()
+            if perm.get_type_name() == "Constant" \
+                    and list(perm.get_data().ravel()) == [0, 3, 1, 2]:
+                layout = "NHWC"
+        value = node.output(0)
+    return None
+
+
 class IrGraph:
     """An OpenVINO IR classifier file: its image input (batch made dynamic), its ops in
     order (``ordered``) with unique names (``names``, by instance id), the ops computed from
@@ -59,7 +85,8 @@ class IrGraph:
         names = [p.get_friendly_name() for p in params]
         dims = dims_of(params[0].get_output_partial_shape(0)) if len(params) == 1 else None
         is_float = len(params) == 1 and params[0].get_element_type() == ov.Type.f32
-        self.input: ImageInput = image_input(self.source, names, dims, is_float, size)
+        conv = first_conv(params[0]) if len(params) == 1 else None
+        self.input: ImageInput = image_input(self.source, names, dims, is_float, size, conv)
         if len(model.outputs) != 1:
             raise ExportError(f"{path}: graph has {len(model.outputs)} outputs; expected one "
                               "2-D tensor of class scores (batch, classes)")

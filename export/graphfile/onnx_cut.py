@@ -45,6 +45,16 @@ def _set_batch(value: onnx.ValueInfoProto) -> None:
     dim.dim_param = BATCH
 
 
+def whole_map_average(node: onnx.NodeProto, size: tuple[int, ...]) -> bool:
+    """An unpadded ``AveragePool`` whose kernel covers the whole (h, w) map: a global pool."""
+    if node.op_type != "AveragePool":
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    unpadded = attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID", "NOTSET", "VALID") \
+        and not any(attrs.get("pads", ()))
+    return unpadded and tuple(attrs.get("kernel_shape", ())) == tuple(size)
+
+
 class OnnxCutter(OnnxGraph):
     """An ONNX classifier file with its valid cuts (maps and tokens, in graph order), and
     ``f``/``g`` written at one of them."""
@@ -96,7 +106,8 @@ class OnnxCutter(OnnxGraph):
             name, layout = node.output[0], transposed(layout, op.perm)
         channels = cut.shape[0]
         kept = [-1 if a == "N" else channels if a == "C" else 1 for a in layout]
-        if node.op_type == "GlobalAveragePool" and layout == NCHW:
+        if layout == NCHW and (node.op_type == "GlobalAveragePool"
+                               or whole_map_average(node, cut.shape[1:])):
             return node.output[0], kept
         if node.op_type != "ReduceMean" or op.axes != tuple(sorted(
                 (layout.index("H"), layout.index("W")))):
@@ -129,7 +140,11 @@ class OnnxCutter(OnnxGraph):
             _rename(graph, outs[0], out_name)
             if role == "g_pooled":
                 _pooled_input(graph, cut.shape[0], pooled[1])
-            for value in (graph.input[0], graph.output[0]):
+            for value, name in ((graph.input[0], ins[0]), (graph.output[0], outs[0])):
+                shape = value.type.tensor_type.shape
+                if not shape.dim:  # a head reshaped by a computed shape: its measured sizes
+                    for size in self.scores_dims(name) or ():
+                        shape.dim.add().dim_value = size or 1
                 _set_batch(value)
             if role == "g" and cut.tokens is not None:
                 model = masked_sequences(model, cut)

@@ -33,6 +33,25 @@ def dims_of(value: onnx.ValueInfoProto | None) -> list[int | None] | None:
             for d in value.type.tensor_type.shape.dim]
 
 
+def first_conv(graph: onnx.GraphProto, image: str) -> tuple[str, int] | None:
+    """The layout (NCHW, or NHWC when a Transpose to NCHW comes first) and channel count the
+    first convolution computed from ``image`` reads; None without a readable one."""
+    reads, layout = {image}, "NCHW"
+    weights = {i.name: list(i.dims) for i in graph.initializer}
+    for node in graph.node:
+        if not any(i in reads for i in node.input):
+            continue
+        if node.op_type == "Transpose" and image in node.input:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            layout = "NHWC" if perm == [0, 3, 1, 2] else layout
+        if node.op_type == "Conv":
+            dims = weights.get(node.input[1]) if len(node.input) > 1 else None
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            return None if dims is None or len(dims) != 4 else (layout, dims[1] * group)
+        reads.update(o for o in node.output if o)
+    return None
+
+
 class OnnxGraph:
     """An ONNX classifier file: its image input (size fixed, batch dynamic), every tensor's
     inferred shape (``values``; ``maps``: the 4-D float tensors computed from the input), the
@@ -53,8 +72,9 @@ class OnnxGraph:
         inputs = [v for v in graph.input if v.name not in initializers]
         dims = dims_of(inputs[0]) if len(inputs) == 1 else None
         is_float = len(inputs) == 1 and inputs[0].type.tensor_type.elem_type in FLOAT_TYPES
+        conv = first_conv(graph, inputs[0].name) if len(inputs) == 1 else None
         self.input: ImageInput = image_input(self.source, [v.name for v in inputs], dims,
-                                             is_float, size)
+                                             is_float, size, conv)
         if len(graph.output) != 1:
             raise ExportError(f"{path}: graph has {len(graph.output)} outputs; expected one "
                               "2-D tensor of class scores (batch, classes)")
@@ -66,20 +86,58 @@ class OnnxGraph:
                 d.dim_param = BATCH
             else:
                 d.dim_value = shape[i]
-        try:
-            self.model = onnx.shape_inference.infer_shapes(model, strict_mode=False,
-                                                           data_prop=True)
-        except Exception as exc:
-            raise ExportError(f"{path}: ONNX shape inference failed ({first_line(exc)})"
-                              ) from None
+        self.model = self._inferred(model)
+        self.freed_batch = self._free_batch()
         self.output = self.model.graph.output[0].name
         self._analyse()
+
+    def _inferred(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        try:
+            return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception as exc:
+            raise ExportError(f"{self.source}: ONNX shape inference failed ({first_line(exc)})"
+                              ) from None
+
+    def _free_batch(self) -> list[str]:
+        """Free the batch where a Reshape fixes it at 1 (Ultralytics' default export traces
+        ``x.view(B, ...)`` with B = 1): its shape's leading 1 becomes 0, "copy the input's
+        batch", when the Reshape's input has the batch axis first. The Reshapes' names."""
+        freed: list[str] = []
+        for _ in range(64):  # a freed Reshape frees the batch of the tensors after it
+            graph = self.model.graph
+            self.producer = {out: node for node in graph.node for out in node.output if out}
+            values = {v.name: v for v in (*graph.input, *graph.value_info)}
+            more = [n for n in graph.node if n.op_type == "Reshape" and n.name not in freed
+                    and self._fixes_batch(n, values.get(n.input[0]))]
+            if not more:
+                return freed
+            for node in more:
+                shape = self.constant(node.input[1])
+                shape = np.concatenate([[0], shape[1:]]).astype(shape.dtype)
+                name = f"{node.input[1]}_free_batch"
+                graph.initializer.append(onnx.numpy_helper.from_array(shape, name))
+                node.input[1] = name
+                node.name = node.name or node.output[0]
+                freed.append(node.name)
+            del graph.value_info[:]  # inferred with the batch fixed: infer again
+            self.model = self._inferred(self.model)
+        return freed
+
+    def _fixes_batch(self, node: onnx.NodeProto, data: onnx.ValueInfoProto | None) -> bool:
+        """A Reshape to a constant shape that sets a batch-first input's batch to 1."""
+        dims = dims_of(data)
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        if allowzero or not dims or dims[0] is not None:  # sizes but the batch are fixed
+            return False
+        shape = self.constant(node.input[1])
+        return shape is not None and shape.ndim == 1 and len(shape) > 0 and shape[0] == 1
 
     def _analyse(self) -> None:
         graph = self.model.graph
         self.producer = {out: node for node in graph.node for out in node.output if out}
         values = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
         self.values = values
+        self._head_shapes: dict[str, list[int | None]] = {}
         reads_input = {self.input.name}
         for node in graph.node:
             if any(i in reads_input for i in node.input):
@@ -95,8 +153,19 @@ class OnnxGraph:
         # otherwise (a (N, C, 1, 1) Softmax then Flatten, say) the Softmax is bypassed
         logits = values.get(self.softmax_input or "")
         self.logits_end = self.softmax_input if logits is not None and \
-            logits.type.tensor_type.elem_type in FLOAT_TYPES and len(dims_of(logits) or ()) == 2 \
-            else self.output
+            logits.type.tensor_type.elem_type in FLOAT_TYPES \
+            and len(self.scores_dims(self.softmax_input) or ()) == 2 else self.output
+
+    def scores_dims(self, name: str) -> list[int | None] | None:
+        """The sizes of the head's tensor ``name``: inferred, else measured at the input size
+        (so the ONNX and IR cutters, OpenVINO resolving shapes itself, decide alike)."""
+        dims = dims_of(self.values.get(name))
+        if dims is not None and None not in dims[1:]:
+            return dims
+        if name not in self._head_shapes:
+            array = self.measured([name])[name]
+            self._head_shapes[name] = [None, *array.shape[1:]] if array.ndim else []
+        return self._head_shapes[name]
 
     def _final_softmax(self, values: dict[str, onnx.ValueInfoProto]) -> onnx.NodeProto | None:
         """The Softmax over the classes that makes the output, seen through a no-op tail."""
@@ -108,8 +177,7 @@ class OnnxGraph:
         if node is None:
             return None
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        value = values.get(node.input[0])
-        dims = dims_of(value) if value is not None else None
+        dims = self.scores_dims(node.input[0])
         return node if softmax_over_classes(dims, attrs.get("axis", -1 if opset >= 13 else 1)) \
             else None
 
@@ -148,23 +216,30 @@ class OnnxGraph:
             elif dims is None or len(dims) == 4:
                 unsure.append(name)
         if unsure:
-            import onnxruntime as ort
-
-            from ..artifact.verify import verification_input
-
-            model = copy.deepcopy(self.model)
-            model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in unsure)
-            try:
-                session = ort.InferenceSession(model.SerializeToString(),
-                                               providers=["CPUExecutionProvider"])
-                measured = session.run(unsure, {self.input.name:
-                                                verification_input(self.input.shape())})
-            except Exception as exc:
-                raise ExportError(f"{self.source}: ONNX Runtime cannot run the graph "
-                                  f"({first_line(exc)})") from None
-            shapes.update((n, a.shape) for n, a in zip(unsure, measured, strict=True)
+            shapes.update((n, a.shape) for n, a in self.measured(unsure).items()
                           if a.dtype == np.float32 and a.ndim == 4)
         return shapes
+
+    def measured(self, names: list[str]) -> dict[str, np.ndarray]:
+        """Tensors ``names`` of the graph on one verification image, by ONNX Runtime: their
+        shapes where inference leaves them open (a head reshaped by a computed shape)."""
+        import onnxruntime as ort
+
+        from ..artifact.verify import verification_input
+
+        model = copy.deepcopy(self.model)
+        outputs = {o.name for o in model.graph.output}
+        model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names
+                                  if n not in outputs)
+        try:
+            session = ort.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+            arrays = session.run(names, {self.input.name:
+                                         verification_input(self.input.shape())})
+        except Exception as exc:
+            raise ExportError(f"{self.source}: ONNX Runtime cannot run the graph "
+                              f"({first_line(exc)})") from None
+        return dict(zip(names, arrays, strict=True))
 
     def layout_op(self, node: onnx.NodeProto) -> Op:
         """``node`` as the layout rules see it: its Transpose perm or reduction axes."""

@@ -20,7 +20,7 @@ from reciprocam_ir.artifact import (
     OUTPUT_NAME,
     sha256_file,
 )
-from reciprocam_ir.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from reciprocam_ir.preprocess import CROP_POLICIES, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from ..artifact.explain_graph import add_explain_graphs, explain_spec
 from ..artifact.graph_files import declare_output_shape, declared_outputs, write_ir
@@ -40,6 +40,7 @@ from ..artifact.verify import (
 from ..errors import ExportError
 from ..input_size import InputSize
 from .file_cut import is_graph_file
+from .tool_recipes import Recipe, describe, tool_recipe
 
 if TYPE_CHECKING:
     from .file_cut import CutPoint
@@ -63,6 +64,48 @@ def open_graph(path: str | Path, size: InputSize | None = None) -> OnnxCutter | 
     raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
 
 
+def open_recorded_size(path: str | Path, size: InputSize | None,
+                       recipe: Recipe | None) -> OnnxCutter | IrCutter:
+    """The graph at ``size``, else at the size its tool recorded when its input takes it."""
+    if size is None and recipe is not None and recipe.size is not None:
+        try:
+            return open_graph(path, recipe.size)
+        except ExportError:  # a fixed input size: the graph's own
+            pass
+    return open_graph(path, size)
+
+
+def recipe_account(recipe: Recipe | None, given: dict[str, Any],
+                   log: Callable[[str], None]) -> str:
+    """Where the preprocessing came from, for the log and the manifest; a warning when it
+    is an assumption (no flags and nothing recorded: ImageNet's)."""
+    for note in recipe.notes if recipe else ():
+        log(f"warning: {recipe.source}: {note}")
+    stated = {"mean", "std", "scale"} & set(given)
+    if recipe is not None:
+        return recipe.source + (" and the command line" if given else "")
+    if not stated:
+        log("warning: no --mean/--std/--scale given and none recorded by the graph's tool: "
+            "assuming ImageNet's (x 1/255, mean 0.485 0.456 0.406, std 0.229 0.224 0.225); "
+            "state the model's own with the flags")
+        return "assumed (ImageNet's)"
+    return "the command line"
+
+
+def coarse_cut_hint(cut: CutPoint, cuts: Sequence[CutPoint]) -> str | None:
+    """A hint naming finer cuts when the default cut's grid is 3 x 3 or smaller (a tiny
+    input, say): such a map says little more than which corner."""
+    if cut.tokens is not None or max(cut.shape[1:]) > 3:
+        return None
+    finer: dict[tuple[int, ...], str] = {}
+    for c in reversed(cuts):
+        if c.tokens is None and c.shape[1] * c.shape[2] > cut.shape[1] * cut.shape[2]:
+            finer.setdefault(c.shape[1:], c.name)
+    named = [f"--layer {name} ({h} x {w})" for (h, w), name in list(finer.items())[:2]]
+    return (f"hint: the default cut '{cut.name}' gives a {cut.shape[1]} x {cut.shape[2]} map; "
+            + (f"finer cuts: {', '.join(named)}" if named else "no finer cut exists"))
+
+
 def graph_reference(graph: OnnxCutter | IrCutter, images: np.ndarray, cut: CutPoint,
                     keep_softmax: bool) -> Reference:
     """The original graph's scores and map at the cut, one image at a time, by its own runtime.
@@ -84,10 +127,10 @@ def export_graph_file(
     fmt: str = "both",
     out: str | Path | None = None,
     log: Callable[[str], None] = lambda message: None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    scale: float = DEFAULT_SCALE,
-    color: str = DEFAULT_COLOR,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    scale: float | None = None,
+    color: str | None = None,
     keep_softmax: bool = False,
     resize_size: int | None = None,
     resize: str | None = None,
@@ -126,16 +169,37 @@ def export_graph_file(
         fmt = "ir"
     file_labels = read_labels_file(labels) if labels is not None else None
     log(f"reading {source}")
-    graph = open_graph(path, size)
+    recipe = tool_recipe(path, {})
+    graph = open_recorded_size(path, size, recipe)
+    recipe = recipe or tool_recipe(path, graph.metadata)
+    given = {k: v for k, v in (("mean", mean), ("std", std), ("scale", scale),
+                               ("color", color)) if v is not None}
     try:
-        resize = resize_policy(resize, resize_size, resampling)
-        preprocessing = Preprocessing(size=graph.input.size, resize=resize,
-                                      resize_size=resize_size, scale=scale,
-                                      mean=tuple(mean), std=tuple(std), color=color,
-                                      layout=graph.input.layout, **resampling)
+        if resize is not None or resize_size is not None or recipe is None:
+            given["resize"] = resize_policy(resize, resize_size, resampling)
+            given["resize_size"] = resize_size
+        elif {"pad_position", "pad_value"} & set(resampling):
+            raise ValueError("--pad-position and --pad-value apply only to --resize pad")
+        given.update(resampling)
+        options = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "scale": DEFAULT_SCALE,
+                   "color": DEFAULT_COLOR, **(recipe.options if recipe else {}), **given}
+        preprocessing = Preprocessing(size=graph.input.size, layout=graph.input.layout,
+                                      **{k: tuple(v) if k in ("mean", "std") else v
+                                         for k, v in options.items()})
     except (TypeError, ValueError) as exc:
         raise ExportError(f"{source}: invalid preprocessing: {exc}") from None
+    recipe_source = recipe_account(recipe, given, log)
+    log(f"preprocessing: {describe(preprocessing.to_dict())} ({recipe_source})")
+    freed = getattr(graph, "freed_batch", [])
+    if freed:
+        log(f"batch fixed at 1 by {len(freed)} Reshape(s) ({', '.join(freed[:3])}"
+            f"{', ...' if len(freed) > 3 else ''}): made free (their leading 1 copies the "
+            "input's batch)")
     cut = graph.find(layer)
+    if layer is None:
+        hint = coarse_cut_hint(cut, graph.cuts)
+        if hint:
+            log(hint)
     out = Path(out) if out is not None else Path("models") / Path(source).stem
     check_destination(out)
     log(f"cutting at '{cut.name}' (feature {cut.description}"
@@ -185,7 +249,7 @@ def export_graph_file(
                        **_versions(kind)},
             "target_layer": cut.name,
             "input": {"name": INPUT_NAME, "source_name": graph.input.name,
-                      **preprocessing.to_dict()},
+                      **preprocessing.to_dict(), "recipe_source": recipe_source},
             "feature": feature_entry(cut.shape, layout),
             "output": {"name": OUTPUT_NAME, "num_classes": num_classes,
                        "logits": not (graph.softmax_input is not None and keep_softmax),
@@ -206,9 +270,10 @@ def export_graph_file(
 def resize_policy(resize: str | None, resize_size: int | None, options: dict[str, Any]) -> str:
     """The manifest's policy for ``--resize`` (``crop`` needs ``--resize-size``, and only it)."""
     policy = {None: "direct" if resize_size is None else "shorter_side_crop",
-              "crop": "shorter_side_crop"}.get(resize, resize)
-    if (policy == "shorter_side_crop") != (resize_size is not None):
-        raise ValueError("--resize-size N goes with --resize crop, and crop needs it")
+              "crop": "shorter_side_crop", "squash-crop": "squash_crop"}.get(resize, resize)
+    if (policy in CROP_POLICIES) != (resize_size is not None):
+        raise ValueError("--resize-size N goes with --resize crop or squash-crop, and they "
+                         "need it")
     if policy != "pad" and {"pad_position", "pad_value"} & set(options):
         raise ValueError("--pad-position and --pad-value apply only to --resize pad")
     return policy
