@@ -20,6 +20,7 @@ from ..input_size import InputSize
 from .file_cut import CutPoint, find_cut
 from .layouts import NCHW, infer_layouts, layout_problem, transposed
 from .onnx_graph import OnnxGraph
+from .onnx_token_shortcut import verified_class_token_tail
 from .onnx_tokens import find_token_cuts, masked_sequences
 
 
@@ -132,7 +133,9 @@ class OnnxCutter(OnnxGraph):
             for value in (graph.input[0], graph.output[0]):
                 _set_batch(value)
             if role == "g" and cut.tokens is not None:
-                model = masked_sequences(model, cut)
+                sequences = masked_sequences(model, cut)
+                model = verified_class_token_tail(model, cut, sequences) or sequences
+                self.token_tail = "class_token" if model is not sequences else "sequences"
                 graph = model.graph
             graph.name = role
             files[role] = folder / f"{role}.onnx"

@@ -138,8 +138,7 @@ def export_graph_file(
     cut = graph.find(layer)
     out = Path(out) if out is not None else Path("models") / Path(source).stem
     check_destination(out)
-    log(f"cutting at '{cut.name}' (feature {cut.description}"
-        + (", tail: masked sequences)" if cut.tokens is not None else ")"))
+    log(f"cutting at '{cut.name}' (feature {cut.description})")
     ref = graph_reference(graph, verification_images(graph.input.shape()), cut, keep_softmax)
     check_input_dependence(ref.scores, source)
     num_classes = int(ref.scores.shape[1])
@@ -151,6 +150,10 @@ def export_graph_file(
     check = partial(check_graphs, tokens=cut.tokens is not None)
     with staged(out) as staging:
         files = graph.write(cut, staging, keep_softmax)
+        if cut.tokens is not None:
+            log("tail: the class-token shortcut (checked equal to the masked sequences)"
+                if getattr(graph, "token_tail", None) == "class_token" else
+                "tail: masked sequences")
         errors = {}
         if kind == "onnx":
             declared = declared_outputs(cut.shape, num_classes, cut.tokens is not None)
@@ -192,7 +195,8 @@ def export_graph_file(
                        "softmax_removed": softmax_removed},
             "labels": names,
             **tail_entries(cut.shape, "g_pooled" in files,
-                           "sequences" if layout is not None else None),
+                           getattr(graph, "token_tail", "sequences") if layout is not None
+                           else None),
             "graphs": graphs_entry(files, fmt),
             "check": {"reference": "the original graph run by the same runtime"
                       + (", pre-Softmax" if softmax_removed else ""),
