@@ -52,6 +52,10 @@ class OnnxCutter(OnnxGraph):
 
     def __init__(self, path: str | Path, size: InputSize | None = None) -> None:
         super().__init__(path, size)
+        self.class_token_shortcut = True
+        """Whether a ViT's ``g`` may be the class-token shortcut (else the masked sequences)."""
+        self.token_tail: str | None = None
+        """The tail the last :meth:`write` of a token cut chose."""
         graph = self.model.graph
         shapes = self.maps
         layouts = infer_layouts([self.layout_op(n) for n in graph.node], [*shapes, self.input.name],
@@ -134,7 +138,8 @@ class OnnxCutter(OnnxGraph):
                 _set_batch(value)
             if role == "g" and cut.tokens is not None:
                 sequences = masked_sequences(model, cut)
-                model = verified_class_token_tail(model, cut, sequences) or sequences
+                model = (verified_class_token_tail(model, cut, sequences)
+                         if self.class_token_shortcut else None) or sequences
                 self.token_tail = "class_token" if model is not sequences else "sequences"
                 graph = model.graph
             graph.name = role

@@ -96,6 +96,7 @@ def export_graph_file(
     explain_mask: str | None = None,
     explain_mask_sigma: float | None = None,
     explain_mask_strength: float | None = None,
+    token_tail: str | None = None,
     **resampling: Any,
 ) -> Path:
     """Cut the ONNX/IR classifier at ``path`` and write its artifact folder; return its path.
@@ -109,7 +110,8 @@ def export_graph_file(
     names come from the ``labels`` file, else from the graph's metadata when it holds
     exactly one per class. The artifact also holds the explain graph of the
     ``explain_top_k`` best classes, for the map of ``explain_mask`` (default: the
-    runtime's; σ and strength as in ``ReciproCAM``).
+    runtime's; σ and strength as in ``ReciproCAM``). ``token_tail`` ``sequences`` keeps a
+    ViT's masked-sequence tail where the class-token shortcut would apply (to compare them).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -127,6 +129,9 @@ def export_graph_file(
     file_labels = read_labels_file(labels) if labels is not None else None
     log(f"reading {source}")
     graph = open_graph(path, size)
+    if token_tail not in (None, "sequences"):
+        raise ExportError(f"unknown token tail '{token_tail}' (only 'sequences' can be asked)")
+    graph.class_token_shortcut = token_tail is None
     try:
         resize = resize_policy(resize, resize_size, resampling)
         preprocessing = Preprocessing(size=graph.input.size, resize=resize,
