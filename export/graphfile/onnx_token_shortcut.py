@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME, OUTPUT_NAME
 
@@ -64,31 +64,55 @@ def find_attention(model: onnx.ModelProto, cut: CutPoint) -> BlockAttention | No
         for i in n.input:
             users.setdefault(i, []).append(n)
     ln1, width = cut.tokens.ln1, cut.shape[1]
-    qkv = [n for n in users.get(ln1, []) if n.op_type == "MatMul" and n.input[0] == ln1
-           and (w := const(n.input[1])) is not None and w.shape == (width, 3 * width)]
+    inputs = [ln1] + [n.output[0] for n in users.get(ln1, []) if _keeps_last_axis(n)]
+    qkv = [n for i in inputs for n in users.get(i, []) if n.op_type == "MatMul"
+           and n.input[0] == i and (w := const(n.input[1])) is not None
+           and w.shape == (width, 3 * width)]
     adds = [n for n in users.get(FEATURE_NAME, []) if n.op_type == "Add"]
     if len(qkv) != 1 or len(adds) != 1:
         return None
     b_qkv = _bias_after(qkv[0].output[0], users, const, 3 * width)
     residual = adds[0]
-    branch = next(i for i in residual.input if i != FEATURE_NAME)
-    gamma, node = None, producer.get(branch)
-    if node is not None and node.op_type == "Mul":
-        scale = [const(i) for i in node.input if const(i) is not None]
-        if len(scale) != 1 or scale[0].shape != (width,):
+    node = producer.get(next(i for i in residual.input if i != FEATURE_NAME))
+    gamma = b_out = None
+    while node is not None and node.op_type in ("Transpose", "Reshape", "Mul", "Add"):
+        if node.op_type == "Transpose" and not _keeps_last_axis(node):
             return None
-        gamma, node = scale[0], producer.get(next(i for i in node.input if i not in consts))
-    b_out = None
-    if node is not None and node.op_type == "Add":
-        bias = [const(i) for i in node.input if const(i) is not None]
-        if len(bias) != 1 or bias[0].shape != (width,):
-            return None
-        b_out, node = bias[0], producer.get(next(i for i in node.input if i not in consts))
-    if node is None or node.op_type != "MatMul" or const(node.input[1]) is None \
-            or const(node.input[1]).shape != (width, width):
+        if node.op_type in ("Mul", "Add"):  # LayerScale, then the output projection's bias
+            values = [const(i) for i in node.input if i in consts]
+            if len(values) != 1 or values[0].shape != (width,) or (
+                    node.op_type == "Mul" and (gamma is not None or b_out is not None)) or (
+                    node.op_type == "Add" and b_out is not None):
+                return None
+            if node.op_type == "Mul":
+                gamma = values[0]
+            else:
+                b_out = values[0]
+        node = producer.get(next(i for i in node.input if i not in consts))
+    if node is None or node.op_type not in ("MatMul", "Gemm") or node.input[1] not in consts:
         return None
-    return BlockAttention(const(qkv[0].input[1]), b_qkv, const(node.input[1]), b_out, gamma,
+    w_out = const(node.input[1])
+    if node.op_type == "Gemm":  # torchvision's out_proj: A·Bᵀ + C
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 \
+                or attrs.get("beta", 1.0) != 1.0 or b_out is not None:
+            return None
+        w_out = w_out.T if attrs.get("transB", 0) else w_out
+        b_out = const(node.input[2]) if len(node.input) > 2 and node.input[2] in consts \
+            else None
+    if w_out.shape != (width, width) or (b_out is not None and b_out.shape != (width,)):
+        return None
+    return BlockAttention(const(qkv[0].input[1]), b_qkv, w_out, b_out, gamma,
                           residual.output[0])
+
+
+def _keeps_last_axis(node: onnx.NodeProto) -> bool:
+    """A 3-D Transpose that leaves the feature axis last (torchvision's sequence-first)."""
+    if node.op_type != "Transpose":
+        return False
+    perm = next((list(helper.get_attribute_value(a)) for a in node.attribute
+                 if a.name == "perm"), None)
+    return perm is not None and len(perm) == 3 and perm[-1] == 2
 
 
 def _bias_after(tensor: str, users, const, size: int) -> np.ndarray | None:
