@@ -11,6 +11,7 @@ import torch
 
 import toy_models
 from conftest import read_manifest
+from export.errors import ExportError
 from export.torch.graph_cut import CutGraph
 from export.torch.model_source import load_model
 from export.torch.token_tail import class_token_tail, sequences_tail
@@ -110,3 +111,10 @@ def test_a_pretrained_cfg_gives_size_mean_and_crop():
     assert recipe.size == (224, 224) and recipe.resize_size == 248  # floor(224 / 0.9)
     assert recipe.mean == (0.5, 0.5, 0.5) and recipe.interpolation == "bicubic"
     assert load_model(model, size=64).preprocessing.resize_size == 71
+
+
+def test_a_module_inside_a_timm_block_is_named_as_no_cut(vit):
+    _, _, graph = vit
+    with pytest.raises(ExportError, match="is not a valid cut") as error:
+        graph.find("blocks.1.attn")
+    assert "blocks.1" in str(error.value)

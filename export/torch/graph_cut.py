@@ -419,7 +419,7 @@ class CutGraph:
             reason = self.why_invalid(node)
         elif layer in self.multi_called:
             reason = "the module is called more than once, so its output is ambiguous"
-        elif layer in dict(self.gm.named_modules()) or layer in self._all_module_names():
+        elif layer in dict(self.model.named_modules()) or layer in self._all_module_names():
             reason = ("its output is not a single 4-D feature map, and it is not a transformer "
                       "block (whose input tokens would be the cut)")
         else:
