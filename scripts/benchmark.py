@@ -37,6 +37,10 @@ What is measured, per model and backend (medians, batch 1, one 224×224-input im
   by the class-token shortcut; the same model is also exported with the masked-sequence tail
   (every masked copy through the last block, ViT-ReciproCAM done naively) and timed in a row
   of its own (``tail``: sequences), and the shortcut's maps are checked against it.
+- an ONNX file as a model (``--models deit_tiny.onnx``, for instance one written by
+  ``scripts/timm_onnx.py``): the artifact is cut from the file (``reciprocam-export FILE``,
+  ImageNet preprocessing), the file itself is the plain-inference baseline, and a ViT file
+  whose last block takes the class-token shortcut also gets its masked-sequence row.
 
 Peers (pytorch-grad-cam GradCAM, GradCAM++, ScoreCAM once; torchcam GradCAM) run on
 torch CPU with a plain torch forward as their baseline, on the first model.
@@ -303,6 +307,8 @@ def export_model(spec: str, layer: str | None, work: Path, token_tail: str | Non
     from export.torch.model_source import load_model
     from export.torch.pipeline import export_artifact
 
+    if spec.lower().endswith(".onnx"):  # a graph file: the file itself is the baseline
+        return export_file(spec, layer, work, token_tail, fmt), Path(spec)
     weights = None if ":" in spec else "none"
     name = spec.split(":")[-1] + (f"-{layer}" if layer else "") + \
         (f"-{token_tail}" if token_tail else "")
@@ -318,6 +324,19 @@ def export_model(spec: str, layer: str | None, work: Path, token_tail: str | Non
         write_onnx(loaded.model.eval(), torch.zeros(1, 3, *loaded.preprocessing.size), whole,
                    "input", "scores")
     return artifact, whole
+
+
+def export_file(path: str, layer: str | None, work: Path, token_tail: str | None,
+                fmt: str) -> Path:
+    """The artifact of an ONNX classifier file (ImageNet preprocessing assumed)."""
+    from export.graphfile.pipeline import export_graph_file
+
+    artifact = work / (Path(path).stem + (f"-{layer}" if layer else "")
+                       + (f"-{token_tail}" if token_tail else ""))
+    if not (artifact / "manifest.json").is_file():
+        log(f"exporting {path}{' at ' + layer if layer else ''} -> {artifact}")
+        export_graph_file(path, layer=layer, fmt=fmt, out=artifact, token_tail=token_tail)
+    return artifact
 
 
 def token_tail_of(artifact: Path) -> str | None:
@@ -361,7 +380,8 @@ def bench_row(spec: str, layer: str | None, backend: str, args: argparse.Namespa
             "batch_size": args.batch_size}
     log(f"{spec} {layer or ''} on {backend} {args.device}: interleaved predict/explain "
         f"x{repeats}")
-    row = {"model": spec.split(":")[-1], "backend": backend, "device": args.device,
+    model = Path(spec).stem if spec.lower().endswith(".onnx") else spec.split(":")[-1]
+    row = {"model": model, "backend": backend, "device": args.device,
            "precision": precision, "batch_size": args.batch_size, "artifact": str(artifact),
            "tail": tail, **run_worker(task)}
     if first:

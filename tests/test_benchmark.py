@@ -168,3 +168,31 @@ def test_vit_rows_time_the_shortcut_and_the_masked_sequences(tmp_path):
     assert rows[1]["general_path"] == "f, token tail (sequences)"
     assert rows[0]["map_diff_full"] < 1e-4 and rows[0]["map_diff_graph"] < 1e-4
     assert "tiny_vit (sequences tail)" in proc.stdout
+
+
+def test_an_onnx_vit_file_is_its_own_baseline(tmp_path):
+    """An ONNX file as a model: cut from the file, the file the baseline, and a timm ViT
+    file gets the class-token shortcut row and its masked-sequence row."""
+    pytest.importorskip("timm")
+    import torch
+
+    import toy_models
+    from conftest import subprocess_env
+    from export.artifact.graph_files import tracing
+
+    path = tmp_path / "timm_vit.onnx"
+    with tracing():
+        torch.onnx.export(toy_models.tiny_timm_vit(), (torch.zeros(1, 3, 32, 32),), str(path),
+                          dynamo=False, opset_version=17, input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": {0: "b"}})
+    out = tmp_path / "vit.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--models", str(path), "--backend", "onnxruntime",
+         "--repeats", "3", "--no-peers", "--no-layer3", "--work-dir", str(tmp_path / "work"),
+         "--json", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["tail"]) for r in rows] == [("timm_vit", "class_token"),
+                                                       ("timm_vit", "sequences")]
+    assert rows[0]["map_diff_full"] < 1e-4 and rows[0]["map_diff_graph"] < 1e-4

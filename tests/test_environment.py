@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import re
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -56,8 +57,11 @@ def test_serve_lock_is_the_tested_versions_and_torch_free():
 
 
 def test_installed_environment_is_the_lock():
+    # the environment's own folders: other sys.path entries (Ray adds its vendored packages)
+    # are not what setup.sh installed
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     installed = {canonicalize_name(dist.metadata["Name"]): dist.version
-                 for dist in metadata.distributions()}
+                 for dist in metadata.distributions(path=site)}
     installed.pop("reciprocam-ir", None)
     installed.pop("pip", None)  # the venv's own installer, not a dependency of anything
     assert installed == pins(LOCK)

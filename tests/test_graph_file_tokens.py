@@ -1,4 +1,5 @@
-"""Deployed ViT graphs (ONNX, OpenVINO IR) cut without torch: token cuts, masked sequences."""
+"""Deployed ViT graphs (ONNX, OpenVINO IR) cut without torch: token cuts, their tails (the
+class-token shortcut from an ONNX file, the masked sequences from an IR file)."""
 
 from __future__ import annotations
 
@@ -63,11 +64,11 @@ def test_token_cuts_of_a_deployed_vit(files):
 
 @pytest.mark.parametrize("kind, backend", [("onnx", "onnxruntime"), ("onnx", "openvino"),
                                            ("ir", "openvino")])
-def test_masked_sequences_equal_the_whole_model_with_masked_tokens(artifacts, kind, backend):
+def test_deployed_vit_maps_equal_the_whole_model_with_masked_tokens(artifacts, kind, backend):
     cam = ReciproCAM(artifacts[kind], backend=backend, precision="f32")
     manifest = cam.artifact.manifest
     assert manifest["feature"]["kind"] == "tokens" and manifest["feature"]["grid"] == [4, 4]
-    assert manifest["token_tail"]["kind"] == "sequences"
+    assert manifest["token_tail"]["kind"] == ("class_token" if kind == "onnx" else "sequences")
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32), dtype=np.float32)
     exp = cam.explain_tensor(x, top_k=2)
     model = toy_models.tiny_vit_affine()

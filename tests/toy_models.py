@@ -308,3 +308,26 @@ def vit_b_32_random() -> nn.Module:
     model = torchvision.models.vit_b_32(weights=None)
     draw_zero_layers(model)
     return model.eval()
+
+
+def tiny_timm_vit() -> nn.Module:
+    """timm's VisionTransformer as ``timm.create_model`` makes DeiT-Tiny, at 32x32 with 8x8
+    patches, 2 blocks of width 32 and 2 heads (a 4x4 grid), LayerScale, and linear layers and
+    affine LayerNorms drawn (seeded): it carries DeiT-Tiny's ``pretrained_cfg``."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=6,
+                              img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                              init_values=0.5)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
+            if isinstance(module, nn.Linear):  # timm draws std 0.02: maps would be flat
+                bound = 2 * module.in_features ** -0.5
+                module.weight.uniform_(-bound, bound, generator=generator)
+                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
+    return model.eval()

@@ -20,6 +20,7 @@ from ..input_size import InputSize
 from .file_cut import CutPoint, find_cut
 from .layouts import NCHW, infer_layouts, layout_problem, transposed
 from .onnx_graph import OnnxGraph
+from .onnx_token_shortcut import verified_class_token_tail
 from .onnx_tokens import find_token_cuts, masked_sequences
 
 
@@ -61,6 +62,10 @@ class OnnxCutter(OnnxGraph):
 
     def __init__(self, path: str | Path, size: InputSize | None = None) -> None:
         super().__init__(path, size)
+        self.class_token_shortcut = True
+        """Whether a ViT's ``g`` may be the class-token shortcut (else the masked sequences)."""
+        self.token_tail: str | None = None
+        """The tail the last :meth:`write` of a token cut chose."""
         graph = self.model.graph
         shapes = self.maps
         layouts = infer_layouts([self.layout_op(n) for n in graph.node], [*shapes, self.input.name],
@@ -147,7 +152,10 @@ class OnnxCutter(OnnxGraph):
                         shape.dim.add().dim_value = size or 1
                 _set_batch(value)
             if role == "g" and cut.tokens is not None:
-                model = masked_sequences(model, cut)
+                sequences = masked_sequences(model, cut)
+                model = (verified_class_token_tail(model, cut, sequences)
+                         if self.class_token_shortcut else None) or sequences
+                self.token_tail = "class_token" if model is not sequences else "sequences"
                 graph = model.graph
             graph.name = role
             files[role] = folder / f"{role}.onnx"

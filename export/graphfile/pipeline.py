@@ -139,6 +139,7 @@ def export_graph_file(
     explain_mask: str | None = None,
     explain_mask_sigma: float | None = None,
     explain_mask_strength: float | None = None,
+    token_tail: str | None = None,
     **resampling: Any,
 ) -> Path:
     """Cut the ONNX/IR classifier at ``path`` and write its artifact folder; return its path.
@@ -152,7 +153,8 @@ def export_graph_file(
     names come from the ``labels`` file, else from the graph's metadata when it holds
     exactly one per class. The artifact also holds the explain graph of the
     ``explain_top_k`` best classes, for the map of ``explain_mask`` (default: the
-    runtime's; σ and strength as in ``ReciproCAM``).
+    runtime's; σ and strength as in ``ReciproCAM``). ``token_tail`` ``sequences`` keeps a
+    ViT's masked-sequence tail where the class-token shortcut would apply (to compare them).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
@@ -174,6 +176,9 @@ def export_graph_file(
     recipe = recipe or tool_recipe(path, graph.metadata)
     given = {k: v for k, v in (("mean", mean), ("std", std), ("scale", scale),
                                ("color", color)) if v is not None}
+    if token_tail not in (None, "sequences"):
+        raise ExportError(f"unknown token tail '{token_tail}' (only 'sequences' can be asked)")
+    graph.class_token_shortcut = token_tail is None
     try:
         if resize is not None or resize_size is not None or recipe is None:
             given["resize"] = resize_policy(resize, resize_size, resampling)
@@ -202,8 +207,7 @@ def export_graph_file(
             log(hint)
     out = Path(out) if out is not None else Path("models") / Path(source).stem
     check_destination(out)
-    log(f"cutting at '{cut.name}' (feature {cut.description}"
-        + (", tail: masked sequences)" if cut.tokens is not None else ")"))
+    log(f"cutting at '{cut.name}' (feature {cut.description})")
     ref = graph_reference(graph, verification_images(graph.input.shape()), cut, keep_softmax)
     check_input_dependence(ref.scores, source)
     num_classes = int(ref.scores.shape[1])
@@ -215,6 +219,10 @@ def export_graph_file(
     check = partial(check_graphs, tokens=cut.tokens is not None)
     with staged(out) as staging:
         files = graph.write(cut, staging, keep_softmax)
+        if cut.tokens is not None:
+            log("tail: the class-token shortcut (checked equal to the masked sequences)"
+                if getattr(graph, "token_tail", None) == "class_token" else
+                "tail: masked sequences")
         errors = {}
         if kind == "onnx":
             declared = declared_outputs(cut.shape, num_classes, cut.tokens is not None)
@@ -256,7 +264,8 @@ def export_graph_file(
                        "softmax_removed": softmax_removed},
             "labels": names,
             **tail_entries(cut.shape, "g_pooled" in files,
-                           "sequences" if layout is not None else None),
+                           getattr(graph, "token_tail", "sequences") if layout is not None
+                           else None),
             "graphs": graphs_entry(files, fmt),
             "check": {"reference": "the original graph run by the same runtime"
                       + (", pre-Softmax" if softmax_removed else ""),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import io
 import re
 from collections import Counter
@@ -60,7 +61,8 @@ class TokenBlock:
     """A pre-norm transformer block: the stream entering it (``input``, (B, T, D)), its first
     LayerNorm (``ln1``, reading that stream), its output, and the patch grid of the tokens
     (``grid`` h×w after ``prefix`` leading tokens), or ``problem`` saying why it cannot be
-    explained."""
+    explained. ``ln1_name`` is the LayerNorm's module (a leaf in torchvision, traced through
+    in timm, where ``ln1`` is its ``layer_norm`` call)."""
 
     name: str
     input: fx.Node
@@ -69,6 +71,7 @@ class TokenBlock:
     grid: tuple[int, int] | None
     prefix: int
     problem: str | None = None
+    ln1_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,34 @@ def _is_gap(gm: fx.GraphModule, node: fx.Node, in_shape: tuple[int, ...]) -> boo
     return False
 
 
+def _optional_arguments(model: nn.Module) -> dict[str, object]:
+    """The forward's arguments after the image that have defaults (timm's ``attn_mask``,
+    ``is_causal``), fixed at their defaults for tracing: the image is the only input."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters[1:]
+            if p.default is not inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _drop_fixed_placeholders(graph: fx.Graph) -> None:
+    """Remove the placeholders torch.fx keeps for arguments fixed at their defaults, with the
+    checks it reads them in (``_assert_is_none``, ``_assert(x == value)``), where the output
+    does not depend on them."""
+    output = next(n for n in graph.nodes if n.op == "output")
+    for node in [n for n in graph.nodes if n.op == "placeholder"][1:]:
+        if node.type is torch.Tensor:
+            continue
+        checks = descendants(node) - {node}
+        if output in checks or any(n.op == "output" for n in checks):
+            continue
+        for check in sorted(checks, key=list(graph.nodes).index, reverse=True):
+            graph.erase_node(check)
+        graph.erase_node(node)
+
+
 def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor) -> None:
     """Record every node's shape on ``example``; a model that cannot take it is a user error."""
     try:  # ShapeProp prints the model's traceback before raising: keep it off the console
@@ -224,11 +255,12 @@ class CutGraph:
     def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
         tracer = _RecordingTracer()
         try:
-            graph = tracer.trace(model)
+            graph = tracer.trace(model, concrete_args=_optional_arguments(model))
         except Exception as exc:  # fx raises many kinds of error for untraceable code
             raise ExportError(
                 f"cannot trace {type(model).__name__} with torch.fx: {first_line(exc)}"
             ) from None
+        _drop_fixed_placeholders(graph)
         self.gm = fx.GraphModule(tracer.root, graph)
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
@@ -258,6 +290,9 @@ class CutGraph:
         self.candidates = {node: sorted(names, key=lambda s: (s.count("."), len(s), s))
                            for node, names in by_node.items() if len(shape_of(node)) == 4}
         self.multi_called = {n for n, c in tracer.module_calls.items() if c > 1}
+        self.model = tracer.root
+        self.module_inputs = dict(tracer.module_inputs)
+        self.module_outputs = dict(tracer.module_outputs)
         self.blocks = self._token_blocks(tracer)
         self._cuts = None
 
@@ -266,7 +301,7 @@ class CutGraph:
         (B, T, D) read first by a LayerNorm that is a direct child, output shaped alike."""
         blocks = []
         outputs = tracer.module_outputs
-        for name, module in self.gm.named_modules():
+        for name, module in tracer.root.named_modules():
             node, out = tracer.module_inputs.get(name), outputs.get(name)
             if not name or tracer.module_calls[name] != 1 or node not in self.order \
                     or out not in self.order:
@@ -274,9 +309,10 @@ class CutGraph:
             shape = shape_of(node)
             if shape is None or len(shape) != 3 or shape_of(out) != shape:
                 continue
-            norms = [outputs.get(f"{name}.{child}") for child, sub in module.named_children()
-                     if isinstance(sub, nn.LayerNorm)]
-            ln1 = next((n for n in norms if n is not None and n.args and n.args[0] is node), None)
+            norms = [(f"{name}.{child}", outputs.get(f"{name}.{child}"))
+                     for child, sub in module.named_children() if isinstance(sub, nn.LayerNorm)]
+            ln1 = next(((child, n) for child, n in norms
+                        if n is not None and n.args and n.args[0] is node), None)
             if ln1 is not None:
                 blocks.append((name, node, ln1, out))
         if not blocks:
@@ -288,13 +324,13 @@ class CutGraph:
                        key=lambda b: self.order[b.input])
         return {b.name: b for b in found}
 
-    def _token_block(self, name: str, node: fx.Node, ln1: fx.Node, out: fx.Node,
+    def _token_block(self, name: str, node: fx.Node, ln1: tuple[str, fx.Node], out: fx.Node,
                      maps: list[tuple[int, int]]) -> TokenBlock:
         """The block with its patch grid: from the last 4-D map before the first block that
         leaves a few leading tokens (the patch embedding), else 1 + a square token count."""
         tokens = shape_of(node)[1]
         grid, prefix, problem = token_grid(tokens, maps)
-        return TokenBlock(name, node, ln1, out, grid, prefix, problem)
+        return TokenBlock(name, node, ln1[1], out, grid, prefix, problem, ln1[0])
 
     def f_nodes(self, node: fx.Node) -> set[fx.Node]:
         """The nodes ``f`` computes for a cut at ``node``."""
@@ -383,7 +419,7 @@ class CutGraph:
             reason = self.why_invalid(node)
         elif layer in self.multi_called:
             reason = "the module is called more than once, so its output is ambiguous"
-        elif layer in dict(self.gm.named_modules()) or layer in self._all_module_names():
+        elif layer in dict(self.model.named_modules()) or layer in self._all_module_names():
             reason = ("its output is not a single 4-D feature map, and it is not a transformer "
                       "block (whose input tokens would be the cut)")
         else:

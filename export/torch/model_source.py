@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,17 +176,41 @@ def from_module(model: nn.Module, name: str, spec: str, weights: str | None,
         apply_weights(model, weights)
         source = str(Path(weights).resolve())
     try:
-        spec_in = dict(getattr(model, "reciprocam_input", {}))
+        spec_in = dict(getattr(model, "reciprocam_input", None) or timm_recipe(model))
         own = as_hw(spec_in.pop("size", DEFAULT_SIZE))
         size = size or own
+        crop_pct = spec_in.pop("crop_pct", None)
         if spec_in.get("resize", "shorter_side_crop") == "shorter_side_crop":
-            spec_in.setdefault("resize_size", int(round(min(size) * RESIZE_RATIO)))
+            spec_in.setdefault("resize_size", int(round(min(size) * RESIZE_RATIO)) if not crop_pct
+                               else max(min(size), math.floor(min(size) / crop_pct)))
         preprocessing = Preprocessing(size=size, **spec_in)
     except (TypeError, ValueError) as exc:
         raise ExportError(f"model '{spec}': invalid reciprocam_input: {exc}") from None
     labels = getattr(model, "reciprocam_labels", None)
     return LoadedModel(model, name, {"model": spec, "weights": source}, preprocessing,
                        list(labels) if labels is not None else None)
+
+
+def timm_recipe(model: nn.Module) -> dict[str, Any]:
+    """A timm model's own preprocessing from its ``pretrained_cfg`` (mean, std, input size,
+    interpolation, crop_pct) as ``reciprocam_input`` entries; {} for other models. The size
+    is the one the model was built for (``patch_embed.img_size``) where that differs from the
+    pretrained one; ``crop_pct`` gives the centre crop's resize, ``floor(size / crop_pct)``
+    as timm's own transforms."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not isinstance(cfg, dict) or "mean" not in cfg or "std" not in cfg:
+        return {}
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    size = as_hw(tuple(built) if built else tuple(cfg.get("input_size", (3, DEFAULT_SIZE))[1:]))
+    recipe: dict[str, Any] = {"size": size, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
+    if cfg.get("interpolation") in ("bilinear", "bicubic", "nearest"):
+        recipe["interpolation"] = cfg["interpolation"]
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
+    if crop_pct >= 1.0 and cfg.get("crop_mode", "center") == "squash":
+        recipe["resize"] = "direct"
+    else:
+        recipe["crop_pct"] = crop_pct
+    return recipe
 
 
 def load_model(spec: str | nn.Module, weights: str | None = None,

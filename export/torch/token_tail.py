@@ -19,6 +19,8 @@ own scores).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -26,7 +28,7 @@ from torch import nn
 
 from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME
 
-from .graph_cut import CutGraph, TokenBlock, ancestors, copy_nodes
+from .graph_cut import CutGraph, TokenBlock, ancestors, copy_nodes, shape_of
 
 CLASS_TOKEN, SEQUENCES = "class_token", "sequences"
 
@@ -112,13 +114,58 @@ def sequences_tail(graph: CutGraph, block: TokenBlock) -> fx.GraphModule:
     return graph.module(g)
 
 
-def attention_of(graph: CutGraph, block: TokenBlock) -> tuple[str, fx.Node] | None:
-    """(attention module name, residual add) when ``block`` is x + MHA(LN(x)) (dropout
-    allowed between) followed by anything on that sum alone, else None."""
+@dataclass(frozen=True)
+class BlockAttention:
+    """The attention of a pre-norm block x + A(LN(x)) in the terms of
+    :func:`class_token_attention`: its parameters (qualified names; None where absent), its
+    output node, the per-token nodes between that output and the residual sum ``add`` (dropout,
+    identity, timm's LayerScale), and the sum."""
+
+    w_in: str
+    b_in: str | None
+    w_out: str
+    b_out: str | None
+    heads: int
+    output: fx.Node
+    after: tuple[fx.Node, ...]
+    add: fx.Node
+
+
+def attention_of(graph: CutGraph, block: TokenBlock) -> BlockAttention | None:
+    """The attention of ``block`` when it is x + A(LN(x)) with A torch's
+    ``nn.MultiheadAttention`` or timm's plain ``Attention`` (no q/k norm, gate or mask), and
+    nothing else reads inside it; else None."""
     needed = graph.needed
     readers = [u for u in block.input.users if u in needed]
-    ln1_readers = [u for u in block.ln1.users if u in needed]
-    if len(readers) != 2 or len(ln1_readers) != 1:
+    if len(readers) != 2:
+        return None
+    found = _torch_attention(graph, block) or _timm_attention(graph, block)
+    if found is None:
+        return None
+    output, params = found
+    after, value = [], output
+    while True:
+        users = [u for u in value.users if u in needed]
+        if len(users) != 1:
+            return None
+        if not _is_per_token(graph, users[0]):
+            break
+        value = users[0]
+        after.append(value)
+    (add,) = users
+    if add.op != "call_function" or getattr(add.target, "__name__", "") not in (
+            "add", "iadd") or set(add.args) != {value, block.input} or add not in readers:
+        return None
+    inside = ancestors(output)
+    if any(u in needed and u not in inside and u is not output for u in block.ln1.users):
+        return None
+    return BlockAttention(*params, output, tuple(after), add)
+
+
+def _torch_attention(graph: CutGraph, block: TokenBlock
+                     ) -> tuple[fx.Node, tuple] | None:
+    ln1_readers = [u for u in block.ln1.users if u in graph.needed]
+    if len(ln1_readers) != 1:
         return None
     attention = ln1_readers[0]
     if attention.op != "call_module" or not isinstance(
@@ -130,49 +177,91 @@ def attention_of(graph: CutGraph, block: TokenBlock) -> tuple[str, fx.Node] | No
             or not mha.batch_first or not mha._qkv_same_embed_dim or mha.bias_k is not None
             or mha.add_zero_attn):
         return None
-    outputs = [u for u in attention.users if u in needed]
+    outputs = [u for u in attention.users if u in graph.needed]
     if len(outputs) != 1 or outputs[0].target.__name__ != "getitem" or outputs[0].args[1] != 0:
         return None
-    value = outputs[0]
-    while len(value.users) == 1 and _is_dropout(graph, next(iter(value.users))):
-        value = next(iter(value.users))
-    (add,) = [u for u in readers if u is not block.ln1] or [None]
-    if add is None or add.op != "call_function" or getattr(add.target, "__name__", "") not in (
-            "add", "iadd") or set(add.args) != {value, block.input} or value.users.keys() != {add}:
-        return None
-    return attention.target, add
+    name = attention.target
+    return outputs[0], (f"{name}.in_proj_weight",
+                        f"{name}.in_proj_bias" if mha.in_proj_bias is not None else None,
+                        f"{name}.out_proj.weight",
+                        f"{name}.out_proj.bias" if mha.out_proj.bias is not None else None,
+                        mha.num_heads)
 
 
-def _is_dropout(graph: CutGraph, node: fx.Node) -> bool:
-    return node.op == "call_module" and isinstance(graph.gm.get_submodule(node.target),
-                                                   nn.Dropout)
+def _timm_attention(graph: CutGraph, block: TokenBlock) -> tuple[fx.Node, tuple] | None:
+    """timm's ``Attention`` child reading the LayerNorm: a fused ``qkv`` Linear ([q; k; v],
+    as nn.MultiheadAttention's in_proj), softmax(q·kᵀ/√d)·v per head, a ``proj`` Linear."""
+    for child, module in graph.model.get_submodule(block.name).named_children():
+        name = f"{block.name}.{child}"
+        if graph.module_inputs.get(name) is block.ln1 and _is_plain_timm_attention(module):
+            output = graph.module_outputs.get(name)
+            if output is None:
+                return None
+            return output, (f"{name}.qkv.weight",
+                            f"{name}.qkv.bias" if module.qkv.bias is not None else None,
+                            f"{name}.proj.weight",
+                            f"{name}.proj.bias" if module.proj.bias is not None else None,
+                            module.num_heads)
+    return None
+
+
+def _is_plain_timm_attention(module: nn.Module) -> bool:
+    """timm.layers.Attention with nothing the shortcut leaves out (q/k norms, an output
+    norm, a gate) and the standard scale; checked by its class, not imported (no timm
+    dependency)."""
+    kind = type(module)
+    if kind.__name__ != "Attention" or not kind.__module__.startswith("timm."):
+        return False
+    qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
+    if not isinstance(qkv, nn.Linear) or not isinstance(proj, nn.Linear):
+        return False
+    width = qkv.in_features
+    heads, size = getattr(module, "num_heads", 0), getattr(module, "head_dim", 0)
+    return (qkv.out_features == 3 * width and proj.in_features == width == heads * size
+            and all(isinstance(getattr(module, a, None), nn.Identity)
+                    for a in ("q_norm", "k_norm", "norm"))
+            and getattr(module, "gate", None) is None
+            and abs(float(getattr(module, "scale", 0.0)) - size ** -0.5) < 1e-12)
+
+
+def _is_per_token(graph: CutGraph, node: fx.Node) -> bool:
+    """An identity, a dropout (eval), or a product with a (D,) parameter (timm's LayerScale)."""
+    if node.op == "call_module":
+        return isinstance(graph.gm.get_submodule(node.target), (nn.Identity, nn.Dropout))
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if name not in ("mul", "mul_") or len(node.args) != 2 or node.kwargs:
+        return False
+    scale = [a for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr"]
+    width = shape_of(node)
+    return len(scale) == 1 and width is not None and shape_of(scale[0]) == (width[-1],)
 
 
 def class_token_tail(graph: CutGraph, block: TokenBlock) -> fx.GraphModule | None:
     """``g`` (tokens, masks) → (B, M, classes) by the class-token shortcut, or None where it
-    does not apply (a later block exists, or the block is not LN → MHA → residual)."""
+    does not apply (a later block exists, or the block is not LN → attention → residual)."""
     if block is not list(graph.blocks.values())[-1]:
         return None
     found = attention_of(graph, block)
     if found is None:
         return None
-    name, add = found
-    mha = graph.gm.get_submodule(name)
     g = fx.Graph()
     tokens, masks = g.placeholder(FEATURE_NAME), g.placeholder(MASKS_NAME)
     weights = g.call_function(token_weights, (masks, block.prefix))
-    u = g.call_module(block.ln1.target, (tokens,))
+    u = _copy_with_parameters(g, block.ln1, {block.input: tokens})
 
-    def param(attr: str, present: bool = True) -> fx.Node | None:
-        return g.get_attr(f"{name}.{attr}") if present else None
+    def param(name: str | None) -> fx.Node | None:
+        return None if name is None else g.get_attr(name)
 
     attended = g.call_function(class_token_attention, (
-        u, weights, param("in_proj_weight"), param("in_proj_bias", mha.in_proj_bias is not None),
-        param("out_proj.weight"), param("out_proj.bias", mha.out_proj.bias is not None),
-        mha.num_heads))
+        u, weights, param(found.w_in), param(found.b_in), param(found.w_out),
+        param(found.b_out), found.heads))
+    env = {found.output: attended}
+    for node in found.after:
+        attended = _copy_with_parameters(g, node, env)
+        env[node] = attended
     rows = g.call_function(class_token_rows, (tokens, attended))
-    env = {add: rows}
-    before = ancestors(add)
+    env = {found.add: rows}
+    before = ancestors(found.add)
     rest = [n for n in graph.tail_nodes(block.input) if n not in before]
     try:
         copy_nodes(g, rest, env, graph.f_nodes(block.input), rows)
@@ -180,6 +269,15 @@ def class_token_tail(graph: CutGraph, block: TokenBlock) -> fx.GraphModule | Non
         return None
     g.output(g.call_function(per_image, (env[graph.result], masks)))
     return graph.module(g)
+
+
+def _copy_with_parameters(g: fx.Graph, node: fx.Node, env: dict[fx.Node, fx.Node]) -> fx.Node:
+    """``node`` copied into ``g`` with its inputs from ``env``, its parameters (get_attr)
+    copied alongside."""
+    for a in node.all_input_nodes:
+        if a not in env and a.op == "get_attr":
+            env[a] = g.node_copy(a)
+    return g.node_copy(node, lambda a: env[a])
 
 
 # -------------------------------------------------------------------- reference ---
@@ -191,7 +289,7 @@ def hooked_scores(model: nn.Module, block: TokenBlock, x: torch.Tensor,
     masked copies (weights (M, T)), through the model's own modules (hooks): the definition
     the tails must meet."""
     module = model.get_submodule(block.name)
-    ln1 = model.get_submodule(block.ln1.target)
+    ln1 = model.get_submodule(block.ln1_name)
     scale = weights[:, :, None]
     unmasked = []
 
