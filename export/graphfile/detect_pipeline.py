@@ -21,7 +21,7 @@ from ..artifact.verify import verification_images
 from ..errors import ExportError
 from ..input_size import InputSize
 from .detect_cut import DETECTIONS_NAME, FEATURE_PREFIX, Level, open_detector, parse_layers
-from .file_cut import is_graph_file
+from .file_cut import output_formats
 
 LETTERBOX = {"resize": "pad", "pad_value": 114.0, "pad_position": "center", "scale": 1 / 255,
              "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "color": "RGB",
@@ -72,18 +72,9 @@ def export_detector(path: str | Path, layer: str | None = None,
 
     ``preprocessing`` overrides fields of :data:`LETTERBOX` (Ultralytics' own).
     """
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
+    fmt = output_formats(path, fmt, FORMATS, log)
     source = str(path)
-    if not is_graph_file(source):
-        raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
     kind = "onnx" if source.lower().endswith(".onnx") else "ir"
-    if kind == "ir" and fmt == "onnx":
-        raise ExportError(f"{source}: an OpenVINO IR model cannot be written as ONNX; "
-                          "use --format ir")
-    if kind == "ir" and fmt == "both":
-        log("an IR model is written as IR only")
-        fmt = "ir"
     file_labels = read_labels_file(labels) if labels is not None else None
     log(f"reading {source} (a YOLO detector)")
     graph = open_detector(path, size)

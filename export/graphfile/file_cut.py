@@ -9,8 +9,9 @@ the default. A tensor the graph shows to be laid out otherwise (channels last, s
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import ExportError
 from ..features import feature_description
@@ -23,6 +24,25 @@ GRAPH_SUFFIXES = (".onnx", ".xml")
 def is_graph_file(spec: object) -> bool:
     """True for a model given as an ONNX (``.onnx``) or OpenVINO IR (``.xml``) file name."""
     return isinstance(spec, str) and spec.lower().endswith(GRAPH_SUFFIXES)
+
+
+def output_formats(path: str | Path, fmt: str, formats: Sequence[str],
+                   log: Callable[[str], None]) -> str:
+    """The formats a graph file at ``path`` is written in for ``--format fmt``: an IR model
+    only as IR (``both`` becomes ``ir``, ``onnx`` is refused)."""
+    if fmt not in formats:
+        raise ExportError(f"unknown format '{fmt}' (choose from {tuple(formats)})")
+    source = str(path)
+    if not is_graph_file(source):
+        raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
+    if source.lower().endswith(".onnx"):
+        return fmt
+    if fmt == "onnx":
+        raise ExportError(f"{source}: an OpenVINO IR model cannot be written as ONNX; "
+                          "use --format ir")
+    if fmt == "both":
+        log("an IR model is written as IR only")
+    return "ir"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from ..artifact.verify import (
 )
 from ..errors import ExportError
 from ..input_size import InputSize
-from .file_cut import is_graph_file
+from .file_cut import output_formats
 from .tool_recipes import Recipe, describe, tool_recipe
 
 if TYPE_CHECKING:
@@ -156,19 +156,10 @@ def export_graph_file(
     runtime's; σ and strength as in ``ReciproCAM``). ``token_tail`` ``sequences`` keeps a
     ViT's masked-sequence tail where the class-token shortcut would apply (to compare them).
     """
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format '{fmt}' (choose from {FORMATS})")
     explain_spec(explain_top_k, explain_mask, explain_mask_sigma, explain_mask_strength)
+    fmt = output_formats(path, fmt, FORMATS, log)
     source = str(path)
-    if not is_graph_file(source):
-        raise ExportError(f"model file '{path}': expected an .onnx or .xml (OpenVINO IR) file")
     kind = "onnx" if source.lower().endswith(".onnx") else "ir"
-    if kind == "ir" and fmt == "onnx":
-        raise ExportError(f"{source}: an OpenVINO IR model cannot be written as ONNX; "
-                          "use --format ir")
-    if kind == "ir" and fmt == "both":
-        log("an IR model is written as IR only")
-        fmt = "ir"
     file_labels = read_labels_file(labels) if labels is not None else None
     log(f"reading {source}")
     recipe = tool_recipe(path, {})
