@@ -33,7 +33,7 @@ from .detection import (
 from .detection import decode as decode_raw
 from .detection_explanation import DetectionExplanation
 from .masking import MASK_KINDS, check_sigma, check_strength, default_sigma, spatial_masks
-from .preprocess import DEFAULT_MAX_PIXELS, as_rgb, read_image
+from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, load_image, load_images
 from .saliency import normalise
 from .targets import DEFAULT_MAX_TARGETS
 
@@ -44,7 +44,6 @@ DEFAULT_BOX_SCORE = "drise"
 DETECT_MASKS = ("onehot", "window")
 DEFAULT_DETECT_MASK = "onehot"
 
-ImageLike = str | Path | np.ndarray
 
 
 def level_masks(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -198,14 +197,7 @@ class DetectionCAM:
 
     def load(self, image: ImageLike) -> tuple[np.ndarray, str]:
         """An image path or array as (RGB uint8 array, display name)."""
-        if isinstance(image, (str, Path)):
-            from .preprocess import ImageError
-
-            try:
-                return read_image(image, self.max_pixels), str(image)
-            except ImageError as exc:
-                raise ImageError(f"{image}: {exc}") from None
-        return as_rgb(image), "image"
+        return load_image(image, self.max_pixels)
 
     def explain(self, images: ImageLike | Sequence[ImageLike], conf: float = DEFAULT_CONF,
                 iou: float = DEFAULT_IOU, max_det: int = MAX_DET,
@@ -213,14 +205,7 @@ class DetectionCAM:
         """Detect as Ultralytics' predict does (``conf``, ``iou``, ``max_det``) and explain
         every kept box of one image or a list."""
         check_thresholds(conf, iou)
-        if isinstance(images, (str, Path, np.ndarray)):
-            images = [images]
-        loaded = [self.load(image) for image in images]
-        if not loaded:
-            raise ValueError("no images to explain")
-        rgbs = [rgb for rgb, _ in loaded]
-        names = list(names) if names is not None else [
-            name if name != "image" else f"image{i}" for i, (_, name) in enumerate(loaded)]
+        rgbs, names = load_images(images, self.max_pixels, names=names)
         boxes, classes, scores, saliency = [], [], [], []
         for name, rgb in zip(names, rgbs, strict=True):
             features = self.features(self.preprocessing(rgb))

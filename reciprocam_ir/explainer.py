@@ -41,11 +41,10 @@ from .paths import (
     Targets,
     resolve_targets,
 )
-from .preprocess import DEFAULT_MAX_PIXELS, ImageError, as_rgb, read_image
+from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, load_image, load_images
 from .saliency import SCORE_KINDS
 from .targets import DEFAULT_MAX_TARGETS, check_max_targets, checked_targets
 
-ImageLike = str | Path | np.ndarray
 MAX_MEMORY_BUDGET_MB = float(1 << 20)
 """1 TiB: a larger budget is a typo (or inf), not a machine."""
 
@@ -468,12 +467,7 @@ class ReciproCAM:
 
     def load(self, image: ImageLike) -> tuple[np.ndarray, str]:
         """An image path or array as (RGB uint8 array, display name)."""
-        if isinstance(image, (str, Path)):
-            try:
-                return read_image(image, self.max_pixels, self.min_decode_size), str(image)
-            except ImageError as exc:
-                raise ImageError(f"{image}: {exc}") from None
-        return as_rgb(image), "image"
+        return load_image(image, self.max_pixels, self.min_decode_size)
 
     def explain(
         self,
@@ -485,14 +479,7 @@ class ReciproCAM:
         """Explain one image or a list: ``targets`` None (top_k predicted), an int, ints, 'all'
         (duplicates explained once)."""
         targets = self.check_targets(targets, top_k)
-        if isinstance(images, (str, Path, np.ndarray)):
-            images = [images]
-        loaded = [self.load(image) for image in images]
-        if not loaded:
-            raise ValueError("no images to explain")
-        rgbs = [rgb for rgb, _ in loaded]
-        names = list(names) if names is not None else [
-            name if name != "image" else f"image{i}" for i, (_, name) in enumerate(loaded)]
+        rgbs, names = load_images(images, self.max_pixels, self.min_decode_size, names)
         results = []
         for start in range(0, len(rgbs), self.batch_size):
             batch = np.concatenate([self.preprocessing(rgb)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .image_header import ImageError
-from .image_reader import DEFAULT_MAX_PIXELS, DecodedImage, decode_image, image_size, read_image
+from .image_reader import (
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    MinSize,
+    decode_image,
+    image_size,
+    read_image,
+)
 from .resample import INTERPOLATIONS, axis_taps, resample
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -225,3 +234,34 @@ __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD", "DecodedImage", "ImageError",
     "Preprocessing", "as_rgb", "decode_image", "image_size", "read_image",
 ]
+
+
+ImageLike = str | Path | np.ndarray
+"""What the explainers take as an image: a file path, or an HxWx3 uint8 RGB array."""
+
+
+def load_image(image: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+               min_size: MinSize | None = None) -> tuple[np.ndarray, str]:
+    """An image path or array as (RGB uint8 array, display name); a path's errors name it."""
+    if isinstance(image, (str, Path)):
+        try:
+            return read_image(image, max_pixels, min_size), str(image)
+        except ImageError as exc:
+            raise ImageError(f"{image}: {exc}") from None
+    return as_rgb(image), "image"
+
+
+def load_images(images: ImageLike | Sequence[ImageLike], max_pixels: int = DEFAULT_MAX_PIXELS,
+                min_size: MinSize | None = None, names: Sequence[str] | None = None
+                ) -> tuple[list[np.ndarray], list[str]]:
+    """One image or a list as RGB arrays and their names (``names``, else each path, else
+    ``image<i>``); ValueError for an empty list."""
+    if isinstance(images, (str, Path, np.ndarray)):
+        images = [images]
+    loaded = [load_image(image, max_pixels, min_size) for image in images]
+    if not loaded:
+        raise ValueError("no images to explain")
+    rgbs = [rgb for rgb, _ in loaded]
+    names = list(names) if names is not None else [
+        name if name != "image" else f"image{i}" for i, (_, name) in enumerate(loaded)]
+    return rgbs, names
