@@ -24,6 +24,7 @@ from ..artifact.graph_files import BATCH
 from ..errors import ExportError
 from ..input_size import InputSize
 from .file_cut import ImageInput, image_input
+from .onnx_graph import dims_of
 
 STRIDES = (8, 16, 32)
 """Ultralytics' detection strides (P3, P4, P5): how anchors tile the input."""
@@ -91,7 +92,7 @@ class OnnxDetector:
         self.metadata = {p.key: p.value for p in model.metadata_props}
         inits = {i.name for i in graph.initializer}
         inputs = [v for v in graph.input if v.name not in inits]
-        dims = _dims(inputs[0]) if len(inputs) == 1 else None
+        dims = dims_of(inputs[0]) if len(inputs) == 1 else None
         is_float = len(inputs) == 1 and inputs[0].type.tensor_type.elem_type == \
             onnx.TensorProto.FLOAT
         self.input: ImageInput = image_input(self.source, [v.name for v in inputs], dims,
@@ -103,9 +104,9 @@ class OnnxDetector:
         if task != "detect":
             raise ExportError(f"{path}: an Ultralytics '{task}' model; only detection models "
                               "(task 'detect') are explained box by box")
-        self.num_classes = detection_output(_dims(graph.output[0]), self.input.size)
+        self.num_classes = detection_output(dims_of(graph.output[0]), self.input.size)
         if self.num_classes is None:
-            raise ExportError(f"{path}: output shape {_dims(graph.output[0])} is not a YOLO "
+            raise ExportError(f"{path}: output shape {dims_of(graph.output[0])} is not a YOLO "
                               f"raw output (batch, 4 + classes, {anchor_count(self.input.size)}"
                               " anchors)")
         if dims is not None and dims[0] == 1:
@@ -128,7 +129,7 @@ class OnnxDetector:
 
     def _values(self) -> dict[str, list[int | None] | None]:
         g = self.model.graph
-        return {v.name: _dims(v) for v in (*g.input, *g.value_info, *g.output)}
+        return {v.name: dims_of(v) for v in (*g.input, *g.value_info, *g.output)}
 
     def levels(self, layers: list[str] | None) -> list[Level]:
         """The named tensors, or those alive when the first Resize (the neck) runs."""
@@ -212,13 +213,6 @@ class OnnxDetector:
                                        providers=["CPUExecutionProvider"])
         return np.concatenate([session.run(None, {self.input.name: x[i : i + 1]})[0]
                                for i in range(len(x))]).astype(np.float32)
-
-
-def _dims(value: object) -> list[int | None] | None:
-    t = value.type.tensor_type
-    if not t.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
 
 
 def _set_batch(value: object) -> None:
@@ -434,7 +428,7 @@ def is_detector(path: str | Path) -> bool:
             inputs = [v for v in model.graph.input if v.name not in inits]
             if len(inputs) != 1 or len(model.graph.output) != 1:
                 return False
-            dims, out = _dims(inputs[0]), _dims(model.graph.output[0])
+            dims, out = dims_of(inputs[0]), dims_of(model.graph.output[0])
         else:
             import openvino as ov
 
