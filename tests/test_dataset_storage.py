@@ -251,7 +251,9 @@ def test_a_worker_node_killed_mid_run_then_resumed_gives_each_image_once(
 
 def test_the_driver_holds_no_rows(moto, cluster, export_once, tmp_path):
     """Rows of 80 KB each (a 64x64 map, five classes) go from the actors to storage; the
-    driver's memory stays flat however many are written."""
+    driver's memory stays flat however many are written. A driver that gathered the rows
+    would grow by at least their size; Ray's own bookkeeping on the driver moves it by
+    10-15 MB from run to run, hence half the rows' size as the line."""
     from toy_models import sized
 
     folder = export_once(sized(256, 256), fmt="ir")
@@ -275,7 +277,7 @@ def test_the_driver_holds_no_rows(moto, cluster, export_once, tmp_path):
     row_bytes = sum(pq.read_metadata(f).row_group(0).total_byte_size
                     for f in (tmp_path / "out").glob("*.parquet"))
     assert summary.explained == 480 and row_bytes > 30e6
-    assert peak[0] - before < row_bytes / 4, (peak[0] - before, row_bytes)
+    assert peak[0] - before < row_bytes / 2, (peak[0] - before, row_bytes)
 
 
 def rss() -> int:
