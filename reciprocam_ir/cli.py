@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,7 @@ from .masking import (
     DEFAULT_WINDOW_STRENGTH,
     MASK_KINDS,
 )
+from .precision import PrecisionWarning
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError
 from .saliency import SCORE_KINDS
 from .serving.budget import (
@@ -192,6 +194,19 @@ def image_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return paths, missing
 
 
+def say_warnings() -> None:
+    """Our own warnings as one ``reciprocam: warning:`` line each; others as Python prints them."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if issubclass(category, PrecisionWarning):
+            tqdm.write(f"reciprocam: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def fail(message: str, code: int = 2) -> int:
     print(f"reciprocam: error: {message}", file=sys.stderr)
     return code
@@ -320,6 +335,7 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     np.seterr(all="ignore")
+    say_warnings()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # errors are ours to say
     refused = detect_cli.refusal(args)
     if refused:

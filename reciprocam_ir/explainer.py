@@ -41,6 +41,7 @@ from .paths import (
     Targets,
     resolve_targets,
 )
+from .precision import warn_if_coarse
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, load_image, load_images
 from .saliency import SCORE_KINDS
 from .targets import DEFAULT_MAX_TARGETS, check_max_targets, checked_targets
@@ -177,6 +178,7 @@ class ReciproCAM:
             self._check_io(role)
         self._graphs: dict[str, Graph] = {}
         self._lock = threading.Lock()
+        self._precision_warned = False
         self._affine = self._affine_tail()
         # a model that outputs probabilities (exported with --keep-softmax) is scored as is
         self.scoring = Scoring(softmax=self._softmax, negate=mask in REMOVING_MASKS)
@@ -543,11 +545,15 @@ class ReciproCAM:
 
     def _explain_batch(self, batch: np.ndarray, targets: Targets, top_k: int,
                        names: Sequence[str]) -> list[Result]:
-        """One :data:`Result` per image of a preprocessed batch, NaN/Inf refused by name."""
+        """One :data:`Result` per image of a preprocessed batch, NaN/Inf refused by name; the
+        first map a reduced precision flattened is warned about, once per explainer."""
         results = list(self.path_for(targets, top_k)(batch, targets, top_k))
-        for name, (unmasked, _, maps) in zip(names, results, strict=False):
+        for name, (unmasked, classes, maps) in zip(names, results, strict=False):
             if not (np.isfinite(unmasked).all() and np.isfinite(maps).all()):
                 raise FloatingPointError(f"{name}: the model produced NaN or Inf scores")
+            if not self._precision_warned:
+                self._precision_warned = warn_if_coarse(
+                    name, classes, maps, self.backend.inference_precision)
         return results
 
     def _explanation(self, results: list[Result], names: list[str],

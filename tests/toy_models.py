@@ -331,3 +331,16 @@ def tiny_timm_vit() -> nn.Module:
                 module.weight.uniform_(-bound, bound, generator=generator)
                 module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
     return model.eval()
+
+
+def offset_scores() -> nn.Module:
+    """Scores near 100 that the masked maps move by about 4e-3: bf16's step there is 0.5.
+
+    OpenVINO CPU keeps the bias add in f32, so ``g`` alone gives f32's spread at bf16; the
+    explain graph, whose normalisation runs in bf16, flattens every map to one value."""
+    torch.manual_seed(0)
+    model = TinyFlattenNet().eval()
+    with torch.no_grad():
+        model.head[-1].weight.mul_(0.1)
+        model.head[-1].bias.fill_(100.0)
+    return model

@@ -130,5 +130,11 @@ class Backend(ABC):
         """
         return None
 
+    @property
+    def inference_precision(self) -> str:
+        """The precision the engine computes in: ``precision``, or for "auto" the device's
+        default ("f32" unless a backend knows better)."""
+        return "f32" if self.precision == "auto" else self.precision
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.device!r}, precision={self.precision!r})"

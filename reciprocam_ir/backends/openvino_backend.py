@@ -59,6 +59,16 @@ class OpenVINOBackend(Backend):
                 f"(available: {', '.join(self.core.available_devices) or 'none'})"
             )
 
+    @property
+    def inference_precision(self) -> str:
+        """For "auto", the device's own default (bf16 on CPUs with AVX-512 BF16 or AMX)."""
+        if self.precision != "auto":
+            return self.precision
+        try:
+            return self.core.get_property(self.device, "INFERENCE_PRECISION_HINT").get_type_name()
+        except RuntimeError:  # a device (AUTO, NPU) that does not report one
+            return "auto"
+
     def config(self) -> dict[str, str]:
         """Compile options: one explanation at a time is the job, so the latency hint."""
         config = {"PERFORMANCE_HINT": "LATENCY"}
