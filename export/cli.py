@@ -23,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
         DEFAULT_WINDOW_STRENGTH,
         MASK_KINDS,
     )
-    from reciprocam_ir.preprocess import INTERPOLATIONS, PAD_POSITIONS
+    from reciprocam_ir.preprocess import INTERPOLATIONS, PAD_POSITIONS, RESAMPLERS
 
     from .artifact.staging import FORMATS
 
@@ -91,6 +91,10 @@ def parser() -> argparse.ArgumentParser:
                    help="with --resize pad: pixel value 0..255 of the padding (default 0)")
     g.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
                    help="resize interpolation (default bilinear)")
+    g.add_argument("--resampler", choices=RESAMPLERS, default=None,
+                   help="who computes the resize: torchvision (its tensor resize, the default) "
+                        "or pil (Pillow's Image.resize, as timm, Hugging Face and Ultralytics "
+                        "do; the default for a recipe read from those tools)")
     g.add_argument("--antialias", choices=("on", "off"), default=None,
                    help="antialias when shrinking, as torchvision and PIL (default on; off: "
                         "as cv2.resize)")
@@ -120,7 +124,7 @@ def list_layers(model: str, weights: str | None, size: tuple[int, int] | None) -
 
 
 GRAPH_ONLY = ("task", "mean", "std", "scale", "color", "keep_softmax", "resize", "resize_size",
-              "pad_position", "pad_value", "interpolation", "antialias")
+              "pad_position", "pad_value", "interpolation", "resampler", "antialias")
 
 
 def check_torch_args(args: argparse.Namespace) -> None:
@@ -149,7 +153,7 @@ def export_file(args: argparse.Namespace, log: Callable[[str], None]) -> Path | 
         return None
     options = {k: getattr(args, k) for k in ("mean", "std", "scale", "color", "resize",
                                              "resize_size", "pad_position", "pad_value",
-                                             "interpolation")
+                                             "interpolation", "resampler")
                if getattr(args, k) is not None}
     if args.antialias is not None:
         options["antialias"] = args.antialias == "on"
@@ -170,7 +174,8 @@ def export_detector_file(args: argparse.Namespace, log: Callable[[str], None]) -
     if refused:
         raise ExportError(f"{args.model}: {', '.join(refused)} do not apply to a detector")
     options = {k: getattr(args, k) for k in ("mean", "std", "scale", "color", "resize",
-                                             "pad_position", "pad_value", "interpolation")}
+                                             "pad_position", "pad_value", "interpolation",
+                                             "resampler")}
     if args.antialias is not None:
         options["antialias"] = args.antialias == "on"
     return export_detector(args.model, args.layer, args.input_size, args.format, args.out,

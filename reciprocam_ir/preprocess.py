@@ -21,6 +21,8 @@ from .image_reader import (
 )
 from .resample import INTERPOLATIONS, axis_taps, resample
 
+RESAMPLERS = ("torchvision", "pil")
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_POLICIES = ("direct", "shorter_side_crop", "squash_crop", "pad")
@@ -54,6 +56,9 @@ class Preprocessing:
     top left (``pad_position``). ``interpolation`` and ``antialias`` are torchvision's
     (antialiased shrinking, as PIL and torchvision's weights' transforms do). The resized
     image is rounded to 8 bits, as torchvision and OpenCV do on uint8 images.
+    ``resampler``: ``"torchvision"`` computes the resize as torchvision's tensor resize
+    does; ``"pil"`` has Pillow's ``Image.resize`` do it (timm, Hugging Face and
+    Ultralytics resize with PIL; PIL always antialiases).
     """
 
     size: tuple[int, int]
@@ -68,6 +73,7 @@ class Preprocessing:
     antialias: bool = True
     pad_position: str = "center"
     pad_value: float = 0.0
+    resampler: str = "torchvision"
 
     def __post_init__(self) -> None:
         problems = []
@@ -97,6 +103,11 @@ class Preprocessing:
                             f"got {self.interpolation!r}")
         if not isinstance(self.antialias, bool):
             problems.append(f"antialias must be true or false, got {self.antialias!r}")
+        if self.resampler not in RESAMPLERS:
+            problems.append(f"resampler must be one of {RESAMPLERS}, got {self.resampler!r}")
+        elif self.resampler == "pil" and self.antialias is False:
+            problems.append("resampler pil always antialiases: antialias false has no PIL "
+                            "equivalent")
         if self.pad_position not in PAD_POSITIONS:
             problems.append(f"pad_position must be one of {PAD_POSITIONS}, "
                             f"got {self.pad_position!r}")
@@ -110,8 +121,8 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         """Read the manifest's ``input`` section (``shape`` gives the size).
 
-        Manifests written before ``interpolation``, ``antialias`` and the pad fields
-        existed get torchvision's defaults: bilinear, antialiased.
+        Manifests written before ``interpolation``, ``antialias``, the pad fields and
+        ``resampler`` existed get torchvision's defaults: bilinear, antialiased, torchvision.
         """
         shape = d["shape"]
         hw = shape[1:3] if d.get("layout") == "NHWC" else shape[2:4]
@@ -128,6 +139,7 @@ class Preprocessing:
             antialias=d.get("antialias", True),
             pad_position=d.get("pad_position", "center"),
             pad_value=d.get("pad_value", 0.0),
+            resampler=d.get("resampler", "torchvision"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,11 +202,17 @@ class Preprocessing:
         r0, r1 = max(0, -top), min(rh, h - top)
         c0, c1 = max(0, -left), min(rw, w - left)
         reduction = getattr(rgb, "reduction", 1) if full != rgb.shape[:2] else 1
-        rows = axis_taps(rgb.shape[0], rh, r0, r1 - r0, self.interpolation, self.antialias,
-                         full[0] / reduction)
-        cols = axis_taps(rgb.shape[1], rw, c0, c1 - c0, self.interpolation, self.antialias,
-                         full[1] / reduction)
-        img = resample(rgb, rows, cols)
+        extent = (full[0] / reduction, full[1] / reduction)
+        if self.resampler == "pil":
+            from .pil_resample import pil_resize
+
+            img = pil_resize(rgb, (rh, rw), (r0, r1), (c0, c1), self.interpolation, extent)
+        else:
+            rows = axis_taps(rgb.shape[0], rh, r0, r1 - r0, self.interpolation,
+                             self.antialias, extent[0])
+            cols = axis_taps(rgb.shape[1], rw, c0, c1 - c0, self.interpolation,
+                             self.antialias, extent[1])
+            img = resample(rgb, rows, cols)
         if img.shape[:2] != (h, w):
             canvas = np.full((h, w, 3), self.pad_value, np.float32)
             canvas[r0 + top : r1 + top, c0 + left : c1 + left] = img

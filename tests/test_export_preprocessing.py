@@ -79,6 +79,26 @@ def test_bad_graph_file_preprocessing(capsys, tmp_path, tiny, args, match):
 def test_graph_file_flags_are_refused_for_torch_models(capsys, tmp_path):
     assert "--resize, --pad-value apply only to .onnx/.xml" in refused(
         capsys, tmp_path, "resnet18", "--weights", "none", "--resize", "pad", "--pad-value", "1")
+    assert "--resampler apply only to .onnx/.xml" in refused(
+        capsys, tmp_path, "resnet18", "--weights", "none", "--resampler", "pil")
+
+
+def test_resampler_flag(tiny, tmp_path, capsys):
+    """``--resampler pil``: Pillow resizes; the manifest and the log say so. PIL cannot
+    resize without antialiasing: ``--antialias off`` with it is refused in one line."""
+    out = tmp_path / "pil"
+    assert cli.main([str(tiny), "--out", str(out), "--format", "onnx", "--resize", "crop",
+                     "--resize-size", "20", "--interpolation", "bicubic",
+                     "--resampler", "pil"]) == 0
+    assert "(bicubic, pil)" in capsys.readouterr().err
+    assert manifest(out)["input"]["resampler"] == "pil"
+    image = np.random.default_rng(0).integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    x = ReciproCAM(out, backend="onnxruntime").preprocessing(image)
+    np.testing.assert_array_equal(x, Preprocessing(
+        size=(16, 16), resize_size=20, interpolation="bicubic", resampler="pil")(image))
+    message = refused(capsys, tmp_path, str(tiny), "--format", "onnx", "--resampler", "pil",
+                      "--antialias", "off")
+    assert "antialias false has no PIL equivalent" in message
 
 
 def test_squash_then_crop_recipe(tmp_path, image, capsys):
@@ -108,8 +128,9 @@ def test_recipe_is_read_from_ultralytics_metadata(tmp_path):
     assert (m["input"]["resize"], m["input"]["resize_size"]) == ("shorter_side_crop", 16)
     assert m["input"]["mean"] == [0, 0, 0] and m["input"]["std"] == [1, 1, 1]
     assert m["labels"] == ["cat", "dog", "owl", "fox", "elk"]
-    assert "Ultralytics" in m["input"]["recipe_source"]
+    assert "Ultralytics" in m["input"]["recipe_source"] and m["input"]["resampler"] == "pil"
     assert not [line for line in said if line.startswith("warning")]
+    assert [line for line in said if line.startswith("preprocessing:") and "bilinear, pil" in line]
     ir = manifest(export_graph_file(to_ir(model), out=tmp_path / "ir"))
     assert ir["input"] == {**m["input"], "source_name": ir["input"]["source_name"]}
     assert ir["labels"] == m["labels"]
@@ -136,7 +157,7 @@ def test_recipe_is_read_from_optimums_preprocessor_config(tmp_path, config, size
     assert (m["resize"], m["resize_size"], m["interpolation"]) == (
         resize, resize_size, interpolation)
     assert m["mean"] == config["image_mean"] and m["std"] == config["image_std"]
-    assert "preprocessor_config.json" in m["recipe_source"]
+    assert "preprocessor_config.json" in m["recipe_source"] and m["resampler"] == "pil"
 
 
 def test_an_assumed_recipe_is_said_to_be_one(tmp_path):

@@ -110,6 +110,7 @@ def test_a_pretrained_cfg_gives_size_mean_and_crop():
     recipe = load_model(model).preprocessing
     assert recipe.size == (224, 224) and recipe.resize_size == 248  # floor(224 / 0.9)
     assert recipe.mean == (0.5, 0.5, 0.5) and recipe.interpolation == "bicubic"
+    assert recipe.resampler == "pil"
     assert load_model(model, size=64).preprocessing.resize_size == 71
 
 

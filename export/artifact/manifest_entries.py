@@ -3,7 +3,7 @@ way; the schema itself is :mod:`reciprocam_ir.artifact`'s."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME, POOLED_NAME
@@ -38,3 +38,18 @@ def graphs_entry(roles: Iterable[str], fmt: str) -> dict[str, dict[str, str]]:
     """``graphs``: each role's file per format written (``fmt`` onnx, ir or both)."""
     return {role: {**({"onnx": f"{role}.onnx"} if fmt != "ir" else {}),
                    **({"ir": f"{role}.xml"} if fmt != "onnx" else {})} for role in roles}
+
+
+def describe_preprocessing(options: Mapping[str, Any]) -> str:
+    """A one-line account of a manifest's ``input`` recipe, for the export log."""
+    resize = options["resize"]
+    how = {"direct": "resize to the input size",
+           "shorter_side_crop": f"shorter side to {options.get('resize_size')}, centre crop",
+           "squash_crop": f"both sides to {options.get('resize_size')}, centre crop",
+           "pad": "fit inside, pad"}.get(resize, resize)
+    mean = ", ".join(f"{v:g}" for v in options["mean"])
+    std = ", ".join(f"{v:g}" for v in options["std"])
+    resampling = f"{options.get('interpolation', 'bilinear')}, " \
+        f"{options.get('resampler', 'torchvision')}"
+    return (f"{how} ({resampling}), x {options['scale']:.6g}, "
+            f"mean ({mean}), std ({std}), {options['color']}")

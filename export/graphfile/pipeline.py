@@ -25,7 +25,12 @@ from reciprocam_ir.preprocess import CROP_POLICIES, IMAGENET_MEAN, IMAGENET_STD,
 from ..artifact.explain_graph import add_explain_graphs, explain_spec
 from ..artifact.graph_files import declare_output_shape, declared_outputs, write_ir
 from ..artifact.labels import graph_labels, read_labels_file
-from ..artifact.manifest_entries import feature_entry, graphs_entry, tail_entries
+from ..artifact.manifest_entries import (
+    describe_preprocessing,
+    feature_entry,
+    graphs_entry,
+    tail_entries,
+)
 from ..artifact.staging import FORMATS, check_destination, staged
 from ..artifact.verify import (
     Reference,
@@ -40,7 +45,7 @@ from ..artifact.verify import (
 from ..errors import ExportError
 from ..input_size import InputSize
 from .file_cut import output_formats
-from .tool_recipes import Recipe, describe, tool_recipe
+from .tool_recipes import Recipe, tool_recipe
 
 if TYPE_CHECKING:
     from .file_cut import CutPoint
@@ -185,7 +190,7 @@ def export_graph_file(
     except (TypeError, ValueError) as exc:
         raise ExportError(f"{source}: invalid preprocessing: {exc}") from None
     recipe_source = recipe_account(recipe, given, log)
-    log(f"preprocessing: {describe(preprocessing.to_dict())} ({recipe_source})")
+    log(f"preprocessing: {describe_preprocessing(preprocessing.to_dict())} ({recipe_source})")
     freed = getattr(graph, "freed_batch", [])
     if freed:
         log(f"batch fixed at 1 by {len(freed)} Reshape(s) ({', '.join(freed[:3])}"

@@ -3,7 +3,8 @@
 Ultralytics writes ``imgsz`` and ``task`` into the ONNX metadata (its classify transforms:
 shorter side to ``imgsz``, centre crop, pixels / 255, no mean or std); Hugging Face optimum
 writes ``preprocessor_config.json`` beside ``model.onnx`` (``image_mean``, ``image_std``,
-``size``, ``crop_pct``, ``resample``, ``rescale_factor``). Command-line flags override it,
+``size``, ``crop_pct``, ``resample``, ``rescale_factor``). Both tools resize with PIL, so
+their recipes have Pillow resize (``resampler: pil``). Command-line flags override it,
 field by field.
 """
 
@@ -57,7 +58,8 @@ def ultralytics_recipe(metadata: Mapping[str, str]) -> Recipe:
         raise ExportError(f"Ultralytics metadata imgsz {metadata['imgsz']!r} is not a size"
                           ) from None
     options: dict[str, Any] = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
-                               "scale": 1 / 255, "interpolation": "bilinear"}
+                               "scale": 1 / 255, "interpolation": "bilinear",
+                               "resampler": "pil"}
     if h == w:  # torchvision Resize(h) on the shorter side, then CenterCrop
         options.update(resize="shorter_side_crop", resize_size=h)
     else:
@@ -74,7 +76,7 @@ def optimum_recipe(config: Path) -> Recipe:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ExportError(f"{config}: not a readable preprocessor configuration ({exc})"
                           ) from None
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"resampler": "pil"}
     notes = []
     if cfg.get("do_normalize", True) and "image_mean" in cfg:
         options["mean"] = tuple(float(v) for v in cfg["image_mean"])
@@ -112,16 +114,3 @@ def optimum_recipe(config: Path) -> Recipe:
             options["resize"] = "direct"
             out_size = (edge, edge)
     return Recipe(options, f"{config.name} beside the graph", out_size, notes)
-
-
-def describe(options: Mapping[str, Any]) -> str:
-    """A one-line account of a preprocessing recipe, for the export log."""
-    resize = options["resize"]
-    how = {"direct": "resize to the input size",
-           "shorter_side_crop": f"shorter side to {options.get('resize_size')}, centre crop",
-           "squash_crop": f"both sides to {options.get('resize_size')}, centre crop",
-           "pad": "fit inside, pad"}.get(resize, resize)
-    mean = ", ".join(f"{v:g}" for v in options["mean"])
-    std = ", ".join(f"{v:g}" for v in options["std"])
-    return (f"{how} ({options.get('interpolation', 'bilinear')}), x {options['scale']:.6g}, "
-            f"mean ({mean}), std ({std}), {options['color']}")

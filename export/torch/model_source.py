@@ -193,7 +193,8 @@ def from_module(model: nn.Module, name: str, spec: str, weights: str | None,
 
 def timm_recipe(model: nn.Module) -> dict[str, Any]:
     """A timm model's own preprocessing from its ``pretrained_cfg`` (mean, std, input size,
-    interpolation, crop_pct) as ``reciprocam_input`` entries; {} for other models. The size
+    interpolation, crop_pct) as ``reciprocam_input`` entries, resized by PIL as timm's
+    transforms do; {} for other models. The size
     is the one the model was built for (``patch_embed.img_size``) where that differs from the
     pretrained one; ``crop_pct`` gives the centre crop's resize, ``floor(size / crop_pct)``
     as timm's own transforms."""
@@ -202,7 +203,8 @@ def timm_recipe(model: nn.Module) -> dict[str, Any]:
         return {}
     built = getattr(getattr(model, "patch_embed", None), "img_size", None)
     size = as_hw(tuple(built) if built else tuple(cfg.get("input_size", (3, DEFAULT_SIZE))[1:]))
-    recipe: dict[str, Any] = {"size": size, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
+    recipe: dict[str, Any] = {"size": size, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]),
+                              "resampler": "pil"}
     if cfg.get("interpolation") in ("bilinear", "bicubic", "nearest"):
         recipe["interpolation"] = cfg["interpolation"]
     crop_pct = float(cfg.get("crop_pct") or 1.0)

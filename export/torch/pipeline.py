@@ -29,7 +29,12 @@ from ..artifact.graph_files import (
     write_token_tail_onnx,
 )
 from ..artifact.labels import check_count, read_labels_file
-from ..artifact.manifest_entries import feature_entry, graphs_entry, tail_entries
+from ..artifact.manifest_entries import (
+    describe_preprocessing,
+    feature_entry,
+    graphs_entry,
+    tail_entries,
+)
 from ..artifact.staging import FORMATS, check_destination, staged
 from ..artifact.verify import (
     Reference,
@@ -156,6 +161,7 @@ def export_artifact(
     file_labels = read_labels_file(labels) if labels is not None else None
     log(f"loading {spec}")
     loaded, graph, example = prepare(spec, weights, size)
+    log(f"preprocessing: {describe_preprocessing(loaded.preprocessing.to_dict())}")
     cut = graph.find(layer) if layer else graph.default_cut()
     if file_labels is not None:
         names = check_count(file_labels, graph.num_classes, labels)
