@@ -93,8 +93,10 @@ def class_token_rows(ops: GraphOps, feature: Value, ln1: Value, masks: Value,
     scaled = ops.binary("mul", q0, ops.const(np.float32(size ** -0.5)))
     logits = ops.binary("matmul", scaled, k)                                      # (B, H, 1, T)
     attended = ops.binary("mul", ops.softmax(ops.binary("mul", logits, weights)), weights)
-    out = ops.reshape(ops.transpose(ops.binary("matmul", attended, v), [0, 2, 1, 3]),
-                      [0, 0, width])                                              # (B, M, D)
+    per_image = ops.concat([ops.const(np.array([-1], np.int64)), rows,
+                            ops.const(np.array([width], np.int64))], 0)
+    out = ops.reshape_to(ops.transpose(ops.binary("matmul", attended, v), [0, 2, 1, 3]),
+                         per_image)                                               # (B, M, D)
     if attention.b_v is not None:
         out = ops.binary("add", out, const(attention.b_v))
     out = ops.binary("matmul", out, const(attention.w_out))
