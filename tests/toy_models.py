@@ -340,6 +340,7 @@ class HfSelfAttention(nn.Module):
     def __init__(self, width: int, heads: int, sdpa: bool) -> None:
         super().__init__()
         self.heads, self.size, self.sdpa = heads, width // heads, sdpa
+        self.scale = self.size ** -0.5
         self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
         self.dense = nn.Linear(width, width)
 
@@ -351,7 +352,7 @@ class HfSelfAttention(nn.Module):
         if self.sdpa:
             context = nn.functional.scaled_dot_product_attention(q, k, v)
         else:
-            scores = torch.matmul(q, k.transpose(-1, -2)) / self.size ** 0.5
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
             context = torch.matmul(nn.functional.softmax(scores, dim=-1), v)
         context = context.permute(0, 2, 1, 3).contiguous()
         return self.dense(context.view(context.shape[0], -1, self.heads * self.size))
@@ -420,3 +421,11 @@ def hf_vit(sdpa: bool = False) -> nn.Module:
 
 def hf_vit_sdpa() -> nn.Module:
     return hf_vit(sdpa=True)
+
+
+def hf_vit_odd_scale() -> nn.Module:
+    """hf_vit whose last attention scales q·k by 0.3, not 1/√d: the shortcut's ops, not its
+    function."""
+    model = hf_vit()
+    model.layer[1].attention.scale = 0.3
+    return model
