@@ -362,13 +362,13 @@ class HfLayer(nn.Module):
     """Hugging Face's ViTLayer: layernorm_before → attention → residual → layernorm_after →
     intermediate dense + GELU (erf) → output dense → residual."""
 
-    def __init__(self, width: int, heads: int, sdpa: bool) -> None:
+    def __init__(self, width: int, heads: int, sdpa: bool, mlp: int = 2) -> None:
         super().__init__()
         self.layernorm_before = nn.LayerNorm(width, eps=1e-12)
         self.attention = HfSelfAttention(width, heads, sdpa)
         self.layernorm_after = nn.LayerNorm(width, eps=1e-12)
-        self.intermediate = nn.Linear(width, 2 * width)
-        self.output = nn.Linear(2 * width, width)
+        self.intermediate = nn.Linear(width, mlp * width)
+        self.output = nn.Linear(mlp * width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.attention(self.layernorm_before(x)) + x
@@ -379,15 +379,15 @@ class HfLayer(nn.Module):
 class HfViT(nn.Module):
     """Hugging Face's ViTForImageClassification in structure (transformers is not a
     dependency): patch embedding conv, class token and position embeddings, ``depth``
-    layers, final layernorm, classifier on token 0."""
+    layers (MLP width ``mlp``·width), final layernorm, classifier on token 0."""
 
     def __init__(self, size: int = 32, patch: int = 8, width: int = 32, depth: int = 2,
-                 heads: int = 2, classes: int = 6, sdpa: bool = False) -> None:
+                 heads: int = 2, classes: int = 6, sdpa: bool = False, mlp: int = 2) -> None:
         super().__init__()
         self.patch_embeddings = nn.Conv2d(3, width, patch, patch)
         self.cls_token = nn.Parameter(torch.randn(1, 1, width))
         self.position_embeddings = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, width))
-        self.layer = nn.ModuleList(HfLayer(width, heads, sdpa) for _ in range(depth))
+        self.layer = nn.ModuleList(HfLayer(width, heads, sdpa, mlp) for _ in range(depth))
         self.layernorm = nn.LayerNorm(width, eps=1e-12)
         self.classifier = nn.Linear(width, classes)
         self.reciprocam_input = dict(TOY_INPUT, size=size)

@@ -138,7 +138,9 @@ def find_attention(ln1: ov.Output, stream: ov.Output, width: int
                    ) -> tuple[BlockAttention, int] | None:
     """The attention between the LayerNorm output ``ln1`` and the residual ``Add`` onto
     ``stream`` (the cut), and its head count; None where the block is not of that form."""
-    projections = [n for n in _readers(ln1) if _weight(n, width) is not None]
+    starts = [ln1] + [n.output(0) for n in _readers(ln1) if _keeps_last_axis(n)]
+    projections = [n for start in starts for n in _readers(start)
+                   if _weight(n, width) is not None and key(n.input_value(0)) == key(start)]
     adds = [n for n in _readers(stream) if n.get_type_name() == "Add"]
     if len(adds) != 1 or len(projections) not in (1, 3):
         return None
@@ -166,6 +168,14 @@ def find_attention(ln1: ov.Output, stream: ov.Output, width: int
     return BlockAttention(*weights, biases[0], biases[2], *out, adds[0].output(0)), heads
 
 
+def _keeps_last_axis(node: ov.Node) -> bool:
+    """A 3-D Transpose that leaves the feature axis last (torchvision's sequence-first)."""
+    if node.get_type_name() != "Transpose":
+        return False
+    perm = constant(node.input_value(1))
+    return perm is not None and perm.size == 3 and int(perm[-1]) == 2
+
+
 def _output_projection(residual: ov.Node, stream: ov.Output, width: int
                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
     """(W_out, scale, shift) of the branch the residual ``Add`` adds onto ``stream``."""
@@ -176,10 +186,8 @@ def _output_projection(residual: ov.Node, stream: ov.Output, width: int
     steps: list[tuple[str, np.ndarray]] = []
     while node.get_type_name() in ("Transpose", "Reshape", "Multiply", "Add"):
         kind = node.get_type_name()
-        if kind == "Transpose":
-            perm = constant(node.input_value(1))
-            if perm is None or perm.size != 3 or int(perm[-1]) != 2:
-                return None
+        if kind == "Transpose" and not _keeps_last_axis(node):
+            return None
         if kind in ("Transpose", "Reshape"):
             node = node.input_value(0).get_node()
             continue
