@@ -37,8 +37,9 @@ What is measured, per model and backend (medians, batch 1, one 224×224-input im
   by the class-token shortcut; the same model is also exported with the masked-sequence tail
   (every masked copy through the last block, ViT-ReciproCAM done naively) and timed in a row
   of its own (``tail``: sequences), and the shortcut's maps are checked against it.
-- an ONNX file as a model (``--models deit_tiny.onnx``, for instance one written by
-  ``scripts/timm_onnx.py``): the artifact is cut from the file (``reciprocam-export FILE``,
+- an ONNX or OpenVINO IR file as a model (``--models deit_tiny.onnx`` or ``deit_tiny.xml``,
+  for instance written by ``scripts/timm_onnx.py``; an IR file with ``--backend openvino``):
+  the artifact is cut from the file (``reciprocam-export FILE``,
   ImageNet preprocessing), the file itself is the plain-inference baseline, and a ViT file
   whose last block takes the class-token shortcut also gets its masked-sequence row.
 
@@ -72,6 +73,8 @@ if str(ROOT) not in sys.path:
 DEFAULT_MODELS = ["resnet50", "resnet18", "mobilenet_v3_large", "efficientnet_b0",
                   "export.pretrained:efficientnet_lite0"]
 BACKENDS = ["openvino", "onnxruntime"]
+GRAPH_FILES = (".onnx", ".xml")
+"""Model specs that are graph files: the file itself is the plain-inference baseline."""
 DROP = {"scores": "softmax", "mask": "drop"}
 """A beyond-the-paper variant (docs/evaluation.md), timed beside the paper's."""
 WINDOW = {"mask": "window"}
@@ -307,7 +310,7 @@ def export_model(spec: str, layer: str | None, work: Path, token_tail: str | Non
     from export.torch.model_source import load_model
     from export.torch.pipeline import export_artifact
 
-    if spec.lower().endswith(".onnx"):  # a graph file: the file itself is the baseline
+    if spec.lower().endswith(GRAPH_FILES):  # a graph file: the file itself is the baseline
         return export_file(spec, layer, work, token_tail, fmt), Path(spec)
     weights = None if ":" in spec else "none"
     name = spec.split(":")[-1] + (f"-{layer}" if layer else "") + \
@@ -328,7 +331,7 @@ def export_model(spec: str, layer: str | None, work: Path, token_tail: str | Non
 
 def export_file(path: str, layer: str | None, work: Path, token_tail: str | None,
                 fmt: str) -> Path:
-    """The artifact of an ONNX classifier file (ImageNet preprocessing assumed)."""
+    """The artifact of an ONNX or IR classifier file (ImageNet preprocessing assumed)."""
     from export.graphfile.pipeline import export_graph_file
 
     artifact = work / (Path(path).stem + (f"-{layer}" if layer else "")
@@ -380,7 +383,7 @@ def bench_row(spec: str, layer: str | None, backend: str, args: argparse.Namespa
             "batch_size": args.batch_size}
     log(f"{spec} {layer or ''} on {backend} {args.device}: interleaved predict/explain "
         f"x{repeats}")
-    model = Path(spec).stem if spec.lower().endswith(".onnx") else spec.split(":")[-1]
+    model = Path(spec).stem if spec.lower().endswith(GRAPH_FILES) else spec.split(":")[-1]
     row = {"model": model, "backend": backend, "device": args.device,
            "precision": precision, "batch_size": args.batch_size, "artifact": str(artifact),
            "tail": tail, **run_worker(task)}

@@ -1,5 +1,5 @@
 """Deployed ViT graphs (ONNX, OpenVINO IR) cut without torch: token cuts, their tails (the
-class-token shortcut from an ONNX file, the masked sequences from an IR file)."""
+class-token shortcut from either)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_deployed_vit_maps_equal_the_whole_model_with_masked_tokens(artifacts, k
     cam = ReciproCAM(artifacts[kind], backend=backend, precision="f32")
     manifest = cam.artifact.manifest
     assert manifest["feature"]["kind"] == "tokens" and manifest["feature"]["grid"] == [4, 4]
-    assert manifest["token_tail"]["kind"] == ("class_token" if kind == "onnx" else "sequences")
+    assert manifest["token_tail"]["kind"] == "class_token"
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32), dtype=np.float32)
     exp = cam.explain_tensor(x, top_k=2)
     model = toy_models.tiny_vit_affine()

@@ -34,9 +34,10 @@ def masked_token_scores(model: torch.nn.Module, block: str, x: np.ndarray,
     entering torchvision encoder block ``block`` weighted by [1 | mask n] per token, and the
     output of its ``ln_1`` (of the unmasked stream) weighted alike, for masks (N, h, w); in
     the model's own float type (float64 after ``model.double()``); a timm ``Block``'s first
-    LayerNorm is ``norm1``."""
+    LayerNorm is ``norm1``, a Hugging Face ``ViTLayer``'s ``layernorm_before``."""
     module = dict(model.named_modules())[block]
-    ln_1 = module.ln_1 if hasattr(module, "ln_1") else module.norm1
+    ln_1 = next(getattr(module, name) for name in ("ln_1", "norm1", "layernorm_before")
+                if hasattr(module, name))
     dtype = next(model.parameters()).dtype
     rows = torch.from_numpy(np.asarray(masks).reshape(len(masks), -1)).to(dtype)
     weights = torch.cat([torch.ones(len(rows), 1, dtype=dtype), rows], dim=1)[:, :, None]

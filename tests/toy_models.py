@@ -333,6 +333,104 @@ def tiny_timm_vit() -> nn.Module:
     return model.eval()
 
 
+class HfSelfAttention(nn.Module):
+    """Hugging Face's ViTSelfAttention + ViTSelfOutput: separate query, key and value
+    projections, q·kᵀ/√d (eager) or ``scaled_dot_product_attention`` (``sdpa``), then dense."""
+
+    def __init__(self, width: int, heads: int, sdpa: bool) -> None:
+        super().__init__()
+        self.heads, self.size, self.sdpa = heads, width // heads, sdpa
+        self.scale = self.size ** -0.5
+        self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
+        self.dense = nn.Linear(width, width)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], -1, self.heads, self.size).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
+        if self.sdpa:
+            context = nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+            context = torch.matmul(nn.functional.softmax(scores, dim=-1), v)
+        context = context.permute(0, 2, 1, 3).contiguous()
+        return self.dense(context.view(context.shape[0], -1, self.heads * self.size))
+
+
+class HfLayer(nn.Module):
+    """Hugging Face's ViTLayer: layernorm_before → attention → residual → layernorm_after →
+    intermediate dense + GELU (erf) → output dense → residual."""
+
+    def __init__(self, width: int, heads: int, sdpa: bool, mlp: int = 2) -> None:
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(width, eps=1e-12)
+        self.attention = HfSelfAttention(width, heads, sdpa)
+        self.layernorm_after = nn.LayerNorm(width, eps=1e-12)
+        self.intermediate = nn.Linear(width, mlp * width)
+        self.output = nn.Linear(mlp * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attention(self.layernorm_before(x)) + x
+        hidden = nn.functional.gelu(self.intermediate(self.layernorm_after(x)))
+        return self.output(hidden) + x
+
+
+class HfViT(nn.Module):
+    """Hugging Face's ViTForImageClassification in structure (transformers is not a
+    dependency): patch embedding conv, class token and position embeddings, ``depth``
+    layers (MLP width ``mlp``·width), final layernorm, classifier on token 0."""
+
+    def __init__(self, size: int = 32, patch: int = 8, width: int = 32, depth: int = 2,
+                 heads: int = 2, classes: int = 6, sdpa: bool = False, mlp: int = 2) -> None:
+        super().__init__()
+        self.patch_embeddings = nn.Conv2d(3, width, patch, patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, width))
+        self.position_embeddings = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, width))
+        self.layer = nn.ModuleList(HfLayer(width, heads, sdpa, mlp) for _ in range(depth))
+        self.layernorm = nn.LayerNorm(width, eps=1e-12)
+        self.classifier = nn.Linear(width, classes)
+        self.reciprocam_input = dict(TOY_INPUT, size=size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embeddings(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        tokens = tokens + self.position_embeddings
+        for layer in self.layer:
+            tokens = layer(tokens)
+        return self.classifier(self.layernorm(tokens)[:, 0, :])
+
+
+def hf_vit(sdpa: bool = False) -> nn.Module:
+    """A 2-block HfViT at 32x32 (a 4x4 grid, width 32, 2 heads), seeded weights with
+    non-trivial LayerNorm scales and shifts and biases."""
+    torch.manual_seed(0)
+    model = HfViT(sdpa=sdpa)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
+            if isinstance(module, nn.Linear):
+                bound = 2 * module.in_features ** -0.5
+                module.weight.uniform_(-bound, bound, generator=generator)
+                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
+    return model.eval()
+
+
+def hf_vit_sdpa() -> nn.Module:
+    return hf_vit(sdpa=True)
+
+
+def hf_vit_odd_scale() -> nn.Module:
+    """hf_vit whose last attention scales q·k by 0.3, not 1/√d: the shortcut's ops, not its
+    function."""
+    model = hf_vit()
+    model.layer[1].attention.scale = 0.3
+    return model
+
+
 def offset_scores() -> nn.Module:
     """Scores near 100 that the masked maps move by about 4e-3: bf16's step there is 0.5.
 

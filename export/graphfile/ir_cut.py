@@ -26,6 +26,7 @@ from ..errors import ExportError
 from ..input_size import InputSize
 from .file_cut import CutPoint, find_cut
 from .ir_graph import F32_CONFIG, IrGraph, key, layout_op, reads_batch_only
+from .ir_token_shortcut import class_token_tail, verified
 from .ir_tokens import find_token_cuts, masked_sequences
 from .layouts import NCHW, infer_layouts, layout_problem, transposed
 
@@ -50,6 +51,10 @@ class IrCutter(IrGraph):
                  convert: bool = False) -> None:
         """Read ``path`` (IR, or with ``convert`` any file ``ov.convert_model`` reads)."""
         super().__init__(path, size, convert)
+        self.class_token_shortcut = True
+        """Whether a ViT's ``g`` may be the class-token shortcut (else the masked sequences)."""
+        self.token_tail: str | None = None
+        """The tail the last :meth:`write` of a token cut chose."""
         ordered, result = self.ordered, self.result
         four_d = [key(out) for node in ordered for out in node.outputs()
                   if out.get_partial_shape().rank.is_static
@@ -149,9 +154,21 @@ class IrCutter(IrGraph):
         return (node.output(0), [-1, channels]) if layout.index("N") < layout.index("C") \
             else None
 
+    def _shortcut(self, cut: CutPoint, keep_softmax: bool) -> ov.Model | None:
+        """A token cut's ``g`` by the class-token shortcut (:mod:`.ir_token_shortcut`), or
+        None where the last block is not of its form."""
+        model, feature, scores = self._copy(cut)
+        scores = self.scores(scores, keep_softmax)
+        _rebind_batch_reads(scores, feature)
+        try:
+            return class_token_tail(model, feature, scores, cut, model.get_ordered_ops())
+        except RuntimeError:  # shapes that do not hold for one-token sequences
+            return None
+
     def write(self, cut: CutPoint, folder: Path, keep_softmax: bool) -> dict[str, Path]:
         """Write ``f.xml``, ``g.xml`` (and ``g_pooled.xml`` after a GAP) into ``folder``;
-        a token cut's ``g`` is the masked-sequence tail (:mod:`.ir_tokens`)."""
+        a token cut's ``g`` is the class-token shortcut where it applies and equals the
+        masked-sequence tail (:mod:`.ir_tokens`), else that tail."""
         model, feature, scores = self._copy(cut)
         f = ov.Model([feature], model.get_parameters(), "f")
         models = {"f": f}
@@ -163,6 +180,11 @@ class IrCutter(IrGraph):
             _rebind_batch_reads(scores, feature)  # then read the masked copies, as the rest
             params, shaped, _ = masked_sequences(feature, scores, cut, model.get_ordered_ops())
             models["g"] = ov.Model([shaped], params, "g")
+            self.token_tail = "sequences"
+            if self.class_token_shortcut:
+                shortcut = self._shortcut(cut, keep_softmax)
+                if verified(shortcut, models["g"], cut):
+                    models["g"], self.token_tail = shortcut, "class_token"
             models["g"].input(1).get_tensor().set_names({MASKS_NAME})
         else:
             param = ops.parameter([-1, *cut.shape], ov.Type.f32, name=FEATURE_NAME)

@@ -1,13 +1,11 @@
 """The class-token shortcut for an ONNX vision transformer's last block (no torch).
 
-The ONNX twin of :func:`export.torch.token_tail.class_token_attention`: where the block
-after the cut is LayerNorm → attention (one fused q|k|v ``MatMul`` by a constant (D, 3D),
-a ``Softmax``, an output ``MatMul`` by a constant (D, D), its bias, a LayerScale ``Mul``
-by a constant (D,)) → residual ``Add``, only the class token's row of the block is
-computed for each mask row: its query is the same in every masked copy, the keys and values
-of copy n are m_j·K'_j (+ b_k, which softmax drops) and m_j·V'_j + b_v with K', V' from the
-unmasked LayerNorm output, so the attention output is (softmax(m ⊙ q0·K'/√d) ⊙ m)·V' + b_v.
-The rest of the graph then runs on B·M sequences of one token.
+The ONNX recogniser of :mod:`.token_shortcut`: where the block after the cut is LayerNorm →
+attention (one fused q|k|v ``MatMul`` by a constant (D, 3D), as timm and torchvision export
+it, or three (D, D) ones, as Hugging Face's separate query, key and value; a ``Softmax``; an
+output ``MatMul`` by a constant (D, D) or a ``Gemm``, then per-channel ``Mul``/``Add`` by
+constants: its bias, a LayerScale) → residual ``Add``, ``g`` computes only the class
+token's row of the block for each mask row.
 
 The weights are read from the graph's constants, not from a trusted op pattern, so the
 shortcut is accepted only when it equals the masked-sequence tail on random tokens and masks
@@ -17,7 +15,6 @@ shortcut is accepted only when it equals the masked-sequence tail on random toke
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -25,28 +22,26 @@ from onnx import helper, numpy_helper
 
 from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME, OUTPUT_NAME
 
-from ..artifact.graph_ops import GraphOps, OnnxOps, onnx_opset
+from ..artifact.graph_ops import OnnxOps, onnx_opset
 from .file_cut import CutPoint
+from .token_shortcut import (
+    BlockAttention,
+    channel_vector,
+    class_token_rows,
+    close_enough,
+    compose_affine,
+    probe_inputs,
+    split_fused,
+)
 
-
-@dataclass(frozen=True)
-class BlockAttention:
-    """What the shortcut needs of the last block's attention, x @ W layout."""
-
-    w_qkv: np.ndarray
-    """(D, 3D): the q | k | v projections."""
-    b_qkv: np.ndarray | None
-    w_out: np.ndarray
-    b_out: np.ndarray | None
-    gamma: np.ndarray | None
-    """(D,): timm's LayerScale after the output projection, or None."""
-    residual: str
-    """The residual Add's output (the stream after attention)."""
+PASSING = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Mul", "Div", "Add", "Sqrt",
+           "Cast", "Split", "Gather", "Slice")
+"""Ops a projection's output passes through on its way into the attention's MatMuls."""
 
 
 def find_attention(model: onnx.ModelProto, cut: CutPoint) -> BlockAttention | None:
-    """The fused-qkv attention between the cut's LayerNorm output and the residual ``Add``
-    onto the cut, or None where the block is not of that form."""
+    """The attention between the cut's LayerNorm output and the residual ``Add`` onto the
+    cut, or None where the block is not of that form."""
     graph = model.graph
     consts = {i.name: i for i in graph.initializer}
     for node in graph.node:
@@ -65,29 +60,83 @@ def find_attention(model: onnx.ModelProto, cut: CutPoint) -> BlockAttention | No
             users.setdefault(i, []).append(n)
     ln1, width = cut.tokens.ln1, cut.shape[1]
     inputs = [ln1] + [n.output[0] for n in users.get(ln1, []) if _keeps_last_axis(n)]
-    qkv = [n for i in inputs for n in users.get(i, []) if n.op_type == "MatMul"
-           and n.input[0] == i and (w := const(n.input[1])) is not None
-           and w.shape == (width, 3 * width)]
+    projections = [n for i in inputs for n in users.get(i, []) if n.op_type == "MatMul"
+                   and n.input[0] == i and (w := const(n.input[1])) is not None
+                   and w.ndim == 2 and w.shape[0] == width and w.shape[1] in (width, 3 * width)]
     adds = [n for n in users.get(FEATURE_NAME, []) if n.op_type == "Add"]
-    if len(qkv) != 1 or len(adds) != 1:
+    if len(adds) != 1:
         return None
-    b_qkv = _bias_after(qkv[0].output[0], users, const, 3 * width)
-    residual = adds[0]
+    if len(projections) == 1 and const(projections[0].input[1]).shape[1] == 3 * width:
+        fused = projections[0]
+        weights, biases = split_fused(const(fused.input[1]),
+                                      _bias_after(fused.output[0], users, const, 3 * width))
+    elif len(projections) == 3:
+        roles = _roles(projections, users, producer, consts)
+        if roles is None:
+            return None
+        weights = [const(n.input[1]) for n in roles]
+        biases = [_bias_after(n.output[0], users, const, width) for n in roles]
+    else:
+        return None
+    out = _output_projection(adds[0], producer, consts, const, width)
+    if out is None:
+        return None
+    return BlockAttention(*weights, biases[0], biases[2], *out, adds[0].output[0])
+
+
+def _roles(projections: list[onnx.NodeProto], users, producer, consts
+           ) -> list[onnx.NodeProto] | None:
+    """Three projections ordered q, k, v: q reaches the first input of the MatMul whose
+    product a Softmax normalises, k its second, v the MatMul reading that Softmax."""
+    matmuls = {id(n): n for p in projections for n in _below(p.output[0], users)
+               if n.op_type == "MatMul"}
+    pairs = [(m, s) for m in matmuls.values() for s in _below(m.output[0], users)
+             if s.op_type == "Softmax"]
+    if len(pairs) != 1:
+        return None
+    logits, softmax = pairs[0]
+    context = [n for n in _below(softmax.output[0], users) if n.op_type == "MatMul"]
+    if len(context) != 1:
+        return None
+    ends = (logits.input[0], logits.input[1], context[0].input[1])
+    roles = []
+    for end in ends:
+        found = [p for p in projections if end in
+                 {o for n in _below(p.output[0], users) for o in n.output} | {p.output[0]}]
+        if len(found) != 1:
+            return None
+        roles.append(found[0])
+    return roles if len({id(r) for r in roles}) == 3 else None
+
+
+def _below(tensor: str, users) -> list[onnx.NodeProto]:
+    """The nodes ``tensor`` reaches through :data:`PASSING` ops, and the first other ones."""
+    seen, stack, found = set(), [tensor], []
+    while stack:
+        for node in users.get(stack.pop(), ()):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            found.append(node)
+            if node.op_type in PASSING:
+                stack.extend(node.output)
+    return found
+
+
+def _output_projection(residual: onnx.NodeProto, producer, consts, const, width: int
+                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
+    """(W_out, scale, shift) of the branch the residual ``Add`` adds onto the cut."""
     node = producer.get(next(i for i in residual.input if i != FEATURE_NAME))
-    gamma = b_out = None
+    steps: list[tuple[str, np.ndarray]] = []
     while node is not None and node.op_type in ("Transpose", "Reshape", "Mul", "Add"):
         if node.op_type == "Transpose" and not _keeps_last_axis(node):
             return None
-        if node.op_type in ("Mul", "Add"):  # LayerScale, then the output projection's bias
+        if node.op_type in ("Mul", "Add"):  # LayerScale, the output projection's bias
             values = [const(i) for i in node.input if i in consts]
-            if len(values) != 1 or values[0].shape != (width,) or (
-                    node.op_type == "Mul" and (gamma is not None or b_out is not None)) or (
-                    node.op_type == "Add" and b_out is not None):
+            vector = channel_vector(values[0], width) if len(values) == 1 else None
+            if vector is None:
                 return None
-            if node.op_type == "Mul":
-                gamma = values[0]
-            else:
-                b_out = values[0]
+            steps.insert(0, (node.op_type.lower(), vector))
         node = producer.get(next(i for i in node.input if i not in consts))
     if node is None or node.op_type not in ("MatMul", "Gemm") or node.input[1] not in consts:
         return None
@@ -95,15 +144,18 @@ def find_attention(model: onnx.ModelProto, cut: CutPoint) -> BlockAttention | No
     if node.op_type == "Gemm":  # torchvision's out_proj: A·Bᵀ + C
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 \
-                or attrs.get("beta", 1.0) != 1.0 or b_out is not None:
+                or attrs.get("beta", 1.0) != 1.0:
             return None
         w_out = w_out.T if attrs.get("transB", 0) else w_out
-        b_out = const(node.input[2]) if len(node.input) > 2 and node.input[2] in consts \
-            else None
-    if w_out.shape != (width, width) or (b_out is not None and b_out.shape != (width,)):
+        if len(node.input) > 2 and node.input[2]:
+            bias = const(node.input[2])
+            vector = channel_vector(bias, width) if bias is not None else None
+            if vector is None:
+                return None
+            steps.insert(0, ("add", vector))
+    if w_out.shape != (width, width):
         return None
-    return BlockAttention(const(qkv[0].input[1]), b_qkv, w_out, b_out, gamma,
-                          residual.output[0])
+    return (w_out, *compose_affine(steps, width))
 
 
 def _keeps_last_axis(node: onnx.NodeProto) -> bool:
@@ -120,44 +172,8 @@ def _bias_after(tensor: str, users, const, size: int) -> np.ndarray | None:
     if len(adds) != 1:
         return None
     bias = [const(i) for i in adds[0].input if i != tensor]
-    return bias[0] if len(bias) == 1 and bias[0] is not None and bias[0].shape == (size,) \
-        else None
-
-
-def class_token_rows(ops: GraphOps, feature, ln1, masks, attention: BlockAttention,
-                     shape: tuple[int, int], prefix: int, heads: int):
-    """(B·M, 1, D): the class token plus its attention output in each masked copy."""
-    tokens, width = shape
-    size = width // heads
-    w_q, w_k, w_v = np.split(attention.w_qkv.astype(np.float32), 3, axis=1)
-    b = attention.b_qkv
-    rows = ops.dim(masks, 0)
-    ones = ops.broadcast_to(ops.const(np.ones((1, 1), np.float32)),
-                            ops.concat([rows, ops.const(np.array([prefix], np.int64))], 0))
-    weights = ops.reshape(ops.concat([ones, masks], 1), [1, 1, -1, tokens])  # (1, 1, M, T)
-    first = ops.slice(ln1, 0, 1, 1)
-    q0 = ops.binary("matmul", first, ops.const(w_q))
-    if b is not None:
-        q0 = ops.binary("add", q0, ops.const(b[:width].astype(np.float32)))
-    q0 = ops.transpose(ops.reshape(q0, [-1, 1, heads, size]), [0, 2, 1, 3])      # (B, H, 1, d)
-    k = ops.transpose(ops.reshape(ops.binary("matmul", ln1, ops.const(w_k)),
-                                  [-1, tokens, heads, size]), [0, 2, 3, 1])       # (B, H, d, T)
-    v = ops.transpose(ops.reshape(ops.binary("matmul", ln1, ops.const(w_v)),
-                                  [-1, tokens, heads, size]), [0, 2, 1, 3])       # (B, H, T, d)
-    scaled = ops.binary("mul", q0, ops.const(np.float32(size ** -0.5)))
-    logits = ops.binary("matmul", scaled, k)                                      # (B, H, 1, T)
-    attended = ops.binary("mul", ops.softmax(ops.binary("mul", logits, weights)), weights)
-    out = ops.reshape(ops.transpose(ops.binary("matmul", attended, v), [0, 2, 1, 3]),
-                      [0, 0, width])                                              # (B, M, D)
-    if b is not None:
-        out = ops.binary("add", out, ops.const(b[2 * width:].astype(np.float32)))
-    out = ops.binary("matmul", out, ops.const(attention.w_out.astype(np.float32)))
-    if attention.b_out is not None:
-        out = ops.binary("add", out, ops.const(attention.b_out.astype(np.float32)))
-    if attention.gamma is not None:
-        out = ops.binary("mul", out, ops.const(attention.gamma.astype(np.float32)))
-    summed = ops.binary("add", ops.slice(feature, 0, 1, 1), out)                   # (B, M, D)
-    return ops.reshape(summed, [-1, 1, width]), rows
+    return bias[0].reshape(-1) if len(bias) == 1 and bias[0] is not None \
+        and bias[0].size == size else None
 
 
 def class_token_tail(model: onnx.ModelProto, cut: CutPoint, heads: int
@@ -220,10 +236,8 @@ def verified_class_token_tail(model: onnx.ModelProto, cut: CutPoint,
     softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
     if not softmax or find_attention(model, cut) is None:
         return None
-    rng = np.random.default_rng(0)
-    tokens, width = cut.shape
-    feature = rng.standard_normal((2, tokens, width)).astype(np.float32)
-    masks = rng.uniform(size=(3, tokens - cut.tokens.prefix)).astype(np.float32)
+    width = cut.shape[1]
+    feature, masks = probe_inputs(cut.shape, cut.tokens.prefix)
     try:
         probe = copy.deepcopy(model)
         probe.graph.output.append(onnx.ValueInfoProto(name=softmax[-1].input[0]))
@@ -239,9 +253,7 @@ def verified_class_token_tail(model: onnx.ModelProto, cut: CutPoint,
         theirs = _session(ort, sequences).run(None, inputs)[0]
     except Exception:  # noqa: BLE001 - a graph the shortcut misreads keeps the sequences
         return None
-    scale = max(1.0, float(np.abs(theirs).max()))
-    return shortcut if ours.shape == theirs.shape and \
-        np.abs(ours - theirs).max() <= 1e-4 * scale else None
+    return shortcut if close_enough(ours, theirs) else None
 
 
 def _session(ort, model: onnx.ModelProto):
