@@ -11,6 +11,7 @@ from torch import nn
 from conftest import export_refused as refused
 from conftest import read_manifest as manifest
 from export import cli
+from export.errors import ExportError
 from export.graphfile.pipeline import export_graph_file
 from export.torch.model_source import load_model
 from graph_models import tiny_classifier, to_ir, with_metadata
@@ -172,3 +173,31 @@ def test_an_assumed_recipe_is_said_to_be_one(tmp_path):
                       log=said.append, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert not [line for line in said if line.startswith("warning")]
     assert [line for line in said if line.startswith("preprocessing:")]
+
+
+def test_recipe_and_names_are_read_from_ultralytics_metadata_yaml_beside_an_ir(tmp_path):
+    """Ultralytics' OpenVINO export writes ``metadata.yaml`` beside the ``.xml`` (the IR holds
+    no ``task`` or ``imgsz``): the same recipe and names as from its ONNX metadata; a broken
+    file is refused by name."""
+    import yaml
+
+    folder = tmp_path / "yolo_openvino_model"
+    folder.mkdir()
+    xml = to_ir(tiny_classifier(folder / "yolo.onnx"))
+    (folder / "yolo.onnx").unlink()
+    fields = {"author": "Ultralytics", "task": "classify", "batch": 1, "imgsz": [16, 16],
+              "names": {0: "cat", 1: "dog", 2: "owl", 3: "fox", 4: "elk"},
+              "args": {"batch": 1, "half": False}}
+    (folder / "metadata.yaml").write_text(yaml.safe_dump(fields, sort_keys=False))
+    m = manifest(export_graph_file(xml, out=tmp_path / "ir"))
+    assert (m["input"]["resize"], m["input"]["resize_size"]) == ("shorter_side_crop", 16)
+    assert m["input"]["mean"] == [0, 0, 0] and m["input"]["resampler"] == "pil"
+    assert m["labels"] == ["cat", "dog", "owl", "fox", "elk"]
+    assert "metadata.yaml" in m["input"]["recipe_source"]
+    plain = manifest(export_graph_file(xml, out=tmp_path / "plain", labels=None,
+                                       mean=(0.5, 0.5, 0.5)))
+    assert plain["input"]["mean"] == [0.5, 0.5, 0.5] and plain["input"]["std"] == [1, 1, 1]
+    (folder / "metadata.yaml").write_text("task: [classify\n")
+    with pytest.raises(ExportError, match="metadata.yaml: not readable YAML"):
+        export_graph_file(xml, out=tmp_path / "broken")
+    assert not (tmp_path / "broken").exists()

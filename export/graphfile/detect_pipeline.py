@@ -22,6 +22,7 @@ from ..errors import ExportError
 from ..input_size import InputSize
 from .detect_cut import DETECTIONS_NAME, FEATURE_PREFIX, Level, open_detector, parse_layers
 from .file_cut import output_formats
+from .tool_recipes import sidecar_metadata
 
 LETTERBOX = {"resize": "pad", "pad_value": 114.0, "pad_position": "center", "scale": 1 / 255,
              "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "color": "RGB",
@@ -95,7 +96,8 @@ def export_detector(path: str | Path, layer: str | None = None,
     reference = graph.reference(images)
     if float(np.abs(reference[0] - reference[1]).max()) == 0.0:
         raise ExportError(f"{source}: the output does not depend on the input")
-    names = graph_labels(graph.metadata, graph.num_classes, labels, file_labels, log)
+    names = graph_labels({**graph.metadata, **sidecar_metadata(path)}, graph.num_classes,
+                         labels, file_labels, log)
     with staged(out) as staging:
         files = graph.write(levels, staging)
         errors = {}

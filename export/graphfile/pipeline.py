@@ -45,7 +45,7 @@ from ..artifact.verify import (
 from ..errors import ExportError
 from ..input_size import InputSize
 from .file_cut import output_formats
-from .tool_recipes import Recipe, tool_recipe
+from .tool_recipes import Recipe, sidecar_metadata, tool_recipe
 
 if TYPE_CHECKING:
     from .file_cut import CutPoint
@@ -167,9 +167,11 @@ def export_graph_file(
     kind = "onnx" if source.lower().endswith(".onnx") else "ir"
     file_labels = read_labels_file(labels) if labels is not None else None
     log(f"reading {source}")
-    recipe = tool_recipe(path, {})
+    sidecar = sidecar_metadata(path)
+    recipe = tool_recipe(path, sidecar)
     graph = open_recorded_size(path, size, recipe)
-    recipe = recipe or tool_recipe(path, graph.metadata)
+    metadata = {**graph.metadata, **sidecar}
+    recipe = recipe or tool_recipe(path, metadata)
     given = {k: v for k, v in (("mean", mean), ("std", std), ("scale", scale),
                                ("color", color)) if v is not None}
     if token_tail not in (None, "sequences"):
@@ -210,7 +212,7 @@ def export_graph_file(
     softmax_removed = graph.softmax_input is not None and not keep_softmax
     if softmax_removed:
         log("dropping the final Softmax: g outputs logits (--keep-softmax keeps it)")
-    names = graph_labels(graph.metadata, num_classes, labels, file_labels, log)
+    names = graph_labels(metadata, num_classes, labels, file_labels, log)
 
     check = partial(check_graphs, tokens=cut.tokens is not None)
     with staged(out) as staging:

@@ -20,6 +20,10 @@ from typing import Any
 from ..errors import ExportError
 
 HF_CONFIG = "preprocessor_config.json"
+ULTRALYTICS_METADATA = "metadata.yaml"
+"""What Ultralytics writes beside the ``.xml`` of an OpenVINO export (its ONNX export keeps
+the same fields in the graph's metadata)."""
+SIDECAR_KEYS = ("task", "imgsz", "names")
 PIL_RESAMPLERS = {2: "bilinear", 3: "bicubic"}
 """PIL's resampling codes that the runtime reproduces (0 nearest, 1 Lanczos: not)."""
 CONVNEXT_CROP_BELOW = 384
@@ -37,12 +41,35 @@ class Recipe:
     notes: list[str] = field(default_factory=list)
 
 
+def sidecar_metadata(path: str | Path) -> dict[str, str]:
+    """``task``, ``imgsz`` and ``names`` from Ultralytics' ``metadata.yaml`` beside the graph
+    file at ``path``, written as the ONNX metadata holds them (text); {} without the file."""
+    file = Path(path).with_name(ULTRALYTICS_METADATA)
+    if not file.is_file():
+        return {}
+    import yaml  # the export extra's; read only when the file is there
+
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ExportError(f"{file}: not readable YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ExportError(f"{file}: not a YAML mapping of Ultralytics' export fields")
+    return {key: value if isinstance(value, str) else repr(value)
+            for key, value in data.items() if key in SIDECAR_KEYS}
+
+
 def tool_recipe(path: str | Path, metadata: Mapping[str, str]) -> Recipe | None:
     """The recipe recorded for the graph at ``path`` (its ``metadata``; an IR converted
     from ONNX keeps it under ``framework/``), if any."""
     short = {key.rsplit("/", 1)[-1]: value for key, value in metadata.items()}
     if short.get("task") == "classify" and "imgsz" in short:
-        return ultralytics_recipe(short)
+        recipe = ultralytics_recipe(short)
+        beside = sidecar_metadata(path)
+        if beside.get("imgsz") == short["imgsz"] and beside.get("task") == "classify":
+            return Recipe(recipe.options, f"{ULTRALYTICS_METADATA} beside the graph",
+                          recipe.size, recipe.notes)
+        return recipe
     config = Path(path).with_name(HF_CONFIG)
     if config.is_file():
         return optimum_recipe(config)
