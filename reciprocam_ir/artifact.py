@@ -199,6 +199,9 @@ def validate_manifest(m: Any) -> None:
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ArtifactError(f"manifest: invalid 'input': {exc}") from None
     _require(_is_shape(m["input"].get("shape"), 4), "'input.shape' must be 4 positive ints")
+    _require(m["input"].get("images_per_call", 1) == 1 and
+             type(m["input"].get("images_per_call", 1)) is int,
+             "'input.images_per_call' must be 1 where present")
     _require(m.get("task", "classify") in TASKS, f"'task' must be one of {TASKS}")
     if m.get("task") == "detect":
         from .detection_artifact import validate_levels
@@ -389,6 +392,12 @@ class Artifact:
     @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.manifest["input"])
+
+    @property
+    def images_per_call(self) -> int | None:
+        """1 where ``f`` runs on one image at a time (a shape fixed at batch 1 that the
+        exporter could not make free); None: any batch."""
+        return self.manifest["input"].get("images_per_call")
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:

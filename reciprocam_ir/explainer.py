@@ -167,7 +167,8 @@ class ReciproCAM:
         self._masks = None if mask == "onehot" else self._spatial_masks()
         _, h, w = self.artifact.feature_shape
         self._mask_rows = mask_rows(h * w, self._masks) if self._tokens is not None else None
-        self.batch_size = batch_size
+        self.batch_size = batch_size if self.artifact.images_per_call is None else \
+            min(batch_size, self.artifact.images_per_call)
         self.max_pixels = max_pixels
         self.preprocessing = self.artifact.preprocessing
         self.uses_pooled_tail = self.artifact.g_starts_with_gap

@@ -14,6 +14,7 @@ from conftest import read_manifest as manifest
 from export.graphfile.pipeline import export_graph_file
 from graph_models import (
     SIZE,
+    batch_dropping_classifier,
     static_batch_classifier,
     symbolic_channels,
     text_line_classifier,
@@ -67,6 +68,28 @@ def test_batch_fixed_at_one_inside_f_is_made_free(tmp_path, photos):
         for i, photo in enumerate(two):
             one = cam.explain(photo, top_k=2)
             np.testing.assert_allclose(both.saliency[i], one.saliency[0], atol=1e-5)
+
+
+def test_batch_that_cannot_be_made_free_runs_f_one_image_at_a_time(tmp_path, photos):
+    """A Reshape that drops the batch axis in ``f``: nothing to free, so the export records
+    ``images_per_call: 1`` and says so; the runtime, asked for batches of 8, explains each
+    image as it does alone, on both engines."""
+    model = batch_dropping_classifier(tmp_path / "tf_like.onnx")
+    said: list[str] = []
+    out = export_graph_file(model, fmt="both", out=tmp_path / "out", log=said.append)
+    assert any("one image at a time" in line for line in said)
+    m = manifest(out)
+    assert m["input"]["images_per_call"] == 1 and "f_per_image" not in m["check"]
+    assert m["check"]["max_abs_error"] < 1e-5
+    four = list(photos.values())[:4]
+    for backend in ("onnxruntime", "openvino"):
+        cam = ReciproCAM(out, backend=backend, precision="f32", batch_size=8)
+        assert cam.batch_size == 1
+        together = cam.explain(four, top_k=2)
+        for i, photo in enumerate(four):
+            alone = cam.explain(photo, top_k=2)
+            np.testing.assert_allclose(together.saliency[i], alone.saliency[0], atol=1e-5)
+            np.testing.assert_array_equal(together.targets[i], alone.targets[0])
 
 
 def test_text_line_head_is_decided_alike_on_onnx_and_ir(tmp_path, image):

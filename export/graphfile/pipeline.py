@@ -38,6 +38,7 @@ from ..artifact.verify import (
     check_input_dependence,
     check_mask_rows,
     first_masked_maps,
+    input_batch_entry,
     judge,
     one_at_a_time,
     verification_images,
@@ -244,6 +245,7 @@ def export_graph_file(
         else:
             errors["openvino"] = check("openvino", files, ref, source)
         checked = judge(errors, ref, source, log, cut.name)
+        batch_entry = input_batch_entry(checked)
         layout = cut.tokens
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -255,7 +257,7 @@ def export_graph_file(
                        **_versions(kind)},
             "target_layer": cut.name,
             "input": {"name": INPUT_NAME, "source_name": graph.input.name,
-                      **preprocessing.to_dict(), "recipe_source": recipe_source},
+                      **preprocessing.to_dict(), "recipe_source": recipe_source, **batch_entry},
             "feature": feature_entry(cut.shape, layout),
             "output": {"name": OUTPUT_NAME, "num_classes": num_classes,
                        "logits": not (graph.softmax_input is not None and keep_softmax),

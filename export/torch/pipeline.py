@@ -42,6 +42,7 @@ from ..artifact.verify import (
     check_input_dependence,
     check_mask_rows,
     first_masked_maps,
+    input_batch_entry,
     judge,
     one_at_a_time,
     verification_images,
@@ -210,13 +211,14 @@ def export_artifact(
             for path in onnx_files.values():
                 path.unlink()
         checked = judge(errors, ref, loaded.name, log, cut.name)
+        batch_entry = input_batch_entry(checked)
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": loaded.name,
             "source": {**loaded.source, "exporter": f"reciprocam-export {__version__}",
                        "torch": torch.__version__},
             "target_layer": cut.name,
-            "input": {"name": INPUT_NAME, **loaded.preprocessing.to_dict()},
+            "input": {"name": INPUT_NAME, **loaded.preprocessing.to_dict(), **batch_entry},
             "feature": feature_entry(cut.shape, block),
             "output": {"name": OUTPUT_NAME, "num_classes": graph.num_classes, "logits": True},
             "labels": names,
