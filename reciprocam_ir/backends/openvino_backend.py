@@ -30,43 +30,59 @@ class OpenVINOGraph(Graph):
     the explain graph), ``specialise`` compiles a static copy for each set of input shapes
     it runs, the first ``max_static`` of them (OpenVINO's CPU kernels run a static batch
     faster); the dynamic graph serves every other shape, and any a copy cannot be made for.
+
+    The dynamic graph, compiled up front (so a graph that cannot compile is refused at once),
+    is let go when the first static copy replaces it before it ever ran, and compiled again
+    by ``recompile`` only if a shape needs it: one batch size costs the memory of one graph.
     """
 
     def __init__(self, compiled: ov.CompiledModel, specialise: Specialise | None = None,
-                 max_static: int = MAX_STATIC_SHAPES) -> None:
-        self._compiled = compiled
+                 max_static: int = MAX_STATIC_SHAPES,
+                 recompile: Callable[[], ov.CompiledModel] | None = None) -> None:
+        self._dynamic: ov.CompiledModel | None = compiled
+        self._dynamic_ran = False
+        self._recompile = recompile
         self._inputs = [i.get_partial_shape() for i in compiled.inputs]
+        self._outputs = len(compiled.outputs)
         dynamic = any(shape.is_dynamic for shape in self._inputs)
         self._specialise = specialise if dynamic and max_static > 0 else None
         self._max_static = max_static
-        self._static: dict[InputShapes, ov.CompiledModel] = {}
+        self._static: dict[InputShapes, ov.CompiledModel | None] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
 
     @property
     def static_shapes(self) -> list[InputShapes]:
         """The input shapes a static copy was compiled for, in the order first run."""
-        return [key for key, compiled in self._static.items() if compiled is not self._compiled]
+        return [key for key, compiled in self._static.items() if compiled is not None]
+
+    def _dynamic_graph(self) -> ov.CompiledModel:
+        with self._lock:
+            if self._dynamic is None:
+                self._dynamic = self._recompile()
+            self._dynamic_ran = True
+            return self._dynamic
 
     def compiled_for(self, *inputs: np.ndarray) -> ov.CompiledModel:
         """The compiled model that runs ``inputs``: their static copy, compiled on first use
         while fewer than ``max_static`` exist, else the dynamic graph."""
         if self._specialise is None:
-            return self._compiled
+            return self._dynamic_graph()
         key = tuple(tuple(int(d) for d in np.shape(a)) for a in inputs)
         compiled = self._static.get(key)
         if compiled is not None:
             return compiled
-        if len(key) != len(self._inputs) or not all(
+        if key in self._static or len(key) != len(self._inputs) or not all(
                 declared.compatible(ov.PartialShape(list(shape)))
                 for declared, shape in zip(self._inputs, key, strict=True)):
-            return self._compiled  # it refuses them, with the engine's own message
+            return self._dynamic_graph()  # shapes it refuses, with the engine's own message
         with self._lock:
-            if key not in self._static:
-                if len(self._static) >= self._max_static:
-                    return self._compiled
-                self._static[key] = self._specialise(key) or self._compiled
-            return self._static[key]
+            if key not in self._static and len(self._static) < self._max_static:
+                if not self._dynamic_ran and self._recompile is not None:
+                    self._dynamic = None  # never ran: memory for the copy instead
+                self._static[key] = self._specialise(key)
+            compiled = self._static.get(key)
+        return compiled if compiled is not None else self._dynamic_graph()
 
     def _request(self, compiled: ov.CompiledModel) -> ov.InferRequest:
         requests = getattr(self._local, "requests", None)
@@ -79,11 +95,10 @@ class OpenVINOGraph(Graph):
 
     def outputs(self, x: np.ndarray, *more: np.ndarray) -> list[np.ndarray]:
         inputs = [np.ascontiguousarray(a, dtype=np.float32) for a in (x, *more)]
-        compiled = self.compiled_for(*inputs)
-        request = self._request(compiled)
+        request = self._request(self.compiled_for(*inputs))
         request.infer(dict(enumerate(inputs)))
         return [np.array(request.get_output_tensor(i).data, copy=True)
-                for i in range(len(compiled.outputs))]
+                for i in range(self._outputs)]
 
 
 class OpenVINOBackend(Backend):
@@ -126,11 +141,13 @@ class OpenVINOBackend(Backend):
         """``model`` (a file or one built in memory) compiled, with static copies made from
         it for the shapes it runs (the same options, so the same cache folder)."""
         config = config or self.config()
-        try:
-            compiled = self.core.compile_model(model, self.device, config)
-        except RuntimeError as exc:
-            raise BackendError(
-                f"OpenVINO cannot compile {name} on {self.device}: {first_line(exc)}") from None
+
+        def compile_dynamic() -> ov.CompiledModel:
+            try:
+                return self.core.compile_model(model, self.device, config)
+            except RuntimeError as exc:
+                raise BackendError(f"OpenVINO cannot compile {name} on {self.device}: "
+                                   f"{first_line(exc)}") from None
 
         def specialise(shapes: tuple[tuple[int, ...], ...]) -> ov.CompiledModel | None:
             try:
@@ -142,7 +159,7 @@ class OpenVINOBackend(Backend):
             except RuntimeError:
                 return None  # the dynamic graph runs these shapes
 
-        return OpenVINOGraph(compiled, specialise, self.static_shapes)
+        return OpenVINOGraph(compile_dynamic(), specialise, self.static_shapes, compile_dynamic)
 
     def compile(self, path: Path, digest: str | None = None) -> Graph:
         """Compiled from the file; cached in a folder of its own content's key.
