@@ -132,6 +132,11 @@ def parser() -> argparse.ArgumentParser:
                         "beyond, a request is refused with 429 (default: %(default)s)")
     s.add_argument("--decode-threads", type=int, default=DEFAULT_DECODE_THREADS, metavar="N",
                    help="images decoded at once per process (default: %(default)s)")
+    s.add_argument("--decode", choices=DECODE_MODES, default="exact",
+                   help="exact (default): decode every uploaded image in full; reduced: decode "
+                        "JPEGs at the smallest 1/2, 1/4 or 1/8 scale that leaves 3x the resize "
+                        "target (shrink on load, as explain --decode reduced); for every model "
+                        "served, :predict and :explain alike")
     add_mask_arguments(s)
     add_max_targets_argument(s)
     dataset_cli.add_parser(sub)

@@ -325,6 +325,7 @@ def explain_dataset(
     overlays: str | Path | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     filesystem_options: dict[str, Any] | None = None,
+    decode: str = "exact",
 ) -> ray.data.Dataset:
     """A lazy Ray Dataset of explanation rows (:data:`SCHEMA`), one per row of ``source``.
 
@@ -335,7 +336,8 @@ def explain_dataset(
     :class:`ReciproCAM` and explains ``batch_size`` images per call; options are checked here,
     before anything runs. Consume the result as any Dataset (``write_parquet``,
     ``iter_rows``, ...), or use :func:`write_explanations` for resumable atomic output.
-    ``filesystem_options``: keyword arguments of the filesystem that opens URIs.
+    ``filesystem_options``: keyword arguments of the filesystem that opens URIs. ``decode``:
+    as :class:`ReciproCAM`'s ("reduced": JPEGs shrink on load).
 
     A ``source`` read by Ray tasks (``read_binary_files``) needs CPUs beyond
     ``workers * cpus_per_worker`` for those tasks: actors holding every CPU starve the reads.
@@ -345,7 +347,7 @@ def explain_dataset(
     files = (None if isinstance(source, ray.data.Dataset)
              else list_sources(source, storage=storage))
     options = checked_options(artifact, targets, top_k, backend, device, precision,
-                              batch_size, max_pixels, overlays, storage)
+                              batch_size, max_pixels, overlays, storage, decode)
     if files is not None:
         source = ray.data.from_items([{"file": os.fsencode(p)} for p in files])
     return source.map_batches(
@@ -363,7 +365,8 @@ def check_pool(workers: int, cpus_per_worker: float) -> None:
 
 def checked_options(artifact: str | Path, targets: Targets, top_k: int, backend: str | None,
                     device: str | None, precision: str, batch_size: int, max_pixels: int,
-                    overlays: str | Path | None, storage: Storage) -> ExplainOptions:
+                    overlays: str | Path | None, storage: Storage,
+                    decode: str = "exact") -> ExplainOptions:
     """Check every option by building one ReciproCAM here, before Ray starts anything (an
     artifact URI is fetched into this node's cache for it); the options then name the
     manifest it loaded.
@@ -377,7 +380,7 @@ def checked_options(artifact: str | Path, targets: Targets, top_k: int, backend:
     options = ExplainOptions(artifact if is_uri(artifact) else str(Path(artifact).resolve()),
                              targets, top_k, backend, device, precision, batch_size, max_pixels,
                              str(Path(overlays).resolve()) if overlays is not None else None,
-                             storage=storage)
+                             decode=decode, storage=storage)
     cam = options.explainer()
     cam.check_targets(targets, top_k)
     if overlays is not None:
@@ -447,6 +450,7 @@ def write_explanations(
     address: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     filesystem_options: dict[str, Any] | None = None,
+    decode: str = "exact",
     log: Callable[[str], None] = print,
 ) -> RunSummary:
     """Explain the files named by ``sources`` that have no row in ``out_dir`` yet; write rows.
@@ -456,7 +460,8 @@ def write_explanations(
     (:data:`SCHEMA`), exactly ``rows_per_file`` rows each but the last, each written whole by
     the actor that explained it, under a name derived from its files and the settings (a
     retried write never duplicates rows); the run's settings are stored in every file's
-    metadata and a re-run with other settings (artifact, classes, top-k) is refused.
+    metadata and a re-run with other settings (artifact, classes, top-k, ``decode``) is
+    refused. ``decode``: as :class:`ReciproCAM`'s ("reduced": JPEGs shrink on load).
     ``limit``: explain at most that many of the files still to do. Ray is started locally,
     or joins the cluster at ``address`` (or ``RAY_ADDRESS``), unless already initialised.
     ``log`` gets the progress lines of the driver. Raises ArtifactError, BackendError,
@@ -475,10 +480,10 @@ def write_explanations(
         raise DatasetError(str(exc)) from None
     files = list_sources(sources, [out.where] + ([str(overlays)] if overlays else []), storage)
     options = checked_options(artifact, targets, top_k, backend, device, precision,
-                              batch_size, max_pixels, overlays, storage)
+                              batch_size, max_pixels, overlays, storage, decode)
     out.create()
     settings = run_settings(options.artifact, options.manifest_sha256, options.targets,
-                            options.top_k)
+                            options.top_k, options.decode)
     with OutputLock(out):
         done, recorded = out.existing_rows()
         changed = differences(recorded, settings) if recorded is not None else []

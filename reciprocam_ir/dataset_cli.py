@@ -11,6 +11,7 @@ import sys
 
 from .artifact import ArtifactError
 from .backends import BackendError, add_engine_arguments
+from .image_reader import DECODE_MODES
 from .messages import first_line
 
 RAY_MISSING = "explain-dataset needs Ray Data: pip install reciprocam-ir[ray]"
@@ -61,6 +62,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="rows per Parquet file, exactly (the run's last file holds the rest); "
                         "also the unit of work of an actor: an interruption loses at most R "
                         "rows per actor (default 1000)")
+    d.add_argument("--decode", choices=DECODE_MODES, default="exact",
+                   help="exact (default): decode every image in full; reduced: decode JPEGs at "
+                        "the smallest 1/2, 1/4 or 1/8 scale that keeps 3x the resize target "
+                        "(shrink on load, as reciprocam explain --decode reduced); part of the "
+                        "settings a re-run must match")
     d.add_argument("--filesystem-option", dest="filesystem_options", action="append",
                    default=[], metavar="KEY=VALUE",
                    help="keyword argument of the filesystem opening URIs, e.g. "
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers, cpus_per_worker=args.cpus_per_worker,
             overlays=args.overlays, limit=args.limit, rows_per_file=args.rows_per_file,
             address=args.address, filesystem_options=parse_options(args.filesystem_options),
-            log=lambda line: print(line, file=sys.stderr))
+            decode=args.decode, log=lambda line: print(line, file=sys.stderr))
     except (ArtifactError, BackendError, ValueError, MemoryError) as exc:
         print(f"reciprocam: error: {first_line(exc)}", file=sys.stderr)
         return 2

@@ -167,10 +167,10 @@ class OutputFolder:
         return True
 
 
-def run_settings(artifact: str, manifest_sha256: str, targets: Any, top_k: int
-                 ) -> dict[str, Any]:
+def run_settings(artifact: str, manifest_sha256: str, targets: Any, top_k: int,
+                 decode: str = "exact") -> dict[str, Any]:
     """What a row means: the artifact (by its manifest's digest, as the loaded artifact
-    recorded it) and the classes asked for.
+    recorded it), the classes asked for and how images were decoded.
 
     A re-run into the same folder must match these; backend, device, precision, batch size
     and workers may change between runs.
@@ -178,7 +178,7 @@ def run_settings(artifact: str, manifest_sha256: str, targets: Any, top_k: int
     if targets is not None and not isinstance(targets, str):
         targets = [int(t) for t in np.atleast_1d(np.asarray(targets))]
     return {"artifact": artifact, "manifest_sha256": manifest_sha256,
-            "targets": targets, "top_k": top_k if targets is None else None}
+            "targets": targets, "top_k": top_k if targets is None else None, "decode": decode}
 
 
 def differences(recorded: dict[str, Any], asked: dict[str, Any]) -> list[tuple[str, str]]:
@@ -192,6 +192,9 @@ def differences(recorded: dict[str, Any], asked: dict[str, Any]) -> list[tuple[s
                       f"artifact {asked['artifact']} ({asked['manifest_sha256'][:12]})"))
     if what(recorded) != what(asked):
         found.append((what(recorded), what(asked)))
+    decoded = recorded.get("decode", "exact")  # rows written before --decode existed
+    if decoded != asked["decode"]:
+        found.append((f"--decode {decoded}", f"--decode {asked['decode']}"))
     return found
 
 

@@ -15,6 +15,10 @@ What is measured, per model and backend (medians, batch 1, one 224×224-input im
   the artifact's explain graph when it has one (``path``);
 - ``explain graph / model inference``: the explain graph's inference alone against the
   whole model's inference alone, on the same preprocessed input (no Python around either);
+  on OpenVINO both run as static copies for the batch they get (the backend's default);
+- static shapes (OpenVINO): the explain graph and the whole model also compiled with their
+  dynamic batch as exported (``OpenVINOBackend(static_shapes=0)``, what the runtime did
+  before), all four pairings of explain graph ÷ model, and ``explain`` timed both ways;
 - ``general path ratio``: ``ReciproCAM(..., explain_graph=False).explain`` over predict,
   the path taken for explicit classes and the other mask kinds (``general path``);
 - ``drop ratio``: ``mask='drop', scores='softmax'`` (softmax over every class) over
@@ -189,6 +193,8 @@ def worker_main(task: dict[str, Any]) -> dict[str, Any]:
              "general": lambda: general.explain(rgb), "whole": lambda: whole(x)}
     if cam.graph_path is not None:
         timed["graph"] = lambda: cam.graph_path.run(x)
+    if backend_name == "openvino":
+        timed.update(dynamic_timings(artifact, Path(task["whole"]), device, precision, rgb, x))
     if task["throughput"]:  # the main rows, not the slow earlier-cut ones
         drop = ReciproCAM(artifact, backend=backend, **DROP)
         window = ReciproCAM(task["window_artifact"], backend=backend, **WINDOW)
@@ -206,6 +212,15 @@ def worker_main(task: dict[str, Any]) -> dict[str, Any]:
                   **{f"{name}_ratio": paired_ratio(samples, name, "predict")
                      if name in samples else None
                      for name in ("drop", "window", "window_general")})
+    if "graph_dynamic" in samples and "graph" in samples:
+        result["static"] = {
+            "graph_static_model_static": paired_ratio(samples, "graph", "whole"),
+            "graph_static_model_dynamic": paired_ratio(samples, "graph", "whole_dynamic"),
+            "graph_dynamic_model_dynamic": paired_ratio(samples, "graph_dynamic",
+                                                        "whole_dynamic"),
+            "graph_dynamic_model_static": paired_ratio(samples, "graph_dynamic", "whole"),
+            "explain_dynamic_over_static": paired_ratio(samples, "explain_dynamic", "explain"),
+            "model_dynamic_over_static": paired_ratio(samples, "whole_dynamic", "whole")}
     if task["throughput"]:
         images = [sample_image(seed) for seed in range(1, 17)]
 
@@ -224,6 +239,22 @@ def worker_main(task: dict[str, Any]) -> dict[str, Any]:
         result.update(check_slow_path(artifact, backend_name, device, rgb, cam))
     result["rss_total_mb"] = peak_rss_mb()
     return result
+
+
+def dynamic_timings(artifact: str, whole: Path, device: str, precision: str,
+                    rgb: np.ndarray, x: np.ndarray) -> dict[str, Callable[[], Any]]:
+    """The whole model, the explain graph and ``explain`` with OpenVINO's graphs compiled as
+    exported (dynamic batch, no static copies), to time beside the static default."""
+    from reciprocam_ir import ReciproCAM
+    from reciprocam_ir.backends.openvino_backend import OpenVINOBackend
+
+    backend = OpenVINOBackend(device, precision, static_shapes=0)
+    model = backend.compile(whole)
+    cam = ReciproCAM(artifact, backend=backend)
+    timed = {"whole_dynamic": lambda: model(x), "explain_dynamic": lambda: cam.explain(rgb)}
+    if cam.graph_path is not None:
+        timed["graph_dynamic"] = lambda: cam.graph_path.run(x)
+    return timed
 
 
 def check_slow_path(artifact: str, backend_name: str, device: str, rgb: np.ndarray,
@@ -484,6 +515,25 @@ def render(rows: list[dict[str, Any]], peers: list[dict[str, Any]], env: dict[st
             f"| {fmt(max(diffs) if diffs else None, '.1e')} "
             f"| {fmt(r.get('precision_map_diff'), '.1e')}, "
             f"{fmt(r.get('precision_score_rel'), '.1e')} |")
+    static = [r for r in rows if r.get("static")]
+    if static:
+        lines += ["", "Static shapes (OpenVINO, batch 1): explain graph ÷ plain model inference "
+                  "with each compiled static (the runtime's default now) or with the dynamic "
+                  "batch it was exported with; explain ms and the dynamic ÷ static ratios:", "",
+                  "| model | graph static ÷ model static | graph static ÷ model dynamic "
+                  "| graph dynamic ÷ model dynamic | graph dynamic ÷ model static "
+                  "| explain ms static | explain ms dynamic | explain dynamic ÷ static "
+                  "| model dynamic ÷ static |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in static:
+            t = r["static"]
+            lines.append(f"| {r['model']} | {t['graph_static_model_static']:.3f} "
+                         f"| {t['graph_static_model_dynamic']:.3f} "
+                         f"| {t['graph_dynamic_model_dynamic']:.3f} "
+                         f"| {t['graph_dynamic_model_static']:.3f} | {r['explain_ms']:.2f} "
+                         f"| {r['explain_dynamic_ms']:.2f} "
+                         f"| {t['explain_dynamic_over_static']:.3f} "
+                         f"| {t['model_dynamic_over_static']:.3f} |")
     with_tp = [r for r in rows if "explain16_ms" in r]
     if with_tp:
         lines += ["", f"16 images (explain top-1 vs plain inference in batches of "

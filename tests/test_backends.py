@@ -136,9 +136,11 @@ def test_the_compile_cache_follows_the_verified_bytes(tiny_dir, tmp_path, image,
     np.testing.assert_allclose(cached.saliency, fresh.saliency, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend, entries", [("onnxruntime", "*.ort.onnx"),
-                                              ("openvino", "openvino-*/*.blob")])
-def test_a_damaged_cache_entry_is_rebuilt(tiny_dir, tmp_path, image, backend, entries):
+@pytest.mark.parametrize("backend, entries, count", [
+    ("onnxruntime", "*.ort.onnx", 2),  # f and g
+    ("openvino", "openvino-*/*.blob", 4),  # f and g, each also as its static copy for the batch
+])
+def test_a_damaged_cache_entry_is_rebuilt(tiny_dir, tmp_path, image, backend, entries, count):
     """An entry cut short (a crash mid-write before writes were atomic, a full disk) neither
     fails the next run nor stays damaged; no temporary files are left behind."""
     cache = tmp_path / "cache"
@@ -146,7 +148,7 @@ def test_a_damaged_cache_entry_is_rebuilt(tiny_dir, tmp_path, image, backend, en
     reference = ReciproCAM(tiny_dir, **options).explain(image, top_k=2)
     ReciproCAM(tiny_dir, cache_dir=cache, **options).explain(image)
     sizes = {p: p.stat().st_size for p in cache.glob(entries)}
-    assert len(sizes) == 2  # f and g
+    assert len(sizes) == count
     for path, size in sizes.items():
         with open(path, "r+b") as fh:
             fh.truncate(size // 2)
@@ -156,3 +158,32 @@ def test_a_damaged_cache_entry_is_rebuilt(tiny_dir, tmp_path, image, backend, en
     assert repaired.keys() == sizes.keys()
     assert all(repaired[p] > 0.9 * size for p, size in sizes.items())  # rewritten whole
     assert not [p for p in cache.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_openvino_runs_a_static_copy_of_the_batch_it_runs(resnet18_dir, image):
+    """A dynamic-batch graph runs as a static copy compiled for each batch it is given (up
+    to the backend's bound, then the dynamic graph), and the maps equal the dynamic graph's."""
+    from reciprocam_ir.backends.openvino_backend import OpenVINOBackend
+
+    static = OpenVINOBackend("CPU", "f32", static_shapes=2)
+    dynamic = OpenVINOBackend("CPU", "f32", static_shapes=0)
+    images = [image, image[::-1], image[:, ::-1]]
+    cam = ReciproCAM(resnet18_dir, backend=static, batch_size=2)
+    exp = cam.explain(images)
+    graph = cam.graph_path.run.__self__
+    batches = [((2, 3, 224, 224),), ((1, 3, 224, 224),)]
+    assert graph.static_shapes == batches
+    for (shape,) in batches:
+        declared = graph.compiled_for(np.zeros(shape, np.float32)).inputs[0].get_partial_shape()
+        assert declared.is_static and tuple(declared.to_shape()) == shape
+    third = graph.compiled_for(np.zeros((3, 3, 224, 224), np.float32))
+    assert third.inputs[0].get_partial_shape().is_dynamic and graph.static_shapes == batches
+
+    reference = ReciproCAM(resnet18_dir, backend=dynamic, batch_size=2)
+    assert reference.graph_path.run.__self__.compiled_for(
+        np.zeros((2, 3, 224, 224), np.float32)).inputs[0].get_partial_shape().is_dynamic
+    expected = reference.explain(images)
+    np.testing.assert_array_equal(exp.targets, expected.targets)
+    np.testing.assert_allclose(exp.saliency, expected.saliency, atol=1e-5)
+    np.testing.assert_allclose(exp.scores, expected.scores, rtol=1e-5, atol=1e-5)
+    assert reference.graph_path.run.__self__.static_shapes == []

@@ -36,6 +36,7 @@ def test_quick_run_prints_the_table_and_progress(quick_run):
     assert "| model | layer | N | backend |" in proc.stdout
     assert "| window ratio (its explain graph, general path) |" in proc.stdout
     assert "16 images" in proc.stdout
+    assert "| model | graph static ÷ model static | graph static ÷ model dynamic |" in proc.stdout
     assert "[benchmark" in proc.stderr and "[benchmark" not in proc.stdout
 
 
@@ -54,6 +55,10 @@ def test_quick_run_numbers_are_positive_and_finite(quick_run):
         assert r["window_path"] == "explain graph", r
         assert r["window_general_path"] == "f+pooled tail fused", r
         assert 50 < r["rss_mb"] < 4096
+        if r["backend"] == "openvino":  # explain graph and model, static and dynamic batch
+            assert len(r["static"]) == 6 and all(0 < v < 10 for v in r["static"].values()), r
+        else:
+            assert "static" not in r
     assert result["peers"] == []
 
 

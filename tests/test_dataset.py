@@ -156,6 +156,29 @@ def test_limit_class_and_resume_to_the_full_set(capsys, ray_session, labelled_di
     assert len(read_rows(out)) == 10
 
 
+def test_decode_reduced_reaches_the_reader_and_is_part_of_the_settings(
+        capsys, ray_session, labelled_dir, photos, tmp_path):
+    """--decode reduced: the rows are the API's decode='reduced' explanation of a large JPEG
+    (shrunk on load, so not the exact one); a re-run with --decode exact is refused."""
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    big = cv2.resize(photos["astronaut"], (1600, 1200), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(folder / "big.jpg"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    args = (str(labelled_dir), str(folder), "--out", str(out), "--precision", "f32",
+            "--top-k", "2")
+    code, err = run(capsys, *args, "--decode", "reduced")
+    assert code == 0, err
+    (row,) = read_rows(out)
+    saliency = np.asarray(row["saliency"], np.float32).reshape(row["saliency_shape"])
+    explain = {decode: ReciproCAM(labelled_dir, precision="f32", decode=decode).explain(
+        folder / "big.jpg", top_k=2).saliency[0] for decode in ("reduced", "exact")}
+    np.testing.assert_allclose(saliency, explain["reduced"], atol=1e-5, rtol=0)
+    assert np.abs(saliency - explain["exact"]).max() > 1e-3
+
+    code, err = run(capsys, *args)
+    assert code == 2 and "made with --decode reduced, this run asks for --decode exact" in err
+
+
 @pytest.mark.parametrize("args, message", [
     (("--class", "7"), "class 7 out of range"),
     (("--top-k", "9"), "top_k must be an integer in 1..5"),

@@ -176,6 +176,34 @@ def test_busy_process_refuses_and_decoding_threads_are_bounded(export_once):
 # item 4: only our own headers
 
 
+def test_decode_reduced_reaches_the_reader_of_every_model(export_once, photos, tmp_path):
+    """serve --decode reduced: uploaded JPEGs shrink on load (reduced decode, the full size
+    kept), so :explain answers the API's decode='reduced' explanation, not the exact one."""
+    import cv2
+    from test_serve import free_port
+
+    from reciprocam_ir.cli import parser
+    from reciprocam_ir.serving.server import load_models
+
+    folder = export_once("toy_models:tiny_gap")
+    args = parser().parse_args(["serve", str(folder), "--precision", "f32", "--decode",
+                                "reduced", "--http-port", str(free_port()),
+                                "--grpc-port", str(free_port())])
+    (model,) = load_models(args)
+    big = tmp_path / "big.jpg"
+    big.write_bytes(encode(cv2.resize(photos["astronaut"], (1600, 1200),
+                                      interpolation=cv2.INTER_CUBIC), ".jpg"))
+    request = asyncio.run(model.preprocess({"instances": instances(big.read_bytes())}))
+    (rgb,) = request.images
+    assert rgb.reduction > 1 and rgb.full_size == (1200, 1600)
+    (entry,) = asyncio.run(model.explain(request))["explanations"]
+    saliency = np.asarray(entry["saliency"], np.float32)
+    reduced, exact = (ReciproCAM(folder, precision="f32", decode=decode).explain(big)
+                      .saliency[0] for decode in ("reduced", "exact"))
+    np.testing.assert_allclose(saliency, reduced, rtol=TOL, atol=TOL)
+    assert np.abs(saliency - exact).max() > 1e-3
+
+
 def raw_post(server: Server, headers: dict[str, str], body: bytes, chunked: bool = False
              ) -> tuple[int, list[tuple[str, str]], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", server.http, timeout=120)

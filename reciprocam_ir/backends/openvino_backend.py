@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +17,88 @@ from .base import Backend, BackendError, FeaturesAndScores, Graph, Shape, affine
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 
 
+MAX_STATIC_SHAPES = 4
+"""Static copies one graph compiles at most (one per set of input shapes it runs); inputs of
+any other shape run on the dynamic graph, so memory stays bounded."""
+
+InputShapes = tuple[tuple[int, ...], ...]
+Specialise = Callable[[InputShapes], ov.CompiledModel | None]
+
+
 class OpenVINOGraph(Graph):
-    def __init__(self, compiled: ov.CompiledModel) -> None:
-        self._compiled = compiled
+    """A compiled graph. Where its inputs have dynamic axes (the batch of ``f``, ``g`` and
+    the explain graph), ``specialise`` compiles a static copy for each set of input shapes
+    it runs, the first ``max_static`` of them (OpenVINO's CPU kernels run a static batch
+    faster); the dynamic graph serves every other shape, and any a copy cannot be made for.
+
+    The dynamic graph, compiled up front (so a graph that cannot compile is refused at once),
+    is let go when the first static copy replaces it before it ever ran, and compiled again
+    by ``recompile`` only if a shape needs it: one batch size costs the memory of one graph.
+    """
+
+    def __init__(self, compiled: ov.CompiledModel, specialise: Specialise | None = None,
+                 max_static: int = MAX_STATIC_SHAPES,
+                 recompile: Callable[[], ov.CompiledModel] | None = None) -> None:
+        self._dynamic: ov.CompiledModel | None = compiled
+        self._dynamic_ran = False
+        self._recompile = recompile
+        self._inputs = [i.get_partial_shape() for i in compiled.inputs]
+        self._outputs = len(compiled.outputs)
+        dynamic = any(shape.is_dynamic for shape in self._inputs)
+        self._specialise = specialise if dynamic and max_static > 0 else None
+        self._max_static = max_static
+        self._static: dict[InputShapes, ov.CompiledModel | None] = {}
+        self._lock = threading.Lock()
         self._local = threading.local()
 
-    def _request(self) -> ov.InferRequest:
-        request = getattr(self._local, "request", None)
+    @property
+    def static_shapes(self) -> list[InputShapes]:
+        """The input shapes a static copy was compiled for, in the order first run."""
+        return [key for key, compiled in self._static.items() if compiled is not None]
+
+    def _dynamic_graph(self) -> ov.CompiledModel:
+        with self._lock:
+            if self._dynamic is None:
+                self._dynamic = self._recompile()
+            self._dynamic_ran = True
+            return self._dynamic
+
+    def compiled_for(self, *inputs: np.ndarray) -> ov.CompiledModel:
+        """The compiled model that runs ``inputs``: their static copy, compiled on first use
+        while fewer than ``max_static`` exist, else the dynamic graph."""
+        if self._specialise is None:
+            return self._dynamic_graph()
+        key = tuple(tuple(int(d) for d in np.shape(a)) for a in inputs)
+        compiled = self._static.get(key)
+        if compiled is not None:
+            return compiled
+        if key in self._static or len(key) != len(self._inputs) or not all(
+                declared.compatible(ov.PartialShape(list(shape)))
+                for declared, shape in zip(self._inputs, key, strict=True)):
+            return self._dynamic_graph()  # shapes it refuses, with the engine's own message
+        with self._lock:
+            if key not in self._static and len(self._static) < self._max_static:
+                if not self._dynamic_ran and self._recompile is not None:
+                    self._dynamic = None  # never ran: memory for the copy instead
+                self._static[key] = self._specialise(key)
+            compiled = self._static.get(key)
+        return compiled if compiled is not None else self._dynamic_graph()
+
+    def _request(self, compiled: ov.CompiledModel) -> ov.InferRequest:
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            requests = self._local.requests = {}
+        request = requests.get(id(compiled))
         if request is None:
-            request = self._local.request = self._compiled.create_infer_request()
+            request = requests[id(compiled)] = compiled.create_infer_request()
         return request
 
     def outputs(self, x: np.ndarray, *more: np.ndarray) -> list[np.ndarray]:
-        request = self._request()
-        request.infer({i: np.ascontiguousarray(a, dtype=np.float32)
-                       for i, a in enumerate((x, *more))})
+        inputs = [np.ascontiguousarray(a, dtype=np.float32) for a in (x, *more)]
+        request = self._request(self.compiled_for(*inputs))
+        request.infer(dict(enumerate(inputs)))
         return [np.array(request.get_output_tensor(i).data, copy=True)
-                for i in range(len(self._compiled.outputs))]
+                for i in range(self._outputs)]
 
 
 class OpenVINOBackend(Backend):
@@ -41,8 +107,12 @@ class OpenVINOBackend(Backend):
     engine_version = ov.get_version()
 
     def __init__(self, device: str | None = None, precision: str = "auto",
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None,
+                 static_shapes: int = MAX_STATIC_SHAPES) -> None:
+        """``static_shapes``: static copies each graph with a dynamic batch may compile for
+        the shapes it runs (:class:`OpenVINOGraph`); 0 runs every graph as exported."""
         super().__init__(device or "CPU", precision, cache_dir)
+        self.static_shapes = int(static_shapes)
         self.core = ov.Core()
         if self.cache_dir is not None:
             self.core.set_property({"CACHE_DIR": str(self.cache_dir)})
@@ -78,18 +148,35 @@ class OpenVINOBackend(Backend):
 
     def _compile(self, model: str | ov.Model, name: str,
                  config: dict[str, str] | None = None) -> OpenVINOGraph:
-        try:
-            return OpenVINOGraph(self.core.compile_model(model, self.device,
-                                                         config or self.config()))
-        except RuntimeError as exc:
-            raise BackendError(
-                f"OpenVINO cannot compile {name} on {self.device}: {first_line(exc)}") from None
+        """``model`` (a file or one built in memory) compiled, with static copies made from
+        it for the shapes it runs (the same options, so the same cache folder)."""
+        config = config or self.config()
+
+        def compile_dynamic() -> ov.CompiledModel:
+            try:
+                return self.core.compile_model(model, self.device, config)
+            except RuntimeError as exc:
+                raise BackendError(f"OpenVINO cannot compile {name} on {self.device}: "
+                                   f"{first_line(exc)}") from None
+
+        def specialise(shapes: tuple[tuple[int, ...], ...]) -> ov.CompiledModel | None:
+            try:
+                static = (self.core.read_model(model) if isinstance(model, str)
+                          else model.clone())
+                static.reshape({i: ov.PartialShape(list(shape))
+                                for i, shape in enumerate(shapes)})
+                return self.core.compile_model(static, self.device, config)
+            except RuntimeError:
+                return None  # the dynamic graph runs these shapes
+
+        return OpenVINOGraph(compile_dynamic(), specialise, self.static_shapes, compile_dynamic)
 
     def compile(self, path: Path, digest: str | None = None) -> Graph:
         """Compiled from the file; cached in a folder of its own content's key.
 
         OpenVINO keys a model compiled from a path on the path (an IR's ``.bin`` changed in
-        place is served stale from its cache); models built in memory it keys on content.
+        place is served stale from its cache); models built in memory (the static copies
+        among them) it keys on content.
         """
         config = self.config()
         if self.cache_dir is not None:

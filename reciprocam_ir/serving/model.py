@@ -96,14 +96,14 @@ class ExplainerModel(Model):
                  scores: str | None = None, max_targets: int = DEFAULT_MAX_TARGETS,
                  request_pixels: int = DEFAULT_REQUEST_PIXELS,
                  process_pixels: int = DEFAULT_PROCESS_PIXELS,
-                 decode_threads: int = DEFAULT_DECODE_THREADS) -> None:
+                 decode_threads: int = DEFAULT_DECODE_THREADS, decode: str = "exact") -> None:
         super().__init__(name)
         self.settings = {"name": name, "artifact": artifact, "backend": backend,
                          "device": device, "precision": precision, "max_pixels": max_pixels,
                          "mask": mask, "mask_sigma": mask_sigma, "mask_strength": mask_strength,
                          "scores": scores, "max_targets": max_targets,
                          "request_pixels": request_pixels, "process_pixels": process_pixels,
-                         "decode_threads": decode_threads}
+                         "decode_threads": decode_threads, "decode": decode}
         self.max_pixels = max_pixels
         self.request_pixels = request_pixels
         self.process_pixels = process_pixels
@@ -118,7 +118,7 @@ class ExplainerModel(Model):
                               precision=s["precision"], max_pixels=s["max_pixels"],
                               mask=s["mask"], mask_sigma=s["mask_sigma"],
                               mask_strength=s["mask_strength"], scores=s["scores"],
-                              max_targets=s["max_targets"])
+                              max_targets=s["max_targets"], decode=s["decode"])
         self.classifier = Classifier(self.cam.artifact, self.cam.backend)
         self.ready = True
         logger.info("model %s ready in process %d: %s on %s", self.name, os.getpid(),
@@ -195,7 +195,7 @@ class ExplainerModel(Model):
         images = []
         for i, data in enumerate(encoded):
             try:
-                images.append(decode_image(data, self.max_pixels))
+                images.append(decode_image(data, self.max_pixels, self.cam.min_decode_size))
             except ImageError as exc:
                 raise InvalidInput(f"image {i}: {first_line(exc)}") from None
         return images

@@ -92,7 +92,8 @@ def load_models(args: argparse.Namespace) -> list[ExplainerModel]:
                                max_targets=args.max_targets,
                                request_pixels=args.request_pixels,
                                process_pixels=args.process_pixels,
-                               decode_threads=args.decode_threads)
+                               decode_threads=args.decode_threads,
+                               decode=args.decode)
         model.load()
         models.append(model)
     return models
