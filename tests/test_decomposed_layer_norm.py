@@ -135,7 +135,8 @@ def test_a_broken_last_norm_moves_the_cut_off_the_last_block(files, tmp_path):
 def decomposed(variant: str = "") -> onnx.ModelProto:
     """One LayerNorm of a (2, 3, 4) tensor written out as torch writes it, or ``variant``:
     ``no_eps`` (the Add of epsilon left out), ``axis`` (means over axis 1), ``cube`` (x³ for
-    x²), ``swapped`` (mean − x), ``shared`` (the mean also a graph output)."""
+    x²), ``swapped`` (mean − x), ``shared`` (the mean also a graph output); ``identity``:
+    the LayerNorm, its scale read through an ``Identity`` (torch's shared constants)."""
     const = numpy_helper.from_array
     inits = [const(np.array([1], np.int64), "axes"), const(np.float32(3 if variant == "cube"
                                                                      else 2), "two"),
@@ -155,6 +156,9 @@ def decomposed(variant: str = "") -> onnx.ModelProto:
              helper.make_node("Add", ["scaled", "beta"], ["y"])]
     if variant == "no_eps":
         nodes.pop(4)
+    if variant == "identity":
+        nodes.insert(0, helper.make_node("Identity", ["gamma"], ["gamma_shared"]))
+        nodes[-2].input[1] = "gamma_shared"
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])]
     if variant == "shared":
         outputs.append(helper.make_tensor_value_info("mean", TensorProto.FLOAT, [2, 3, 1]))
@@ -163,14 +167,16 @@ def decomposed(variant: str = "") -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
 
 
-def test_the_decomposition_is_the_layer_norm_it_is_read_as():
-    model = decomposed()
+@pytest.mark.parametrize("variant", ["", "identity"])
+def test_the_decomposition_is_the_layer_norm_it_is_read_as(variant):
+    model = decomposed(variant)
     (norm,) = layer_norms(model.graph)
     assert (norm.input, norm.output, norm.readers) == ("x", "y", ("mean", "d"))
     x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
     y = ort.InferenceSession(model.SerializeToString(),
                              providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    assert norm.gamma is not None and norm.beta is not None
     np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + norm.epsilon) * norm.gamma
                                + norm.beta, atol=1e-6)
 

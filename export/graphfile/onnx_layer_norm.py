@@ -47,6 +47,8 @@ class _Index:
             if node.op_type == "Constant" and node.attribute \
                     and node.attribute[0].name == "value":
                 self.consts[node.output[0]] = node.attribute[0].t
+            elif node.op_type == "Identity" and node.input[0] in self.consts:
+                self.consts[node.output[0]] = self.consts[node.input[0]]  # a shared constant
         self.ranks = {v.name: len(v.type.tensor_type.shape.dim)
                       for v in (*graph.input, *graph.value_info, *graph.output)
                       if v.type.tensor_type.HasField("shape")}
