@@ -4,10 +4,10 @@ A token cut is a float (B, T, D) tensor that every path from the input to the ou
 through and that enters a pre-norm attention block: a LayerNorm reads it (one
 ``LayerNormalization``, or the ops torch writes below opset 17, see :mod:`.onnx_layer_norm`),
 and an ``Add`` reads it and the attention branch that starts at that LayerNorm (a
-``Softmax`` on the way). ``g`` is rewired to ViT-ReciproCAM's tail (computed by :mod:`.token_sequences`):
-inputs ``feature`` (B, T, D) and ``masks`` (M, N); every masked copy of the tokens, with the
-LayerNorm's output weighted alike, runs through the rest of the model; output (B, M,
-classes).
+``Softmax`` on the way). ``g`` is rewired to ViT-ReciproCAM's tail (computed by
+:mod:`.token_sequences`): inputs ``feature`` (B, T, D) and ``masks`` (M, N); every masked
+copy of the tokens, with the LayerNorm's output weighted alike, runs through the rest of the
+model; output (B, M, classes).
 """
 
 from __future__ import annotations
