@@ -3,7 +3,8 @@
 would (for benchmarks).
 
 Usage: ``.venv/bin/python scripts/timm_onnx.py deit_tiny_patch16_224 /tmp/deit_tiny.onnx``
-(dynamic batch, opset 17, ``torch.onnx.export`` with the TorchScript exporter). An ``.xml``
+(dynamic batch, opset 17 unless ``--opset`` says another, ``torch.onnx.export`` with the
+TorchScript exporter; below 17 it writes each LayerNorm out as ReduceMean … Add). An ``.xml``
 output is that ONNX file converted by ``openvino.convert_model`` and ``save_model`` (weights
 compressed to f16, OpenVINO's default), or with ``--from-torch`` the PyTorch model converted
 directly. The model ``hf_vit_tiny`` is the Hugging Face-shaped ViT of ``tests/toy_models.py``
@@ -38,9 +39,10 @@ def build(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
     return model, tuple(model.pretrained_cfg["input_size"])
 
 
-def write_onnx(model: torch.nn.Module, size: tuple[int, ...], out: str) -> None:
+def write_onnx(model: torch.nn.Module, size: tuple[int, ...], out: str, opset: int = 17
+               ) -> None:
     torch.onnx.export(model, (torch.zeros(1, *size),), out, dynamo=False,
-                      opset_version=17, input_names=["image"], output_names=["logits"],
+                      opset_version=opset, input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
 
 
@@ -51,10 +53,13 @@ def main() -> None:
     parser.add_argument("out", help="the .onnx or .xml (OpenVINO IR) file to write")
     parser.add_argument("--from-torch", action="store_true",
                         help="an .xml converted from the PyTorch model, not from ONNX")
+    parser.add_argument("--opset", type=int, default=17,
+                        help="the ONNX opset to export at (default 17; timm's fused attention "
+                        "needs 14 or more)")
     args = parser.parse_args()
     model, size = build(args.model)
     if not args.out.lower().endswith(".xml"):
-        write_onnx(model, size, args.out)
+        write_onnx(model, size, args.out, args.opset)
         return
     import openvino as ov
 
@@ -65,7 +70,7 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory() as folder:
             onnx_path = str(Path(folder) / "model.onnx")
-            write_onnx(model, size, onnx_path)
+            write_onnx(model, size, onnx_path, args.opset)
             ov.save_model(ov.convert_model(onnx_path), args.out)
         return
     ov.save_model(converted, args.out)

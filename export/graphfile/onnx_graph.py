@@ -16,6 +16,7 @@ from reciprocam_ir.messages import first_line
 
 from ..artifact.graph_files import BATCH
 from ..artifact.graph_ops import onnx_opset
+from ..artifact.verify import verification_input
 from ..errors import ExportError
 from ..input_size import InputSize
 from .file_cut import CutPoint, ImageInput, image_input, softmax_over_classes
@@ -89,6 +90,7 @@ class OnnxGraph:
         self.model = self._inferred(model)
         self.freed_batch = self._free_batch()
         self.output = self.model.graph.output[0].name
+        self._resolve_token_reshapes()
         self._analyse()
 
     def _inferred(self, model: onnx.ModelProto) -> onnx.ModelProto:
@@ -122,6 +124,37 @@ class OnnxGraph:
             del graph.value_info[:]  # inferred with the batch fixed: infer again
             self.model = self._inferred(self.model)
         return freed
+
+    def _resolve_token_reshapes(self) -> None:
+        """Give the Reshapes before a LayerNorm of unknown input shape their shapes, measured.
+
+        Below opset 14, ONNX's shape inference gives up on a Reshape to a computed shape (a
+        ViT's ``flatten(2)`` as torch writes it), leaving every token tensor after it
+        unknown. Such Reshapes' outputs are measured at batch 1 and 2 (a size that follows
+        the batch stays symbolic), recorded, and the shapes inferred again."""
+        from .onnx_layer_norm import layer_norms
+
+        graph = self.model.graph
+        values = {v.name: v for v in (*graph.input, *graph.value_info)}
+        if all(dims_of(values.get(n.input)) is not None for n in layer_norms(graph)):
+            return
+        names = [n.output[0] for n in graph.node if n.op_type == "Reshape"
+                 and None in (dims_of(values.get(n.output[0])) or [None, None])[1:]]
+        if not names:
+            return
+        x = verification_input(self.input.shape())
+        one, two = self.measured(names, x), self.measured(names, np.concatenate([x, x]))
+        known = []
+        for name in names:
+            dims = [a if a == b else None for a, b in zip(one[name].shape, two[name].shape,
+                                                          strict=True)]
+            known.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(one[name].dtype),
+                [d if d is not None else BATCH for d in dims]))
+        kept = [v for v in graph.value_info if v.name not in set(names)]
+        del graph.value_info[:]
+        graph.value_info.extend([*kept, *known])
+        self.model = self._inferred(self.model)
 
     def _fixes_batch(self, node: onnx.NodeProto, data: onnx.ValueInfoProto | None) -> bool:
         """A Reshape to a constant shape that sets a batch-first input's batch to 1."""
@@ -220,12 +253,12 @@ class OnnxGraph:
                           if a.dtype == np.float32 and a.ndim == 4)
         return shapes
 
-    def measured(self, names: list[str]) -> dict[str, np.ndarray]:
-        """Tensors ``names`` of the graph on one verification image, by ONNX Runtime: their
-        shapes where inference leaves them open (a head reshaped by a computed shape)."""
+    def measured(self, names: list[str], x: np.ndarray | None = None
+                 ) -> dict[str, np.ndarray]:
+        """Tensors ``names`` of the graph on ``x`` (one verification image by default), by
+        ONNX Runtime: their shapes where inference leaves them open (a head reshaped by a
+        computed shape)."""
         import onnxruntime as ort
-
-        from ..artifact.verify import verification_input
 
         model = copy.deepcopy(self.model)
         outputs = {o.name for o in model.graph.output}
@@ -234,8 +267,8 @@ class OnnxGraph:
         try:
             session = ort.InferenceSession(model.SerializeToString(),
                                            providers=["CPUExecutionProvider"])
-            arrays = session.run(names, {self.input.name:
-                                         verification_input(self.input.shape())})
+            arrays = session.run(names, {self.input.name: verification_input(
+                self.input.shape()) if x is None else x})
         except Exception as exc:
             raise ExportError(f"{self.source}: ONNX Runtime cannot run the graph "
                               f"({first_line(exc)})") from None

@@ -1,12 +1,13 @@
 """Token cuts of an ONNX vision transformer, and its masked-sequence tail (no torch).
 
 A token cut is a float (B, T, D) tensor that every path from the input to the output flows
-through and that enters a pre-norm attention block: a ``LayerNormalization`` reads it, and
-an ``Add`` reads it and the attention branch that starts at that LayerNorm (a ``Softmax`` on
-the way). ``g`` is rewired to ViT-ReciproCAM's tail (computed by :mod:`.token_sequences`):
-inputs ``feature`` (B, T, D) and ``masks`` (M, N); every masked copy of the tokens, with the
-LayerNorm's output weighted alike, runs through the rest of the model; output (B, M,
-classes).
+through and that enters a pre-norm attention block: a LayerNorm reads it (one
+``LayerNormalization``, or the ops torch writes below opset 17, see :mod:`.onnx_layer_norm`),
+and an ``Add`` reads it and the attention branch that starts at that LayerNorm (a
+``Softmax`` on the way). ``g`` is rewired to ViT-ReciproCAM's tail (computed by
+:mod:`.token_sequences`): inputs ``feature`` (B, T, D) and ``masks`` (M, N); every masked
+copy of the tokens, with the LayerNorm's output weighted alike, runs through the rest of the
+model; output (B, M, classes).
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from ..artifact.graph_ops import OnnxOps, onnx_opset
 from ..features import token_grid
 from .file_cut import CutPoint, TokenLayout
 from .onnx_graph import OnnxGraph, dims_of
+from .onnx_layer_norm import LayerNorm, layer_norms, reads_input
 from .token_sequences import masked_copies, masked_layer_norm, per_image_scores
-
-LAYER_NORMS = ("LayerNormalization",)
 
 
 def _descendants(start: str, users: dict[str, list[onnx.NodeProto]]) -> set[str]:
@@ -51,6 +51,9 @@ def find_token_cuts(graph: OnnxGraph) -> tuple[list[CutPoint], list[tuple[CutPoi
     for node in nodes:
         for name in node.input:
             users.setdefault(name, []).append(node)
+    norms: dict[str, list[LayerNorm]] = {}
+    for norm in layer_norms(graph.model.graph):
+        norms.setdefault(norm.input, []).append(norm)
     streams = []
     for node in nodes:
         for out in node.output:
@@ -58,7 +61,7 @@ def find_token_cuts(graph: OnnxGraph) -> tuple[list[CutPoint], list[tuple[CutPoi
             if dims is None or len(dims) != 3 or None in dims[1:] or \
                     values[out].type.tensor_type.elem_type != TensorProto.FLOAT:
                 continue
-            ln1 = _attention_block(out, users, graph.producer)
+            ln1 = _attention_block(out, norms.get(out, []), users, graph.producer)
             if ln1 is not None and graph.all_paths_through(out):
                 streams.append((node, out, dims, ln1))
     order = {out: i for i, node in enumerate(nodes) for out in node.output}
@@ -78,15 +81,16 @@ def find_token_cuts(graph: OnnxGraph) -> tuple[list[CutPoint], list[tuple[CutPoi
     return ([c for c, p in found if p is None], [(c, p) for c, p in found if p is not None])
 
 
-def _attention_block(stream: str, users: dict[str, list[onnx.NodeProto]],
+def _attention_block(stream: str, norms: list[LayerNorm],
+                     users: dict[str, list[onnx.NodeProto]],
                      producer: dict[str, onnx.NodeProto]) -> str | None:
-    """The output of the LayerNorm that opens a pre-norm attention block on ``stream``
-    (a Softmax lies between it and the residual Add back onto ``stream``), else None."""
+    """The output of the LayerNorm (of ``norms``, those reading ``stream``) that opens a
+    pre-norm attention block on ``stream`` (a Softmax lies between it and the residual Add
+    back onto ``stream``), else None."""
     readers = users.get(stream, [])
-    norms = [n for n in readers if n.op_type in LAYER_NORMS and n.input[0] == stream]
     if len(norms) != 1:
         return None
-    below = _descendants(norms[0].output[0], users)
+    below = _descendants(norms[0].output, users)
     for add in (n for n in readers if n.op_type == "Add"):
         other = [i for i in add.input if i != stream]
         if len(other) != 1 or other[0] not in below:
@@ -97,7 +101,7 @@ def _attention_block(stream: str, users: dict[str, list[onnx.NodeProto]],
             if node is None:
                 continue
             if node.op_type == "Softmax" and node.output[0] in below:
-                return norms[0].output[0]
+                return norms[0].output
             for i in node.input:
                 if i and i != stream and i not in seen and i in below:
                     seen.add(i)
@@ -147,9 +151,10 @@ def masked_sequences(model: onnx.ModelProto, cut: CutPoint) -> onnx.ModelProto:
     first = len(ops.nodes)
     ln1 = masked_layer_norm(ops, layout.ln1, copies)
     on_ln1 = len(ops.nodes)
-    norm = next(n for n in graph.node if layout.ln1 in n.output)
+    norm = next(n for n in layer_norms(graph) if n.output == layout.ln1)
     _redirect(graph, FEATURE_NAME, copies.stream)
-    norm.input[0] = copies.plain
+    for node in (n for n in graph.node if reads_input(n, norm)):
+        node.input[:] = [copies.plain if i == copies.stream else i for i in node.input]
     _redirect(graph, layout.ln1, ln1)
     producer = next(n for n in graph.node if OUTPUT_NAME in n.output)
     rows = f"{ops.prefix}scores_rows"
