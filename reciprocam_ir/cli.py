@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -233,6 +235,37 @@ def explain(args: argparse.Namespace) -> int:
         return 130
 
 
+Loaded = list[tuple[np.ndarray, Path]]
+
+
+def load_batch(cam: ReciproCAM, paths: list[Path]) -> tuple[Loaded, list[tuple[str, str]]]:
+    """The images of ``paths`` decoded, and (path, reason) for each one refused."""
+    loaded, refused = [], []
+    for path in paths:
+        try:
+            loaded.append((cam.load(path)[0], path))
+        except ImageError as exc:
+            refused.append((str(path), str(exc).removeprefix(f"{path}: ")))
+    return loaded, refused
+
+
+def prefetched(cam: ReciproCAM, paths: list[Path]
+               ) -> Iterator[tuple[Loaded, list[tuple[str, str]]]]:
+    """``load_batch`` of each batch of ``paths`` in turn, the next batch decoded in one
+    background thread while the caller explains and saves the current one (OpenCV decodes
+    and resizes without the GIL); at most two batches are held at once."""
+    batches = [paths[i : i + cam.batch_size] for i in range(0, len(paths), cam.batch_size)]
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reciprocam-decode") as pool:
+        pending = pool.submit(load_batch, cam, batches[0])
+        for following in batches[1:]:
+            current = pending.result()
+            pending = pool.submit(load_batch, cam, following)
+            yield current
+        yield pending.result()
+
+
 def explain_images(args: argparse.Namespace, progress: dict) -> int:
     problem = contradiction(args)
     if problem:
@@ -301,14 +334,9 @@ def explain_images(args: argparse.Namespace, progress: dict) -> int:
     progress["total"] = len(todo)
     with tqdm(total=len(todo), unit="img", desc="explaining", file=sys.stderr,
               disable=len(todo) < 2) as bar:
-        for start in range(0, len(todo), cam.batch_size):
-            loaded = []
-            for path in todo[start : start + cam.batch_size]:
-                try:
-                    loaded.append((cam.load(path)[0], path))
-                except ImageError as exc:
-                    failures.append((str(path), str(exc).removeprefix(f"{path}: ")))
-                    bar.update(1)
+        for loaded, refused in prefetched(cam, todo):
+            failures.extend(refused)
+            bar.update(len(refused))
             batch = [path for _, path in loaded]
             for group, exp in cam.explain_isolating([rgb for rgb, _ in loaded], targets, top_k,
                                                     [str(path) for path in batch]):

@@ -64,15 +64,17 @@ def test_explicit_classes_backend_and_cache(capsys, resnet18_dir, image_folder, 
     assert any(cache.iterdir())  # compiled or optimised graphs kept for the next start
 
 
+@pytest.mark.parametrize("batch_size", ["8", "1"])  # 1: bad files in prefetched batches
 def test_bad_files_are_reported_and_the_rest_is_done(capsys, resnet18_dir, image_folder,
-                                                     tmp_path):
+                                                     tmp_path, batch_size):
     (image_folder / "empty.png").write_bytes(b"")
     (image_folder / "notes.txt").write_text("not an image")
     (image_folder / "truncated.jpg").write_bytes(
         (image_folder / "coffee.jpg").read_bytes()[:200])
     out = tmp_path / "out"
     code, _, err = run(capsys, str(resnet18_dir), str(image_folder), str(tmp_path / "missing.jpg"),
-                       "--out", str(out), "--backend", "onnxruntime")
+                       "--out", str(out), "--backend", "onnxruntime", "--batch-size",
+                       batch_size)
     assert code == 1
     errors = [line for line in err.splitlines() if line.startswith("reciprocam: error:")]
     assert len(errors) == 4
