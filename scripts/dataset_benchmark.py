@@ -290,7 +290,7 @@ def main() -> int:
     import ray
 
     start = time.perf_counter()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
     ray_start = time.perf_counter() - start
     ray.data.DataContext.get_current().enable_progress_bars = False
 
