@@ -116,23 +116,24 @@ B32_INPUT = inputs(1).repeat(7, axis=2).repeat(7, axis=3)
 @pytest.fixture(scope="module")
 def vit_b_32(export_once) -> tuple[object, np.ndarray]:
     """The artifact, and the whole torch model's masked scores in float64 (49 Gaussian masks)."""
-    folder = export_once("toy_models:vit_b_32_random")
-    model = toy_models.vit_b_32_random().double()
-    reference = masked_token_scores(model, "encoder.layers.encoder_layer_11", B32_INPUT,
+    folder = export_once("toy_models:vit_b_32_shallow")
+    model = toy_models.vit_b_32_shallow().double()
+    reference = masked_token_scores(model, "encoder.layers.encoder_layer_1", B32_INPUT,
                                     spatial_masks(7, 7, "gaussian"))
     return folder, reference
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_vit_b_32_scores_and_maps_equal_torch(vit_b_32, backend):
-    """ViT-B/32 (7x7 grid). Random weights leave the masked scores within 0.2 % of the logit
-    scale, where float32 alone moves a normalised map by 2e-4 (torch f32 against f64), so the
-    masked scores are held to 1e-4 of the logits and the maps to 1e-3."""
+    """ViT-B/32's layers (7x7 grid, two of them). Random weights leave the masked scores
+    within 0.2 % of the logit scale, where float32 alone moves a normalised map by 2e-4
+    (torch f32 against f64), so the masked scores are held to 1e-4 of the logits and the maps
+    to 1e-3."""
     folder, reference = vit_b_32
     cam = ReciproCAM(folder, backend=backend, precision="f32")
     manifest = cam.artifact.manifest
     assert manifest["feature"]["grid"] == [7, 7] and manifest["feature"]["shape"] == [50, 768]
-    assert manifest["target_layer"] == "encoder.layers.encoder_layer_11"
+    assert manifest["target_layer"] == "encoder.layers.encoder_layer_1"
     assert manifest["token_tail"]["kind"] == "class_token"
     exp = cam.explain_tensor(B32_INPUT)
     tail = cam.backend.compile(cam.artifact.graph_path("g", cam.backend.graph_format[0]))

@@ -297,15 +297,18 @@ def unfold_vit() -> nn.Module:
     return UnfoldViT().eval()
 
 
-def vit_b_32_random() -> nn.Module:
-    """torchvision's ViT-B/32 without weights, seeded (its zeroed head drawn as
-    ``--weights none`` draws it), so that a test can build the same model again."""
-    import torchvision
+def vit_b_32_shallow() -> nn.Module:
+    """torchvision's ViT-B/32 (224 px, 32 px patches, width 768, 12 heads, MLP 3072) with 2 of
+    its 12 encoder layers, without weights, seeded (its zeroed head drawn as ``--weights
+    none`` draws it), so that a test can build the same model again. Every layer is alike, so
+    the cut at the last one sees what the full model's does, at a sixth of the export."""
+    from torchvision.models.vision_transformer import VisionTransformer
 
     from export.torch.model_source import draw_zero_layers
 
     torch.manual_seed(0)
-    model = torchvision.models.vit_b_32(weights=None)
+    model = VisionTransformer(image_size=224, patch_size=32, num_layers=2, num_heads=12,
+                              hidden_dim=768, mlp_dim=3072)
     draw_zero_layers(model)
     return model.eval()
 
