@@ -42,7 +42,7 @@ from reciprocam_ir.messages import first_line
 from ..errors import ExportError
 from .graph_ops import GraphOps, OnnxOps, OpenVINOOps, Value, onnx_opset
 from .verify import TOLERANCE as SCORE_TOLERANCE
-from .verify import verification_images
+from .verify import check_engine, verification_images
 
 Tail = Callable[[Value], Value]
 """Splices the artifact's tail graph (``g`` or ``g_pooled``) onto a value; returns its scores."""
@@ -411,8 +411,9 @@ def _explain_error(folder: Path, backend: str, x: np.ndarray, spec: dict[str, An
         # one image a call, with room for its whole explain graph (a ViT's masked sequences
         # take more than the runtime's default budget, which then uses its chunked path)
         room = {"batch_size": 1, "memory_budget_mb": MAX_MEMORY_BUDGET_MB}
-        graph = ReciproCAM(folder, backend=backend, **options, **room)
-        general = ReciproCAM(folder, backend=backend, explain_graph=False, **options, **room)
+        engine = check_engine(backend)
+        graph = ReciproCAM(folder, backend=engine, **options, **room)
+        general = ReciproCAM(folder, backend=engine, explain_graph=False, **options, **room)
         if graph.graph_path is None:
             return float("inf")
         ours = graph.explain_tensor(x, top_k=top_k)

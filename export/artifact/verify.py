@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from reciprocam_ir.backends import create_backend
+from reciprocam_ir.backends import Backend, create_backend
 from reciprocam_ir.masking import masked_batch, spatial_masks
 from reciprocam_ir.messages import first_line
 
@@ -126,6 +126,14 @@ def _token_tail(compiled: dict[str, Any], ref: Reference) -> _Tail:
                  f"2 images or of {len(ref.masked)} masks", "free batch and mask axes")
 
 
+def check_engine(backend: str, device: str | None = "CPU") -> Backend:
+    """The engine the export's checks run on: f32, every graph as exported (a check runs each
+    shape once or twice, so static copies would only add compiles)."""
+    engine = create_backend(backend, device, "f32")
+    engine.static_shapes = 0
+    return engine
+
+
 def check_graphs(backend: str, graphs: dict[str, Path], ref: Reference, what: str,
                  tokens: bool = False) -> dict[str, float]:
     """Max abs errors of the exported graphs against ``ref`` on ``backend`` in f32.
@@ -138,7 +146,7 @@ def check_graphs(backend: str, graphs: dict[str, Path], ref: Reference, what: st
     ``ref.masked`` rows on the first image's tokens.
     """
     try:
-        engine = create_backend(backend, "CPU", "f32")
+        engine = check_engine(backend)
         compiled = {role: engine.compile(path) for role, path in graphs.items()}
         f = compiled["f"]
         tail = (_token_tail if tokens else _map_tail)(compiled, ref)

@@ -17,7 +17,7 @@ from ..artifact.graph_files import write_ir
 from ..artifact.labels import graph_labels, read_labels_file
 from ..artifact.manifest_entries import graphs_entry
 from ..artifact.staging import FORMATS, check_destination, staged
-from ..artifact.verify import verification_images
+from ..artifact.verify import check_engine, verification_images
 from ..errors import ExportError
 from ..input_size import InputSize
 from .detect_cut import DETECTIONS_NAME, FEATURE_PREFIX, Level, open_detector, parse_layers
@@ -48,9 +48,7 @@ def check_runtime(backend: str, files: dict[str, Path], images: np.ndarray,
                   reference: np.ndarray, levels: list[Level]) -> float:
     """Max relative |g(f(x)) − model(x)| with the runtime's own backend in f32, and ``g`` on a
     batch of masked copies against the same copies one at a time."""
-    from reciprocam_ir.backends import create_backend
-
-    engine = create_backend(backend, None, "f32")
+    engine = check_engine(backend, None)
     f, g = engine.compile(files["f"]), engine.compile(files["g"])
     outs = [f.outputs(images[i : i + 1]) for i in range(len(images))]
     raw = np.concatenate([g.outputs(*o)[0] for o in outs])

@@ -63,6 +63,9 @@ class Backend(ABC):
     """Artifact formats this backend reads, preferred first."""
     engine_version: str = ""
     """The engine's version: part of every compile-cache key."""
+    static_shapes: int = 0
+    """Static copies a graph with a dynamic batch may compile for the shapes it runs (OpenVINO);
+    0: every graph runs as exported."""
 
     def __init__(self, device: str, precision: str = "auto",
                  cache_dir: str | Path | None = None) -> None:
