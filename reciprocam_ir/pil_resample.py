@@ -1,8 +1,8 @@
 """The resize step done by Pillow itself, for recipes whose tool resizes with PIL.
 
 timm, Hugging Face image processors and Ultralytics' classify transforms call
-``PIL.Image.resize`` on the uint8 RGB image (no ``reducing_gap``): PIL's filters differ
-from torchvision's tensor resampling by up to one 8-bit step in places (PIL rounds after
+``PIL.Image.resize`` on the uint8 RGB image (no ``reducing_gap``): PIL's filters differ by
+up to one 8-bit step in places from the tensor resampling of torchvision (PIL rounds after
 each pass, to fixed-point weights). Pillow is imported only when a manifest asks for it.
 """
 
