@@ -20,6 +20,7 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from reciprocam_ir.artifact import FEATURE_NAME, MASKS_NAME
+from reciprocam_ir.backends.openvino_backend import constant
 
 from ..artifact.graph_ops import OpenVINOOps
 from .file_cut import CutPoint
@@ -41,16 +42,6 @@ PASSING = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Multiply", "Divide",
 
 def _readers(value: ov.Output) -> list[ov.Node]:
     return [t.get_node() for t in value.get_target_inputs()]
-
-
-def constant(value: ov.Output) -> np.ndarray | None:
-    """A constant's f32 values, also behind a decompressing ``Convert`` (f16 weights)."""
-    node = value.get_node()
-    if node.get_type_name() == "Convert":
-        node = node.input_value(0).get_node()
-    if node.get_type_name() != "Constant":
-        return None
-    return np.asarray(node.get_data(), np.float32)
 
 
 def _weight(node: ov.Node, width: int) -> np.ndarray | None:

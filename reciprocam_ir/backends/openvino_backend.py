@@ -244,8 +244,9 @@ def features_and_scores_model(f: ov.Model, tail: ov.Model) -> ov.Model:
                     "reciprocam_features_and_scores")
 
 
-def _constant(value: ov.Output) -> np.ndarray | None:
-    """The data behind ``value`` when it is a constant (possibly through a Convert)."""
+def constant(value: ov.Output) -> np.ndarray | None:
+    """The data behind ``value`` as float32 when it is a constant, also behind a
+    decompressing ``Convert`` (f16 weights); else None."""
     node = value.get_node()
     if node.get_type_name() == "Convert":
         node = node.input_value(0).get_node()
@@ -262,15 +263,15 @@ def affine_of(model: ov.Model) -> tuple[np.ndarray, np.ndarray] | None:
     bias = None
     if value.get_node().get_type_name() == "Add":
         a, b = value.get_node().input_value(0), value.get_node().input_value(1)
-        if _constant(b) is None:
+        if constant(b) is None:
             a, b = b, a
-        bias, value = _constant(b), a
+        bias, value = constant(b), a
         if bias is None:
             return None
     node = value.get_node()
     if node.get_type_name() != "MatMul" or node.get_attributes()["transpose_a"]:
         return None
-    weight = _constant(node.input_value(1))
+    weight = constant(node.input_value(1))
     if weight is None or weight.ndim != 2:
         return None
     if not node.get_attributes()["transpose_b"]:
