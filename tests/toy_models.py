@@ -313,6 +313,23 @@ def vit_b_32_shallow() -> nn.Module:
     return model.eval()
 
 
+def draw_transformer_weights(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode, its LayerNorms given scales and shifts away from 1 and 0 and its
+    linear layers drawn wide with biases (seeded): timm draws std 0.02 and zero biases, which
+    leave the maps flat and masking a LayerNorm's output like masking its input."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
+            if isinstance(module, nn.Linear):
+                bound = 2 * module.in_features ** -0.5
+                module.weight.uniform_(-bound, bound, generator=generator)
+                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
+    return model.eval()
+
+
 def tiny_timm_vit() -> nn.Module:
     """timm's VisionTransformer as ``timm.create_model`` makes DeiT-Tiny, at 32x32 with 8x8
     patches, 2 blocks of width 32 and 2 heads (a 4x4 grid), LayerScale, and linear layers and
@@ -323,17 +340,7 @@ def tiny_timm_vit() -> nn.Module:
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=6,
                               img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
                               init_values=0.5)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.LayerNorm):
-                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
-            if isinstance(module, nn.Linear):  # timm draws std 0.02: maps would be flat
-                bound = 2 * module.in_features ** -0.5
-                module.weight.uniform_(-bound, bound, generator=generator)
-                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
-    return model.eval()
+    return draw_transformer_weights(model)
 
 
 class HfSelfAttention(nn.Module):
@@ -409,17 +416,7 @@ def hf_vit(sdpa: bool = False) -> nn.Module:
     non-trivial LayerNorm scales and shifts and biases."""
     torch.manual_seed(0)
     model = HfViT(sdpa=sdpa)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.LayerNorm):
-                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
-            if isinstance(module, nn.Linear):
-                bound = 2 * module.in_features ** -0.5
-                module.weight.uniform_(-bound, bound, generator=generator)
-                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
-    return model.eval()
+    return draw_transformer_weights(model)
 
 
 def hf_vit_sdpa() -> nn.Module:
