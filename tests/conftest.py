@@ -145,6 +145,17 @@ def photos() -> dict[str, np.ndarray]:
     return sample_images()
 
 
+@pytest.fixture(scope="session")
+def photo_jpeg(photos, tmp_path_factory):
+    """A 3000x2250 JPEG made from a bundled photo: it decodes at 1/2 scale for 224 inputs."""
+    path = tmp_path_factory.mktemp("photo") / "astronaut.jpg"
+    import cv2
+
+    big = cv2.resize(photos["astronaut"], (3000, 2250), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return path
+
+
 DETECTOR_ONNX = TESTS / "data" / "yolo_synth.onnx"
 DETECTOR_IR = TESTS / "data" / "yolo_synth_openvino_model" / "yolo_synth.xml"
 """The synthetic YOLOv8 detector as Ultralytics exported it (tests/data/README.md)."""

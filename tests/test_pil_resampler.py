@@ -7,7 +7,6 @@ import dataclasses
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
 import timm
@@ -135,15 +134,6 @@ def test_a_reduced_image_is_resized_over_the_extent_of_its_full_image(policy, re
         boxed = Image.fromarray(rgb).resize((48, 32), Image.Resampling.BILINEAR,
                                             box=(0, 0, 60.5, 39.5))
         np.testing.assert_array_equal(p(reduced((79, 121))), _chw(np.asarray(boxed)))
-
-
-@pytest.fixture(scope="module")
-def photo_jpeg(photos, tmp_path_factory):
-    """A 3000x2250 JPEG made from a bundled photo: it decodes at 1/2 scale for 224 inputs."""
-    path = tmp_path_factory.mktemp("photo") / "astronaut.jpg"
-    big = cv2.resize(photos["astronaut"], (3000, 2250), interpolation=cv2.INTER_CUBIC)
-    cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return path
 
 
 @pytest.mark.parametrize("p", [

@@ -246,15 +246,6 @@ def test_explain_graph_doc_recipes_give_the_api_input_and_map(lite0_dir, photos,
 
 # ---------------------------------------------------------------- shrink on load (issue 26)
 
-@pytest.fixture(scope="module")
-def photo_jpeg(photos, tmp_path_factory):
-    """A 3000x2250 JPEG made from a bundled photo: it decodes at 1/2 scale for 224 inputs."""
-    path = tmp_path_factory.mktemp("photo") / "astronaut.jpg"
-    big = cv2.resize(photos["astronaut"], (3000, 2250), interpolation=cv2.INTER_CUBIC)
-    cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return path
-
-
 @pytest.mark.parametrize("p", [Preprocessing(size=(224, 224), resize_size=256),
                                Preprocessing(size=(224, 224), resize="direct"),
                                Preprocessing(size=(160, 224), resize="pad")],
