@@ -179,6 +179,7 @@ class ReciproCAM:
             self._check_io(role)
         self._graphs: dict[str, Graph] = {}
         self._lock = threading.Lock()
+        self._precision = self.backend.inference_precision  # what the maps are checked for
         self._precision_warned = False
         self._affine = self._affine_tail()
         # a model that outputs probabilities (exported with --keep-softmax) is scored as is
@@ -553,8 +554,7 @@ class ReciproCAM:
             if not (np.isfinite(unmasked).all() and np.isfinite(maps).all()):
                 raise FloatingPointError(f"{name}: the model produced NaN or Inf scores")
             if not self._precision_warned:
-                self._precision_warned = warn_if_coarse(
-                    name, classes, maps, self.backend.inference_precision)
+                self._precision_warned = warn_if_coarse(name, classes, maps, self._precision)
         return results
 
     def _explanation(self, results: list[Result], names: list[str],

@@ -34,8 +34,11 @@ def coarse(maps: np.ndarray) -> np.ndarray:
     An all-zero map (a class whose scores do not vary at all) counts as coarse too: at a
     reduced precision that is what a span below one rounding step gives.
     """
-    n = maps.reshape(len(maps), -1).shape[1]
-    return map_levels(maps) < min(MIN_LEVELS, n / 2)
+    return _coarse(map_levels(maps), maps.reshape(len(maps), -1).shape[1])
+
+
+def _coarse(levels: np.ndarray, cells: int) -> np.ndarray:
+    return levels < min(MIN_LEVELS, cells / 2)
 
 
 def warn_if_coarse(name: str, classes: np.ndarray, maps: np.ndarray, precision: str) -> bool:
@@ -46,13 +49,13 @@ def warn_if_coarse(name: str, classes: np.ndarray, maps: np.ndarray, precision: 
     """
     if precision not in REDUCED_PRECISIONS:
         return False
-    flat = coarse(maps)
+    levels, n = map_levels(maps), maps[0].size
+    flat = _coarse(levels, n)
     if not flat.any():
         return False
     k = int(np.argmax(flat))
-    levels, n = int(map_levels(maps[k : k + 1])[0]), maps[k].size
     warnings.warn(
-        f"{name}: the map of class {int(classes[k])} takes {levels} distinct value(s) over "
+        f"{name}: the map of class {int(classes[k])} takes {levels[k]} distinct value(s) over "
         f"{n} cells: at {precision} the masked scores differ by less than its rounding; "
         f"explain with precision='f32' (--precision f32)", PrecisionWarning, stacklevel=3)
     return True
