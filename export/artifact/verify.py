@@ -215,7 +215,7 @@ def judge(results: dict[str, dict[str, float]], ref: Reference, what: str,
         problem = _refusal(errors, scale, f_scale, backend, layer)
         if problem is not None:
             raise ExportError(f"{what}: {problem}")
-    per_image = [b for b, e in results.items() if e.get("f_per_image")]
+    per_image = [b for b, e in results.items() if e.get(F_PER_IMAGE)]
     if per_image:
         log(f"f fails on a batch of images on {', '.join(per_image)} (a shape fixed at batch 1 "
             "that cannot be made free): the runtime runs f one image at a time")

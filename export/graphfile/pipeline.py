@@ -46,7 +46,7 @@ from ..artifact.verify import (
 from ..errors import ExportError
 from ..input_size import InputSize
 from .file_cut import output_formats
-from .tool_recipes import Recipe, sidecar_metadata, tool_recipe
+from .tool_recipes import ULTRALYTICS_METADATA, Recipe, sidecar_metadata, tool_recipe
 
 if TYPE_CHECKING:
     from .file_cut import CutPoint
@@ -169,7 +169,7 @@ def export_graph_file(
     file_labels = read_labels_file(labels) if labels is not None else None
     log(f"reading {source}")
     sidecar = sidecar_metadata(path)
-    recipe = tool_recipe(path, sidecar)
+    recipe = tool_recipe(path, sidecar, f"{ULTRALYTICS_METADATA} beside the graph")
     graph = open_recorded_size(path, size, recipe)
     metadata = {**graph.metadata, **sidecar}
     recipe = recipe or tool_recipe(path, metadata)

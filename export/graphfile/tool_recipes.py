@@ -59,24 +59,21 @@ def sidecar_metadata(path: str | Path) -> dict[str, str]:
             for key, value in data.items() if key in SIDECAR_KEYS}
 
 
-def tool_recipe(path: str | Path, metadata: Mapping[str, str]) -> Recipe | None:
-    """The recipe recorded for the graph at ``path`` (its ``metadata``; an IR converted
-    from ONNX keeps it under ``framework/``), if any."""
+def tool_recipe(path: str | Path, metadata: Mapping[str, str],
+                where: str = "the graph's Ultralytics metadata") -> Recipe | None:
+    """The recipe recorded for the graph at ``path`` (its ``metadata``, found ``where``; an IR
+    converted from ONNX keeps it under ``framework/``), if any."""
     short = {key.rsplit("/", 1)[-1]: value for key, value in metadata.items()}
     if short.get("task") == "classify" and "imgsz" in short:
-        recipe = ultralytics_recipe(short)
-        beside = sidecar_metadata(path)
-        if beside.get("imgsz") == short["imgsz"] and beside.get("task") == "classify":
-            return Recipe(recipe.options, f"{ULTRALYTICS_METADATA} beside the graph",
-                          recipe.size, recipe.notes)
-        return recipe
+        return ultralytics_recipe(short, where)
     config = Path(path).with_name(HF_CONFIG)
     if config.is_file():
         return optimum_recipe(config)
     return None
 
 
-def ultralytics_recipe(metadata: Mapping[str, str]) -> Recipe:
+def ultralytics_recipe(metadata: Mapping[str, str],
+                       where: str = "the graph's Ultralytics metadata") -> Recipe:
     """Ultralytics' ``classify_transforms`` at the ``imgsz`` it exported at."""
     try:
         size = ast.literal_eval(metadata["imgsz"])
@@ -91,7 +88,7 @@ def ultralytics_recipe(metadata: Mapping[str, str]) -> Recipe:
         options.update(resize="shorter_side_crop", resize_size=h)
     else:
         options["resize"] = "direct"
-    return Recipe(options, "the graph's Ultralytics metadata", (h, w))
+    return Recipe(options, where, (h, w))
 
 
 def optimum_recipe(config: Path) -> Recipe:
