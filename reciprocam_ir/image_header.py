@@ -28,11 +28,28 @@ class ImageError(ValueError):
     """An image that cannot be read or used."""
 
 
+ORIENTATIONS = range(1, 9)
+"""EXIF orientations: 1 upright; 2-4 mirrored or turned half-way; 5-8 with the axes swapped."""
+MAX_EXIF_BYTES = 1 << 16
+"""A JPEG segment holds at most 65533 bytes: the most of an Exif segment read for Orientation."""
+
+
 @dataclass(frozen=True)
 class ImageHeader:
+    """What the header states: the stored ``width`` and ``height`` and, for a JPEG, the EXIF
+    ``orientation`` the pixels are turned upright by (1 when there is none)."""
+
     format: str
     width: int
     height: int
+    orientation: int = 1
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(height, width) of the image once turned upright by its orientation."""
+        if self.orientation >= 5:
+            return self.width, self.height
+        return self.height, self.width
 
 
 def _unreadable(reason: str) -> ImageError:
@@ -57,11 +74,33 @@ def _png(read: Read) -> tuple[int, int]:
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-def _jpeg(read: Read) -> tuple[int, int]:
-    pos = 2
+def _exif_orientation(segment: bytes) -> int:
+    """The Orientation tag of the 0th directory of an APP1 segment's Exif data, else 1."""
+    if not segment.startswith(b"Exif\0\0") or segment[6:8] not in (b"II", b"MM"):
+        return 1
+    tiff = segment[6:]
+    order = "<" if tiff[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd)
+        for i in range(min(count, MAX_TIFF_TAGS)):
+            tag, kind, n = struct.unpack_from(order + "HHI", tiff, ifd + 2 + 12 * i)
+            if tag == 0x0112:
+                (value,) = struct.unpack_from(order + "H", tiff, ifd + 10 + 12 * i)
+                return value if kind == 3 and n >= 1 and value in ORIENTATIONS else 1
+    except struct.error:  # a directory reaching beyond the segment
+        return 1
+    return 1
+
+
+def _jpeg(read: Read) -> tuple[int, int, int]:
+    """Width, height and EXIF orientation: the first frame header, and the first Exif
+    segment before the scan (where libjpeg, and so OpenCV, finds it). Past the frame header
+    the walk only looks for Exif: whatever it meets there is the decoder's to judge."""
+    pos, size, orientation = 2, None, None
     for _ in range(MAX_JPEG_SEGMENTS):
-        head = read(pos, 2)
-        if len(head) < 2:
+        head = read(pos, 4)
+        if len(head) < 2 or (size is not None and (len(head) < 4 or head[0] != 0xFF)):
             break
         if head[0] != 0xFF:
             raise _unreadable("corrupt JPEG segment")
@@ -75,15 +114,21 @@ def _jpeg(read: Read) -> tuple[int, int]:
         if marker in (0xD9, 0xDA):
             break
         (length,) = _unpack(">H", read, pos + 2, "JPEG segment")
-        if marker in _SOF:
+        if marker in _SOF and size is None:
             height, width = _unpack(">HH", read, pos + 5, "JPEG frame header")
             if height == 0:
                 raise _unreadable("JPEG with its height in a DNL marker")
-            return width, height
+            size = width, height
+        elif marker == 0xE1 and orientation is None and read(pos + 4, 6) == b"Exif\0\0":
+            orientation = _exif_orientation(read(pos + 4, min(length - 2, MAX_EXIF_BYTES)))
         if length < 2:
+            if size is not None:
+                break
             raise _unreadable("corrupt JPEG segment length")
         pos += 2 + length
-    raise _unreadable("JPEG without a frame header")
+    if size is None:
+        raise _unreadable("JPEG without a frame header")
+    return (*size, orientation or 1)
 
 
 def _bmp(read: Read) -> tuple[int, int]:
@@ -220,7 +265,7 @@ def _sun(read: Read) -> tuple[int, int]:
     return width, height
 
 
-_SIGNATURES: list[tuple[Callable[[bytes], bool], str, Callable[[Read], tuple[int, int]]]] = [
+_SIGNATURES: list[tuple[Callable[[bytes], bool], str, Callable[[Read], tuple[int, ...]]]] = [
     (lambda b: b.startswith(b"\x89PNG\r\n\x1a\n"), "PNG", _png),
     (lambda b: b.startswith(b"\xff\xd8\xff"), "JPEG", _jpeg),
     (lambda b: b[:2] in (b"BM", b"BA"), "BMP", _bmp),
@@ -237,8 +282,8 @@ def read_header(read: Read) -> ImageHeader:
     magic = read(0, 16)
     for matches, name, parse in _SIGNATURES:
         if matches(magic):
-            width, height = parse(read)
+            width, height, *orientation = parse(read)
             if width <= 0 or height <= 0:
                 raise _unreadable(f"{name} header states a size of {width}x{height}")
-            return ImageHeader(name, int(width), int(height))
+            return ImageHeader(name, int(width), int(height), *orientation)
     raise _unreadable(f"unknown or unsupported format; the reader takes {', '.join(FORMATS)}")

@@ -2,7 +2,10 @@
 
 The header is read first (:mod:`.image_header`): too many pixels, an absurd aspect ratio
 or a file larger than its image can be are refused before a byte of pixels is decoded
-or the rest of the file is read. OpenCV then decodes, applying the EXIF orientation.
+or the rest of the file is read. A JPEG is decoded by libjpeg-turbo through simplejpeg
+(the same pixels as OpenCV's decoder, in about 0.6 of its time on a 12 MP photo) and turned
+upright by the EXIF orientation its header states; OpenCV decodes the JPEGs simplejpeg
+refuses (CMYK, damaged data) and every other format, applying their orientation itself.
 
 Given ``min_size`` (how small the decoded image may be for what follows, see
 :meth:`.Preprocessing.min_decode_size`), a JPEG is decoded at 1/2, 1/4 or 1/8 scale in
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from .image_header import ImageError, ImageHeader, read_header
 
@@ -32,8 +36,20 @@ METADATA_BYTES = 16 * 2**20
 _DECODE_FLAGS = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH  # not UNCHANGED: EXIF is applied
 REDUCED_DECODES = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
                    2: cv2.IMREAD_REDUCED_COLOR_2}
-"""Scales a JPEG decodes at in libjpeg's DCT, largest first. Other formats have none in
-OpenCV: its reduced modes decode them in full and resize after, without antialiasing."""
+"""Scales a JPEG decodes at in libjpeg's DCT, largest first, and OpenCV's flag for each.
+Other formats have none in OpenCV: its reduced modes decode them in full and resize after,
+without antialiasing."""
+_UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    1: lambda a: a,
+    2: lambda a: cv2.flip(a, 1),
+    3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
+    4: lambda a: cv2.flip(a, 0),
+    5: lambda a: cv2.transpose(a),
+    6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+    7: lambda a: cv2.rotate(cv2.transpose(a), cv2.ROTATE_180),
+    8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
+"""The stored pixels turned upright, for each EXIF orientation (EXIF 2.3, as OpenCV does)."""
 
 DECODE_MODES = ("exact", "reduced")
 """``exact``: always full scale; ``reduced``: shrink on load where the format allows it."""
@@ -60,22 +76,14 @@ def image_size(rgb: np.ndarray) -> tuple[int, int]:
 
 
 def reduction(header: ImageHeader, min_size: MinSize | None) -> int:
-    """The scale divisor to decode at: the largest JPEG scale whose image still has
-    ``min_size`` in either orientation (EXIF may turn it), 1 for full scale.
-
-    A divisor at which a non-square image would decode square is skipped: the decoded
-    shape must tell whether EXIF turned the image.
-    """
+    """The scale divisor to decode at: the largest JPEG scale whose image, turned upright by
+    its EXIF orientation, still has ``min_size``; 1 for full scale."""
     if min_size is None or header.format != "JPEG":
         return 1
-    h, w = header.height, header.width
+    h, w = header.upright_size
+    need_h, need_w = min_size(h, w)
     for divisor in REDUCED_DECODES:
-        rh, rw = -(-h // divisor), -(-w // divisor)
-        if rh == rw and h != w:
-            continue
-        need_h, need_w = min_size(h, w)
-        turned_h, turned_w = min_size(w, h)
-        if rh >= need_h and rw >= need_w and rw >= turned_h and rh >= turned_w:
+        if -(-h // divisor) >= need_h and -(-w // divisor) >= need_w:
             return divisor
     return 1
 
@@ -152,10 +160,14 @@ def decode_image(data: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 def _decode(data: np.ndarray, header: ImageHeader, max_pixels: int,
             min_size: MinSize | None = None) -> np.ndarray:
-    divisor = reduction(header, min_size)
-    if divisor > 1:
-        return _decode_reduced(data, header, divisor)
-    image = _imdecode(data, _DECODE_FLAGS, header)
+    if header.format == "JPEG":
+        return _decode_jpeg(data, header, reduction(header, min_size), max_pixels)
+    return _decode_opencv(data, _DECODE_FLAGS, header, max_pixels)
+
+
+def _decode_opencv(data: np.ndarray, flags: int, header: ImageHeader,
+                   max_pixels: int) -> np.ndarray:
+    image = _imdecode(data, flags, header)
     if image.shape[0] * image.shape[1] > max_pixels:
         raise ImageError(f"image has more than the {max_pixels}-pixel limit")
     if image.shape[0] * image.shape[1] > header.width * header.height:
@@ -184,17 +196,33 @@ def _imdecode(data: np.ndarray, flags: int, header: ImageHeader) -> np.ndarray:
     return image
 
 
-def _decode_reduced(data: np.ndarray, header: ImageHeader, divisor: int) -> DecodedImage:
-    image = _imdecode(data, REDUCED_DECODES[divisor], header)
+def _decode_jpeg(data: np.ndarray, header: ImageHeader, divisor: int,
+                 max_pixels: int) -> np.ndarray:
+    """The JPEG at 1/``divisor`` scale, upright: a :class:`DecodedImage` when reduced.
+
+    simplejpeg decodes strictly (a warning of damaged data is an error); what it refuses
+    goes to OpenCV, which decodes what it can or reports why not, as for other formats.
+    """
     h, w = -(-header.height // divisor), -(-header.width // divisor)
-    full = (header.height, header.width) if image.shape[:2] == (h, w) else (
-        header.width, header.height)
-    if sorted(image.shape[:2]) != sorted((h, w)):
+    try:
+        image = simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=divisor,
+                                       min_height=h, min_width=w)
+    except ValueError:
+        flags = REDUCED_DECODES[divisor] if divisor > 1 else _DECODE_FLAGS
+        flags |= cv2.IMREAD_IGNORE_ORIENTATION
+        if divisor > 1:
+            image = cv2.cvtColor(_imdecode(data, flags, header), cv2.COLOR_BGR2RGB)
+        else:
+            image = _decode_opencv(data, flags, header, max_pixels)
+    if image.shape[:2] != (h, w):
         raise ImageError(f"{header.format} image decoded at 1/{divisor} scale to "
                          f"{image.shape[1]}x{image.shape[0]} pixels, not the {w}x{h} its "
-                         "header implies")
-    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB).view(DecodedImage)
-    rgb.full_size, rgb.reduction = full, divisor
+                         "header states")
+    image = _UPRIGHT[header.orientation](image)
+    if divisor == 1:
+        return image
+    rgb = image.view(DecodedImage)
+    rgb.full_size, rgb.reduction = header.upright_size, divisor
     return rgb
 
 

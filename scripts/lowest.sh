@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The lower bounds in setup.cfg, tested: .venv-lowest gets the LOWEST versions setup.cfg allows
-# for the runtime's requirements and extras (numpy, opencv, pillow, tqdm, openvino, onnxruntime,
+# for the runtime's requirements and extras (numpy, opencv, pillow, simplejpeg, tqdm, openvino, onnxruntime,
 # onnx),
 # then the runtime tests run there. Not part of the default test command (it installs a second
 # environment); run it when a lower bound changes:  bash scripts/setup.sh && bash scripts/lowest.sh
@@ -19,7 +19,7 @@ RUNTIME_TESTS=(tests/test_artifact.py tests/test_backends.py tests/test_explaine
   -o .venv-lowest/requirements.txt
 "$UV" pip sync --quiet --python .venv-lowest/bin/python .venv-lowest/requirements.txt
 "$UV" pip install --quiet --python .venv-lowest/bin/python --no-deps -e .
-grep -E '^(numpy|opencv-python-headless|pillow|tqdm|openvino|onnxruntime|onnx)==' \
+grep -E '^(numpy|opencv-python-headless|pillow|simplejpeg|tqdm|openvino|onnxruntime|onnx)==' \
   .venv-lowest/requirements.txt | sed 's/^/lowest.sh: /'
 # OpenVINO 2025.0's convert_model, run by the exporter (not the runtime) with torch imported,
 # first tries torch.export.load on the .onnx file and logs its failure: the one test that wants

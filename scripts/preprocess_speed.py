@@ -12,12 +12,23 @@ torchvision's 256/224 crop, top-1 agreement and the largest map difference (pret
 EfficientNet-Lite0, ONNX Runtime f32). Shrink on load is the default only if the mean input
 difference is <= 5e-3, top-1 agrees on every photo and maps differ by <= 0.05.
 
+``--part decode``: the JPEG decoders the reader could use, on 2 and 12 MP photos at full
+scale and at 1/4 (shrink on load): OpenCV (``imdecode`` + BGR to RGB), simplejpeg
+(libjpeg-turbo), Pillow (``draft`` for 1/4), and the reader itself (header checks, decode,
+EXIF), interleaved; whether each gives OpenCV's pixels.
+
+``--part resampler``: the manifest's resize (numpy, exact to torchvision) against the C
+implementations on the machine, on a 12 MP photo: torchvision's own tensor resize of the
+uint8 image (one thread, as the runtime's preprocessing runs) and Pillow's
+``Image.resize``; each one's largest difference to torchvision in 8-bit steps.
+
 ``--part end-to-end``: for 0.3, 2 and 12 MP JPEGs, ``explain(path)`` divided by
 ``explain_tensor`` on the same input, with ``decode="exact"`` (the path before shrink on
 load) and ``decode="reduced"``, and the peer: PIL open + torchvision transforms of the same
 recipe + the same ``explain_tensor``.
 
     .venv/bin/python scripts/preprocess_speed.py [--part all] [--repeat 15] [--artifact DIR]
+    .venv/bin/python scripts/preprocess_speed.py --part decode --repeat 9
 
 Without ``--artifact`` the pretrained Lite0 artifact is exported to a temporary folder.
 """
@@ -93,6 +104,105 @@ def resize_table(args: argparse.Namespace) -> None:
     jpeg = cv2.imencode(".jpg", images["4000x3000"])[1]
     decode = median_ms(lambda: cv2.imdecode(jpeg, cv2.IMREAD_COLOR), max(3, args.repeat // 3))
     print(f"for scale: decoding the 4000x3000 photo as JPEG takes {decode:.1f} ms")
+
+
+def interleaved_ms(ways: dict, repeat: int) -> dict[str, float]:
+    """Median ms of each way, three rounds interleaved so machine load hits every way alike."""
+    ms = {k: 0.0 for k in ways}
+    for _ in range(3):
+        for k, way in ways.items():
+            ms[k] += median_ms(way, repeat) / 3
+    return ms
+
+
+def decoders(data: bytes, height: int, width: int, divisor: int) -> dict:
+    """The ways to decode ``data`` at 1/``divisor`` scale as RGB (OpenCV's first)."""
+    import io
+
+    import simplejpeg
+    from PIL import Image
+
+    from reciprocam_ir.image_reader import REDUCED_DECODES, decode_image
+
+    size = -(-height // divisor), -(-width // divisor)
+    flag = REDUCED_DECODES.get(divisor, cv2.IMREAD_COLOR)
+
+    def pillow() -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            if divisor > 1:
+                image.draft("RGB", size[::-1])
+            return np.asarray(image.convert("RGB"))
+
+    return {
+        "opencv": lambda: cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), flag),
+                                       cv2.COLOR_BGR2RGB),
+        "simplejpeg": lambda: simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=divisor,
+                                                     min_height=size[0], min_width=size[1]),
+        "pillow": pillow,
+        "reader": lambda: decode_image(data, min_size=(lambda h, w: size) if divisor > 1
+                                       else None),
+    }
+
+
+def decode_table(args: argparse.Namespace) -> None:
+    photo = sample_images()["china"]
+    print(f"{'JPEG':<18} {'scale':>5} {'OpenCV ms':>9} {'simplejpeg':>10} {'Pillow':>7} "
+          f"{'reader':>7} {'OpenCV/reader':>13}  same pixels as OpenCV")
+    for label, (w, h) in {"2 MP (1632x1224)": (1632, 1224),
+                          "12 MP (4032x3024)": (4032, 3024)}.items():
+        data = jpeg(grainy(enlarged(photo, w, h)))
+        for divisor in (1, 4):
+            ways = decoders(data, h, w, divisor)
+            ms = interleaved_ms(ways, args.repeat)
+            reference = ways["opencv"]()
+            same = [k for k, way in ways.items()
+                    if k != "opencv" and np.array_equal(np.asarray(way()), reference)]
+            print(f"{label:<18} {'1/' + str(divisor):>5} {ms['opencv']:9.1f} "
+                  f"{ms['simplejpeg']:10.1f} {ms['pillow']:7.1f} {ms['reader']:7.1f} "
+                  f"{ms['opencv'] / ms['reader']:13.2f}  {', '.join(same) or 'none'}")
+
+
+def resamplers(rgb: np.ndarray, p: Preprocessing) -> dict:
+    """The ways to resize ``rgb`` by ``p``'s recipe to its 8-bit input (torchvision's first)."""
+    import torch
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    (rh, top), (rw, left) = p.placement(*rgb.shape[:2])
+    (h, w), tensor = p.size, torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+    def numpy() -> np.ndarray:
+        x = p(rgb)[0].transpose(1, 2, 0) * np.asarray(p.std, np.float32)
+        return (x + np.asarray(p.mean, np.float32)) / np.float32(p.scale)
+
+    def torchvision() -> np.ndarray:
+        out = TF.resize(tensor, [rh, rw], antialias=True).permute(1, 2, 0).numpy()
+        return out[-top : h - top, -left : w - left]
+
+    def pillow() -> np.ndarray:
+        out = np.asarray(Image.fromarray(rgb).resize((rw, rh), Image.Resampling.BILINEAR))
+        return out[-top : h - top, -left : w - left]
+
+    return {"torchvision": torchvision, "numpy": numpy, "pillow": pillow}
+
+
+def resampler_table(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    rgb = grainy(enlarged(sample_images()["china"], 4032, 3024))
+    recipes = {"direct 224": Preprocessing(size=(224, 224), resize="direct"),
+               "crop 256/224": Preprocessing(size=(224, 224), resize_size=256)}
+    print(f"{'12 MP to':<13} {'numpy ms':>8} {'torchvision ms':>14} {'Pillow ms':>9} "
+          f"{'torchvision/numpy':>17} {'numpy steps':>11} {'Pillow steps':>12}")
+    for label, p in recipes.items():
+        ways = resamplers(rgb, p)
+        ms = interleaved_ms(ways, args.repeat)
+        reference = ways["torchvision"]().astype(np.float32)
+        steps = {k: float(np.abs(ways[k]() - reference).max()) for k in ("numpy", "pillow")}
+        print(f"{label:<13} {ms['numpy']:8.1f} {ms['torchvision']:14.1f} {ms['pillow']:9.1f} "
+              f"{ms['torchvision'] / ms['numpy']:17.2f} {steps['numpy']:11.2f} "
+              f"{steps['pillow']:12.2f}")
 
 
 def with_orientation(jpeg: bytes, orientation: int) -> bytes:
@@ -232,7 +342,8 @@ def end_to_end_table(args: argparse.Namespace, artifact: Path, folder: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("resize", "accuracy", "end-to-end", "all"),
+    parser.add_argument("--part", choices=("resize", "decode", "resampler", "accuracy",
+                                           "end-to-end", "all"),
                         default="all")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--margin", type=int, default=None,
@@ -248,7 +359,11 @@ def main() -> None:
     print(f"shrink on load to {preprocess.DECODE_MARGIN}x the resize target")
     if args.part in ("resize", "all"):
         resize_table(args)
-    if args.part == "resize":
+    if args.part in ("decode", "all"):
+        decode_table(args)
+    if args.part in ("resampler", "all"):
+        resampler_table(args)
+    if args.part in ("resize", "decode", "resampler"):
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

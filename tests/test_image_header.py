@@ -137,3 +137,45 @@ def test_tiff_directories_of_different_sizes_are_refused():
         header_of(data)
     pages = tiff([(256, 64), (257, 48)], [(256, 64), (257, 48)], strip=deflate_zeros(64, 48))
     assert (header_of(pages).width, header_of(pages).height) == (64, 48)
+
+
+def _exif(orientation: int, order: str = "<", kind: int = 3) -> bytes:
+    """An APP1 segment whose Exif 0th directory holds Orientation (after another tag)."""
+    mark = b"II*\0" if order == "<" else b"MM\0*"
+    entries = struct.pack(order + "HHI4s", 0x010F, 2, 4, b"cam\0") + struct.pack(
+        order + "HHIHH", 0x0112, kind, 1, orientation, 0)
+    tiff = mark + struct.pack(order + "IH", 8, 2) + entries + struct.pack(order + "I", 0)
+    body = b"Exif\0\0" + tiff
+    return b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
+
+
+JPEG = cv2.imencode(".jpg", RGB)[1].tobytes()
+XMP = b"\xff\xe1" + struct.pack(">H", 31) + b"http://ns.adobe.com/xap/1.0/\0"
+_CUT = b"Exif\0\0II*\0" + struct.pack("<IH", 8, 40) + struct.pack("<HHI4s", 0x010F, 2, 4, b"cam\0")
+CUT = b"\xff\xe1" + struct.pack(">H", len(_CUT) + 2) + _CUT
+"""Exif whose directory claims 40 entries and holds one."""
+
+
+@pytest.mark.parametrize("data, orientation", [
+    (JPEG, 1),
+    (JPEG[:2] + _exif(6) + JPEG[2:], 6),
+    (JPEG[:2] + _exif(8, ">") + JPEG[2:], 8),          # big-endian TIFF
+    (JPEG[:2] + XMP + _exif(3) + JPEG[2:], 3),         # XMP's APP1 first
+    (JPEG[:2] + _exif(5) + _exif(2) + JPEG[2:], 5),    # the first Exif segment counts
+    (JPEG[:2] + _exif(9) + JPEG[2:], 1),               # no such orientation
+    (JPEG[:2] + _exif(6, kind=4) + JPEG[2:], 1),       # not a SHORT
+    (JPEG[:2] + CUT + JPEG[2:], 1),                    # a directory cut short
+], ids=["none", "6", "big-endian 8", "after XMP", "first of two", "9", "LONG", "cut"])
+def test_jpeg_exif_orientation_from_the_header(data, orientation):
+    header = header_of(data)
+    assert (header.width, header.height, header.orientation) == (34, 21, orientation)
+    assert header.upright_size == ((34, 21) if orientation >= 5 else (21, 34))
+
+
+def test_exif_after_the_frame_header_is_found_and_damage_there_left_to_the_decoder():
+    sof = JPEG.index(b"\xff\xc0")
+    after = JPEG[:sof] + JPEG[sof : sof + 2 + struct.unpack(">H", JPEG[sof + 2 : sof + 4])[0]]
+    rest = JPEG[len(after):]
+    assert header_of(after + _exif(6) + rest).orientation == 6
+    damaged = header_of(after + b"\x00garbage" + rest)  # the decoder reports it, not the header
+    assert (damaged.width, damaged.height, damaged.orientation) == (34, 21, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import resource
 import struct
@@ -13,11 +14,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import simplejpeg
 
 from conftest import BIN, subprocess_env
 from reciprocam_ir import ReciproCAM
 from reciprocam_ir.image_header import ImageHeader
-from reciprocam_ir.image_reader import MAX_ASPECT_RATIO, DecodedImage, reduction, to_uint8
+from reciprocam_ir.image_reader import (
+    MAX_ASPECT_RATIO,
+    REDUCED_DECODES,
+    DecodedImage,
+    reduction,
+    to_uint8,
+)
 from reciprocam_ir.preprocess import (
     DECODE_MARGIN,
     ImageError,
@@ -124,14 +132,20 @@ def test_huge_files_are_not_read_whole(tmp_path):
     assert measured["grew_mb"] < 50
 
 
-def _jpeg_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
-    """A JPEG whose EXIF (written here by hand, little-endian TIFF) holds Orientation."""
-    jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                        [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+def _exif_jpeg(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF segment (written here by hand, little-endian TIFF) holding
+    Orientation."""
     tiff = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack(
         "<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
     app1 = b"Exif\0\0" + tiff
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+def _jpeg_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG of ``rgb`` whose EXIF holds Orientation."""
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    return _exif_jpeg(jpeg, orientation)
 
 
 UPRIGHT = {  # EXIF 2.3: where the stored 0th row and column belong on display
@@ -321,21 +335,27 @@ DIRECT = Preprocessing(size=(224, 224), resize="direct")  # Lite0's recipe
 CROP = Preprocessing(size=(224, 224), resize_size=256)
 
 
-@pytest.mark.parametrize("fmt, width, height, p, divisor", [
-    ("JPEG", 4032, 3024, DIRECT, 4),  # 1008x756 leaves 3 x 224; 504x378 would not
-    ("JPEG", 3024, 4032, DIRECT, 4),  # portrait
-    ("JPEG", 4032, 3024, CROP, 2),    # 3 x 341x256 is more than 1008x756
-    ("JPEG", 8000, 6000, DIRECT, 8),
-    ("JPEG", 2000, 1500, DIRECT, 2),
-    ("JPEG", 1000, 750, DIRECT, 1),   # 500x375 is less than 3 x 224
-    ("JPEG", 6000, 1200, CROP, 1),    # the short side decides: 256 x 3 = 768 > 600
-    ("JPEG", 5400, 5393, DIRECT, 4),  # at 1/8 both sides would be 675: EXIF's turn unknowable
-    ("PNG", 4032, 3024, DIRECT, 1),   # only JPEG decodes at a smaller scale
-    ("WebP", 4032, 3024, DIRECT, 1),
+WIDE = Preprocessing(size=(224, 896), resize="direct")
+
+
+@pytest.mark.parametrize("fmt, width, height, orientation, p, divisor", [
+    ("JPEG", 4032, 3024, 1, DIRECT, 4),  # 1008x756 leaves 3 x 224; 504x378 would not
+    ("JPEG", 3024, 4032, 1, DIRECT, 4),  # portrait
+    ("JPEG", 4032, 3024, 1, CROP, 2),    # 3 x 341x256 is more than 1008x756
+    ("JPEG", 8000, 6000, 1, DIRECT, 8),
+    ("JPEG", 2000, 1500, 1, DIRECT, 2),
+    ("JPEG", 1000, 750, 1, DIRECT, 1),   # 500x375 is less than 3 x 224
+    ("JPEG", 6000, 1200, 1, CROP, 1),    # the short side decides: 256 x 3 = 768 > 600
+    ("JPEG", 5400, 5393, 1, DIRECT, 8),  # decoded square at 1/8: the header says how it turns
+    ("JPEG", 6000, 4000, 1, WIDE, 2),    # 2000x3000 holds 3 x 224x896
+    ("JPEG", 6000, 4000, 6, WIDE, 1),    # upright it is 3000x2000 at 1/2: too narrow
+    ("PNG", 4032, 3024, 1, DIRECT, 1),   # only JPEG decodes at a smaller scale
+    ("WebP", 4032, 3024, 1, DIRECT, 1),
 ], ids=str)
-def test_decode_scale_is_the_smallest_leaving_the_margin(fmt, width, height, p, divisor):
+def test_decode_scale_is_the_smallest_leaving_the_margin(fmt, width, height, orientation, p,
+                                                          divisor):
     assert DECODE_MARGIN == 3
-    header = ImageHeader(fmt, width, height)
+    header = ImageHeader(fmt, width, height, orientation)
     assert reduction(header, p.min_decode_size) == divisor
     assert reduction(header, None) == 1
 
@@ -372,6 +392,53 @@ def test_reduced_decode_keeps_the_header_checks_before_decoding(tmp_path):
     with pytest.raises(ImageError, match="aspect ratio"):
         decode_image(b"\xff\xd8\xff\xc0" + struct.pack(">HBHHB", 11, 8, 2, 20000, 1) + bytes(3),
                      min_size=DIRECT.min_decode_size)
+
+
+def _opencv(data: bytes, flag: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """What OpenCV's own decoder gives, EXIF applied: the reader's JPEG path before simplejpeg."""
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), flag), cv2.COLOR_BGR2RGB)
+
+
+@pytest.mark.parametrize("params", [
+    [cv2.IMWRITE_JPEG_QUALITY, 92],
+    [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
+    [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444],
+    [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422],
+    "grey",
+], ids=["420", "progressive", "444", "422", "grey"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_pixels_are_opencvs_at_every_scale_and_orientation(photo_2mp, params, orientation):
+    """simplejpeg decodes what OpenCV decoded, bit for bit, upright by the same EXIF rule, at
+    full scale and each DCT scale (an odd size, so the scaled sizes round up)."""
+    rgb = photo_2mp[:1001, :1333]
+    if params == "grey":
+        jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))[1].tobytes()
+    else:
+        jpeg = cv2.imencode(".jpg", rgb, params)[1].tobytes()
+    data = _exif_jpeg(jpeg, orientation)
+    np.testing.assert_array_equal(decode_image(data), _opencv(data))
+    for divisor, flag in REDUCED_DECODES.items():
+        small = decode_image(data, min_size=lambda h, w, d=divisor: (-(-h // d), -(-w // d)))
+        assert small.reduction == divisor
+        np.testing.assert_array_equal(small, _opencv(data, flag))
+
+
+def test_cmyk_and_damaged_jpegs_decode_as_opencv_decodes_them():
+    """A CMYK JPEG, and a damaged one that simplejpeg refuses (it is strict) and OpenCV
+    decodes in part: what OpenCV gives, upright by their EXIF."""
+    from PIL import Image
+
+    rgb = _quadrants(60, 90)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(buffer, "JPEG", quality=95)
+    cmyk = _exif_jpeg(buffer.getvalue(), 6)
+    np.testing.assert_array_equal(decode_image(cmyk), _opencv(cmyk))
+    assert decode_image(cmyk).shape == (90, 60, 3)
+    whole = _jpeg_with_orientation(rgb, 3)
+    damaged = whole[: len(whole) // 2] + whole[-2:]
+    with pytest.raises(ValueError):
+        simplejpeg.decode_jpeg(damaged, colorspace="RGB")
+    np.testing.assert_array_equal(decode_image(damaged), _opencv(damaged))
 
 
 def test_exact_decode_and_other_formats_are_unchanged(photo_2mp, tmp_path):
