@@ -27,7 +27,7 @@ uint8 image (one thread, as the runtime's preprocessing runs) and Pillow's
 load) and ``decode="reduced"``, and the peer: PIL open + torchvision transforms of the same
 recipe + the same ``explain_tensor``.
 
-    .venv/bin/python scripts/preprocess_speed.py [--part all] [--repeat 15] [--artifact DIR]
+    .venv/bin/python scripts/preprocess_speed.py [--part PART ...] [--repeat 15] [--artifact DIR]
     .venv/bin/python scripts/preprocess_speed.py --part decode --repeat 9
 
 Without ``--artifact`` the pretrained Lite0 artifact is exported to a temporary folder.
@@ -148,8 +148,8 @@ def decode_table(args: argparse.Namespace) -> None:
     photo = sample_images()["china"]
     print(f"{'JPEG':<18} {'scale':>5} {'OpenCV ms':>9} {'simplejpeg':>10} {'Pillow':>7} "
           f"{'reader':>7} {'OpenCV/reader':>13}  same pixels as OpenCV")
-    for label, (w, h) in {"2 MP (1632x1224)": (1632, 1224),
-                          "12 MP (4032x3024)": (4032, 3024)}.items():
+    sizes = {"2 MP (1632x1224)": (1632, 1224), "12 MP (4032x3024)": (4032, 3024)}
+    for label, (w, h) in list(sizes.items())[: 1 if args.quick else None]:
         data = jpeg(grainy(enlarged(photo, w, h)))
         for divisor in (1, 4):
             ways = decoders(data, h, w, divisor)
@@ -190,19 +190,21 @@ def resampler_table(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    rgb = grainy(enlarged(sample_images()["china"], 4032, 3024))
+    w, h = (1632, 1224) if args.quick else (4032, 3024)
+    rgb = grainy(enlarged(sample_images()["china"], w, h))
     recipes = {"direct 224": Preprocessing(size=(224, 224), resize="direct"),
                "crop 256/224": Preprocessing(size=(224, 224), resize_size=256)}
-    print(f"{'12 MP to':<13} {'numpy ms':>8} {'torchvision ms':>14} {'Pillow ms':>9} "
-          f"{'torchvision/numpy':>17} {'numpy steps':>11} {'Pillow steps':>12}")
+    print(f"{f'{w}x{h} to':<13} {'numpy ms':>8} {'torchvision ms':>14} {'Pillow ms':>9} "
+          f"{'torchvision/numpy':>17}  largest difference to torchvision in 8-bit steps "
+          "(share of values that differ): numpy, Pillow")
     for label, p in recipes.items():
         ways = resamplers(rgb, p)
         ms = interleaved_ms(ways, args.repeat)
         reference = ways["torchvision"]().astype(np.float32)
-        steps = {k: float(np.abs(ways[k]() - reference).max()) for k in ("numpy", "pillow")}
+        diffs = {k: np.abs(np.rint(ways[k]()) - reference) for k in ("numpy", "pillow")}
         print(f"{label:<13} {ms['numpy']:8.1f} {ms['torchvision']:14.1f} {ms['pillow']:9.1f} "
-              f"{ms['torchvision'] / ms['numpy']:17.2f} {steps['numpy']:11.2f} "
-              f"{steps['pillow']:12.2f}")
+              f"{ms['torchvision'] / ms['numpy']:17.2f}  " + ", ".join(
+                  f"{d.max():.0f} ({(d > 0).mean():.1e})" for d in diffs.values()))
 
 
 def with_orientation(jpeg: bytes, orientation: int) -> bytes:
@@ -342,35 +344,38 @@ def end_to_end_table(args: argparse.Namespace, artifact: Path, folder: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("resize", "decode", "resampler", "accuracy",
-                                           "end-to-end", "all"),
-                        default="all")
+    parser.add_argument("--part", nargs="+", default=["all"],
+                        choices=("resize", "decode", "resampler", "accuracy", "end-to-end",
+                                 "all"))
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--margin", type=int, default=None,
                         help="decode reduced to this many times the resize target (default: "
                              "the runtime's DECODE_MARGIN)")
     parser.add_argument("--quick", action="store_true",
-                        help="accuracy on two photos only (the smoke test)")
+                        help="two photos for accuracy, 2 MP only for decode and resampler "
+                             "(the smoke tests)")
     parser.add_argument("--artifact", type=Path, default=None,
                         help="the pretrained Lite0 artifact (default: exported here)")
     args = parser.parse_args()
     if args.margin is not None:
         preprocess.DECODE_MARGIN = args.margin
     print(f"shrink on load to {preprocess.DECODE_MARGIN}x the resize target")
-    if args.part in ("resize", "all"):
+    parts = {"resize", "decode", "resampler", "accuracy", "end-to-end"} if "all" in args.part \
+        else set(args.part)
+    if "resize" in parts:
         resize_table(args)
-    if args.part in ("decode", "all"):
+    if "decode" in parts:
         decode_table(args)
-    if args.part in ("resampler", "all"):
+    if "resampler" in parts:
         resampler_table(args)
-    if args.part in ("resize", "decode", "resampler"):
+    if not parts & {"accuracy", "end-to-end"}:
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         artifact = args.artifact or lite0_artifact(folder)
-        if args.part in ("accuracy", "all"):
+        if "accuracy" in parts:
             accuracy_table(args, artifact, folder)
-        if args.part in ("end-to-end", "all"):
+        if "end-to-end" in parts:
             end_to_end_table(args, artifact, folder)
 
 

@@ -288,16 +288,28 @@ def test_explain_shrinks_on_load_maps_boxes_and_overlays_on_the_full_image(lite0
         ReciproCAM(lite0_dir, backend="onnxruntime", decode="fast")
 
 
-def test_preprocess_speed_accuracy_part_runs(lite0_dir):
-    """Smoke test of scripts/preprocess_speed.py --part accuracy (docs/performance.md's table)."""
+def test_preprocess_speed_parts_run(lite0_dir):
+    """Smoke test of scripts/preprocess_speed.py --part accuracy, decode and resampler
+    (docs/performance.md's tables), in one run: every decoder gives OpenCV's pixels, and the
+    manifest's resize is within one 8-bit step of torchvision's."""
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "preprocess_speed.py"
-    proc = subprocess.run([sys.executable, str(script), "--part", "accuracy", "--quick",
-                           "--artifact", str(lite0_dir)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, str(script), "--part", "decode", "resampler",
+                           "accuracy", "--repeat", "1", "--quick", "--artifact", str(lite0_dir)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line for line in proc.stdout.splitlines() if "|" in line]
-    assert len(rows) == 3 and "1/4" in rows[2] and "worst:" in proc.stdout
+    lines = proc.stdout.splitlines()
+    accuracy = [line for line in lines if "|" in line]
+    assert len(accuracy) == 3 and "1/4" in accuracy[2] and "worst:" in proc.stdout
+    for header in ("JPEG", "1632x1224 to"):
+        at = lines.index(next(line for line in lines if line.startswith(header)))
+        rows = lines[at + 1 : at + 3]
+        assert len(rows) == 2, proc.stdout
+        for row in rows:
+            if header == "JPEG":
+                assert row.endswith("simplejpeg, pillow, reader"), row
+            else:
+                assert row.split()[-4] == "1", row  # numpy: at most one step off
