@@ -5,7 +5,7 @@ or a file larger than its image can be are refused before a byte of pixels is de
 or the rest of the file is read. A JPEG is decoded by libjpeg-turbo through simplejpeg
 (the same pixels as OpenCV's decoder, in about 0.6 of its time on a 12 MP photo) and turned
 upright by the EXIF orientation its header states; OpenCV decodes the JPEGs simplejpeg
-refuses (CMYK, damaged data) and every other format, applying their orientation itself.
+refuses (damaged data: simplejpeg is strict) and every other format.
 
 Given ``min_size`` (how small the decoded image may be for what follows, see
 :meth:`.Preprocessing.min_decode_size`), a JPEG is decoded at 1/2, 1/4 or 1/8 scale in
