@@ -78,6 +78,15 @@ def median_ms(fn, repeat: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def interleaved_ms(ways: dict, repeat: int) -> dict[str, float]:
+    """Median ms of each way, three rounds interleaved so machine load hits every way alike."""
+    ms = {k: 0.0 for k in ways}
+    for _ in range(3):
+        for k, way in ways.items():
+            ms[k] += median_ms(way, repeat) / 3
+    return ms
+
+
 def resize_table(args: argparse.Namespace) -> None:
     photo = sample_images()["astronaut"]
     images = {
@@ -95,24 +104,14 @@ def resize_table(args: argparse.Namespace) -> None:
     print(f"{'image':<10} {'recipe':<22} {'previous ms':>12} {'now ms':>8} {'ratio':>6}")
     for image_name, rgb in images.items():
         for recipe_name, p in recipes.items():
-            old_ms = new_ms = 0.0
-            for _ in range(3):  # interleave so machine load hits both alike
-                old_ms += median_ms(lambda p=p, rgb=rgb: previous(p, rgb), args.repeat) / 3
-                new_ms += median_ms(lambda p=p, rgb=rgb: p(rgb), args.repeat) / 3
+            ms = interleaved_ms({"previous": lambda p=p, rgb=rgb: previous(p, rgb),
+                                 "now": lambda p=p, rgb=rgb: p(rgb)}, args.repeat)
+            old_ms, new_ms = ms["previous"], ms["now"]
             print(f"{image_name:<10} {recipe_name:<22} {old_ms:12.2f} {new_ms:8.2f} "
                   f"{new_ms / old_ms:6.1f}")
     jpeg = cv2.imencode(".jpg", images["4000x3000"])[1]
     decode = median_ms(lambda: cv2.imdecode(jpeg, cv2.IMREAD_COLOR), max(3, args.repeat // 3))
     print(f"for scale: decoding the 4000x3000 photo as JPEG takes {decode:.1f} ms")
-
-
-def interleaved_ms(ways: dict, repeat: int) -> dict[str, float]:
-    """Median ms of each way, three rounds interleaved so machine load hits every way alike."""
-    ms = {k: 0.0 for k in ways}
-    for _ in range(3):
-        for k, way in ways.items():
-            ms[k] += median_ms(way, repeat) / 3
-    return ms
 
 
 def decoders(data: bytes, height: int, width: int, divisor: int) -> dict:
@@ -332,10 +331,7 @@ def end_to_end_table(args: argparse.Namespace, artifact: Path, folder: Path) -> 
                 "peer": peer_explain}
         for way in ways.values():
             way()  # warm up
-        ms = {k: 0.0 for k in ways}
-        for _ in range(3):  # interleaved, so machine load hits every way alike
-            for k, way in ways.items():
-                ms[k] += median_ms(way, args.repeat) / 3
+        ms = interleaved_ms(ways, args.repeat)
         t = ms["tensor"]
         print(f"{label:<8} {path.stat().st_size / 1024:6.0f} {t:9.1f} | {ms['exact']:8.1f} "
               f"{ms['exact'] / t:5.1f} | {ms['reduced']:10.1f} {ms['reduced'] / t:5.1f} | "
