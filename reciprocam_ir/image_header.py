@@ -74,11 +74,11 @@ def _png(read: Read) -> tuple[int, int]:
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-def _exif_orientation(segment: bytes) -> int:
-    """The Orientation tag of the 0th directory of an APP1 segment's Exif data, else 1."""
-    if not segment.startswith(b"Exif\0\0") or segment[6:8] not in (b"II", b"MM"):
+def _exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag of the 0th directory of Exif data (a TIFF header and directory,
+    as an APP1 segment holds them after ``Exif\0\0``), else 1."""
+    if tiff[:2] not in (b"II", b"MM"):
         return 1
-    tiff = segment[6:]
     order = "<" if tiff[:2] == b"II" else ">"
     try:
         (ifd,) = struct.unpack_from(order + "I", tiff, 4)
@@ -120,7 +120,7 @@ def _jpeg(read: Read) -> tuple[int, int, int]:
                 raise _unreadable("JPEG with its height in a DNL marker")
             size = width, height
         elif marker == 0xE1 and orientation is None and read(pos + 4, 6) == b"Exif\0\0":
-            orientation = _exif_orientation(read(pos + 4, min(length - 2, MAX_EXIF_BYTES)))
+            orientation = _exif_orientation(read(pos + 10, min(max(length - 8, 0), MAX_EXIF_BYTES)))
         if length < 2:
             if size is not None:
                 break

@@ -179,3 +179,19 @@ def test_exif_after_the_frame_header_is_found_and_damage_there_left_to_the_decod
     assert header_of(after + _exif(6) + rest).orientation == 6
     damaged = header_of(after + b"\x00garbage" + rest)  # the decoder reports it, not the header
     assert (damaged.width, damaged.height, damaged.orientation) == (34, 21, 1)
+
+
+def test_a_segment_too_short_for_exif_reads_nothing_beyond_it():
+    """An APP1 whose length (6) ends inside its own "Exif\\0\\0" mark: no read of a negative
+    size (a file's read(-n) returns the whole file) and orientation 1."""
+    sof = JPEG.index(b"\xff\xc0")
+    end = sof + 2 + struct.unpack(">H", JPEG[sof + 2 : sof + 4])[0]
+    data = JPEG[:end] + b"\xff\xe1\x00\x06Exif\0\0" + JPEG[end:]
+    sizes = []
+
+    def read(offset: int, n: int) -> bytes:
+        sizes.append(n)
+        return data[offset : offset + n]
+
+    assert read_header(read).orientation == 1
+    assert min(sizes) >= 0
