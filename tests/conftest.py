@@ -148,9 +148,9 @@ def photos() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def photo_jpeg(photos, tmp_path_factory):
     """A 3000x2250 JPEG made from a bundled photo: it decodes at 1/2 scale for 224 inputs."""
-    path = tmp_path_factory.mktemp("photo") / "astronaut.jpg"
     import cv2
 
+    path = tmp_path_factory.mktemp("photo") / "astronaut.jpg"
     big = cv2.resize(photos["astronaut"], (3000, 2250), interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
     return path

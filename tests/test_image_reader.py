@@ -394,7 +394,7 @@ def test_reduced_decode_keeps_the_header_checks_before_decoding(tmp_path):
                      min_size=DIRECT.min_decode_size)
 
 
-def _opencv(data: bytes, flag: int = cv2.IMREAD_COLOR) -> np.ndarray:
+def _opencv(data: bytes | np.ndarray, flag: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """What OpenCV's own decoder gives, EXIF applied: the reader's JPEG path before simplejpeg."""
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), flag), cv2.COLOR_BGR2RGB)
 
@@ -448,8 +448,7 @@ def test_exact_decode_and_other_formats_are_unchanged(photo_2mp, tmp_path):
     png = cv2.imencode(".png", photo_2mp)[1]
     full = decode_image(jpeg)
     assert type(full) is np.ndarray
-    np.testing.assert_array_equal(full, cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR),
-                                                     cv2.COLOR_BGR2RGB))
+    np.testing.assert_array_equal(full, _opencv(jpeg))
     from_png = decode_image(png, min_size=DIRECT.min_decode_size)
     assert type(from_png) is np.ndarray
     np.testing.assert_array_equal(from_png, photo_2mp[..., ::-1])  # encoded as if BGR
